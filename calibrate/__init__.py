@@ -1,0 +1,1 @@
+"""Routing traces in, statistics out: the upstream end of moeplace."""

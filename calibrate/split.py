@@ -1,0 +1,27 @@
+"""Fit / held-out split by whole documents: a document's tokens never straddle the two sides."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moeplace.calibrate.trace import Trace
+from moeplace.errors import MoeplaceError
+
+
+def split_documents(trace: Trace, holdout: float, seed: int) -> tuple[Trace, Trace]:
+    """Split ``trace`` into ``(fit, held_out)`` by documents, seeded and reproducible.
+
+    ``round(holdout * D)`` documents, drawn by a permutation from ``numpy.random.default_rng(seed)``,
+    go to the held-out side; both sides keep the trace's document order. Each side gets at least
+    one document.
+    """
+    if not 0.0 < holdout < 1.0:
+        raise MoeplaceError(f"--holdout must be between 0 and 1 (exclusive), got {holdout}")
+    num_docs = trace.num_documents
+    if num_docs < 2:
+        raise MoeplaceError(f"cannot split {num_docs} document(s): need at least 2")
+    num_held = min(max(round(holdout * num_docs), 1), num_docs - 1)
+    order = np.random.default_rng(seed).permutation(num_docs)
+    held = np.sort(order[:num_held])
+    fit = np.sort(order[num_held:])
+    return trace.select_documents(fit), trace.select_documents(held)

@@ -1,0 +1,175 @@
+"""Routing traces: the experts each token used at each MoE layer, grouped into documents."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterator
+
+import numpy as np
+
+from moeplace.errors import MoeplaceError
+
+NO_EXPERT = -1  # padding marker in topk_ids: the slot selected no expert
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceMeta:
+    """What a trace was recorded from. ``layer_ids[i]`` is the model's layer index of MoE layer i."""
+
+    model: str
+    num_experts: int
+    top_k: int
+    layer_ids: tuple[int, ...]
+    phase: str = "unknown"  # prefill | decode | mixed | unknown
+    source: str = ""
+    license: str = ""
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["layer_ids"] = list(self.layer_ids)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TraceMeta:
+        """Build from a JSON object; raises ``MoeplaceError`` naming the missing or bad field."""
+        if not isinstance(d, dict):
+            raise MoeplaceError("metadata is not a JSON object")
+        missing = [f for f in ("model", "num_experts", "top_k", "layer_ids") if f not in d]
+        if missing:
+            raise MoeplaceError(f"metadata lacks {', '.join(missing)}")
+        try:
+            meta = cls(
+                model=str(d["model"]),
+                num_experts=_as_int(d["num_experts"], "num_experts"),
+                top_k=_as_int(d["top_k"], "top_k"),
+                layer_ids=tuple(_as_int(x, "layer_ids") for x in d["layer_ids"]),
+                **{f: str(d[f]) for f in ("phase", "source", "license", "note") if f in d},
+            )
+        except TypeError as exc:
+            raise MoeplaceError(f"bad metadata: {exc}") from None
+        if meta.num_experts < 1 or not 1 <= meta.top_k <= meta.num_experts:
+            raise MoeplaceError(
+                f"metadata has num_experts={meta.num_experts}, top_k={meta.top_k}; "
+                "need 1 <= top_k <= num_experts"
+            )
+        if len(set(meta.layer_ids)) != len(meta.layer_ids):
+            raise MoeplaceError(f"metadata layer_ids repeat a layer: {list(meta.layer_ids)}")
+        return meta
+
+
+def _as_int(x, name: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+        raise MoeplaceError(f"metadata {name} must be integers, got {x!r}")
+    return int(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trace:
+    """A routing trace.
+
+    Attributes:
+        topk_ids: int16 ``[T, L, k]`` logical expert ids per token and MoE layer; ``-1`` = none.
+            May be a read-only memory map, so large traces are read in chunks.
+        doc_offsets: int64 ``[D+1]``; document d holds tokens ``doc_offsets[d]:doc_offsets[d+1]``.
+        doc_labels: str ``[D]``, a label per document (dataset, domain, ...).
+        meta: what the trace was recorded from.
+    """
+
+    topk_ids: np.ndarray
+    doc_offsets: np.ndarray
+    doc_labels: np.ndarray
+    meta: TraceMeta
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.topk_ids.shape[0])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.topk_ids.shape[1])
+
+    @property
+    def num_documents(self) -> int:
+        return int(self.doc_offsets.shape[0] - 1)
+
+    def document_chunks(self, max_tokens: int = 1 << 16) -> Iterator[tuple[int, int]]:
+        """Yield ``(first_doc, end_doc)`` ranges of whole documents, each about ``max_tokens``.
+
+        A range holds one document at least, so a document longer than ``max_tokens`` is one chunk.
+        """
+        offsets = self.doc_offsets
+        first = 0
+        while first < self.num_documents:
+            limit = offsets[first] + max_tokens
+            end = max(first + 1, int(np.searchsorted(offsets, limit, side="right")) - 1)
+            yield first, end
+            first = end
+
+    def select_documents(self, docs: np.ndarray) -> Trace:
+        """A new in-memory trace of documents ``docs`` (int ``[D']``), in the given order."""
+        docs = np.asarray(docs, dtype=np.int64)
+        starts, ends = self.doc_offsets[docs], self.doc_offsets[docs + 1]
+        lengths = ends - starts
+        parts = [self.topk_ids[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+        topk = np.concatenate(parts) if parts else self.topk_ids[:0].copy()
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        return Trace(np.ascontiguousarray(topk), offsets, self.doc_labels[docs], self.meta)
+
+    def fingerprint(self) -> str:
+        """``sha256:<hex>`` of the content (metadata, documents, ids), whatever the file format."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self.meta.to_dict(), sort_keys=True).encode())
+        h.update(self.doc_offsets.astype("<i8").tobytes())
+        h.update("\x00".join(map(str, self.doc_labels.tolist())).encode())
+        for first, end in self.document_chunks(1 << 18):
+            lo, hi = self.doc_offsets[first], self.doc_offsets[end]
+            h.update(np.ascontiguousarray(self.topk_ids[lo:hi], dtype="<i2").tobytes())
+        return "sha256:" + h.hexdigest()
+
+
+def check_trace(trace: Trace) -> None:
+    """Raise ``MoeplaceError`` unless the arrays agree with each other and with the metadata.
+
+    Scans the ids in chunks: every id in ``[-1, num_experts)`` and no expert twice in one token.
+    """
+    meta, topk = trace.meta, trace.topk_ids
+    if topk.ndim != 3:
+        raise MoeplaceError(f"topk_ids has shape {topk.shape}; expected [tokens, layers, top_k]")
+    if topk.dtype != np.int16:
+        raise MoeplaceError(f"topk_ids has dtype {topk.dtype}; expected int16")
+    if topk.shape[1] != len(meta.layer_ids):
+        raise MoeplaceError(
+            f"topk_ids has {topk.shape[1]} layers but metadata lists {len(meta.layer_ids)} layer_ids"
+        )
+    if topk.shape[2] != meta.top_k:
+        raise MoeplaceError(f"topk_ids has {topk.shape[2]} slots per token but top_k={meta.top_k}")
+    offsets = trace.doc_offsets
+    if offsets.ndim != 1 or offsets.shape[0] < 2 or offsets.dtype.kind not in "iu":
+        raise MoeplaceError(f"doc_offsets must be integers [documents+1], got {offsets.shape}")
+    if offsets[0] != 0 or offsets[-1] != topk.shape[0] or np.any(np.diff(offsets) < 0):
+        raise MoeplaceError(
+            f"doc_offsets must rise from 0 to the token count {topk.shape[0]}; "
+            f"got {offsets[0]} .. {offsets[-1]}"
+        )
+    if trace.doc_labels.shape != (offsets.shape[0] - 1,):
+        raise MoeplaceError(
+            f"{trace.doc_labels.shape[0]} document labels for {offsets.shape[0] - 1} documents"
+        )
+    for first, end in trace.document_chunks(1 << 16):
+        ids = np.asarray(topk[offsets[first] : offsets[end]])
+        bad = (ids < NO_EXPERT) | (ids >= meta.num_experts)
+        if bad.any():
+            token = int(offsets[first] + np.argwhere(bad)[0][0])
+            raise MoeplaceError(
+                f"token {token} has expert id {int(ids[bad][0])}, outside [0, {meta.num_experts})"
+            )
+        ordered = np.sort(ids, axis=-1)
+        repeat = (ordered[..., 1:] == ordered[..., :-1]) & (ordered[..., 1:] != NO_EXPERT)
+        if repeat.any():
+            token, layer = (int(v) for v in np.argwhere(repeat)[0][:2])
+            raise MoeplaceError(
+                f"token {offsets[first] + token} selects one expert twice at MoE layer {layer}"
+            )

@@ -1,0 +1,129 @@
+"""Reading and writing traces: moeplace's own directory format and the ``.npz`` interchange form.
+
+Own format (a directory, for traces of any size; arrays are memory-mapped, so reads are chunked)::
+
+    meta.json        {"format": "moeplace-trace", "version": 1, "num_tokens", "num_documents",
+                      "model", "num_experts", "top_k", "layer_ids", "phase", "source", ...}
+    topk_ids.npy     int16 [T, L, k]
+    doc_offsets.npy  int64 [D+1]
+    doc_labels.npy   unicode [D]
+
+Interchange (``*.npz``, as in the shared traces): ``topk_ids``, ``doc_offsets``, ``doc_labels``,
+``meta_json``. Both load with ``allow_pickle=False``: nothing in a trace file is ever executed.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from moeplace.atomic import atomic_dir, atomic_path
+from moeplace.calibrate.trace import Trace, TraceMeta, check_trace
+from moeplace.errors import MoeplaceError, file_error
+
+FORMAT = "moeplace-trace"
+VERSION = 1
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Load and check a trace: a moeplace trace directory or an interchange ``.npz``.
+
+    Raises ``MoeplaceError`` with the path and the problem for anything missing or malformed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise file_error(path, "no such file or directory")
+    try:
+        if path.is_dir():
+            trace = _read_dir(path)
+        elif path.suffix == ".npz":
+            trace = _read_npz(path)
+        else:
+            raise MoeplaceError("not a trace: expected a moeplace trace directory or an .npz file")
+        check_trace(trace)
+    except MoeplaceError as exc:
+        raise file_error(path, str(exc)) from None
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise file_error(path, "holds pickled objects; refusing to unpickle untrusted data") from None
+        raise file_error(path, f"unreadable ({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise file_error(path, f"unreadable ({type(exc).__name__}: {exc})") from None
+    return trace
+
+
+def save_trace(trace: Trace, path: str | Path) -> None:
+    """Write ``trace`` atomically: ``*.npz`` as interchange, any other name as a trace directory."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(
+                f,
+                topk_ids=np.asarray(trace.topk_ids, dtype=np.int16),
+                doc_offsets=trace.doc_offsets.astype(np.int64),
+                doc_labels=trace.doc_labels.astype(str),
+                meta_json=np.array(json.dumps(trace.meta.to_dict())),
+            )
+        return
+    with atomic_dir(path, replaceable=_is_trace_dir) as tmp:
+        header = {"format": FORMAT, "version": VERSION}
+        header |= {"num_tokens": trace.num_tokens, "num_documents": trace.num_documents}
+        (tmp / "meta.json").write_text(json.dumps(header | trace.meta.to_dict(), indent=1) + "\n")
+        np.save(tmp / "topk_ids.npy", trace.topk_ids, allow_pickle=False)
+        np.save(tmp / "doc_offsets.npy", trace.doc_offsets.astype(np.int64), allow_pickle=False)
+        np.save(tmp / "doc_labels.npy", trace.doc_labels.astype(str), allow_pickle=False)
+
+
+def _is_trace_dir(path: Path) -> bool:
+    try:
+        return json.loads((path / "meta.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _read_dir(path: Path) -> Trace:
+    meta_file = path / "meta.json"
+    if not meta_file.exists():
+        raise MoeplaceError("a directory but not a moeplace trace (no meta.json)")
+    header = json.loads(meta_file.read_text())
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise MoeplaceError(f"meta.json is not a {FORMAT} header")
+    if header.get("version") != VERSION:
+        raise MoeplaceError(f"trace format version {header.get('version')!r}; this moeplace reads {VERSION}")
+    arrays = {}
+    for name in ("topk_ids", "doc_offsets", "doc_labels"):
+        file = path / f"{name}.npy"
+        if not file.exists():
+            raise MoeplaceError(f"missing {file.name}")
+        arrays[name] = np.load(file, mmap_mode="r" if name == "topk_ids" else None, allow_pickle=False)
+    trace = Trace(meta=TraceMeta.from_dict(header), **arrays)
+    if header.get("num_tokens") != trace.num_tokens:
+        raise MoeplaceError(
+            f"meta.json says {header.get('num_tokens')} tokens, topk_ids.npy holds {trace.num_tokens}"
+        )
+    return trace
+
+
+def _read_npz(path: Path) -> Trace:
+    with np.load(path, allow_pickle=False) as z:
+        missing = [k for k in ("topk_ids", "doc_offsets", "meta_json") if k not in z.files]
+        if missing:
+            raise MoeplaceError(f"interchange .npz lacks {', '.join(missing)}")
+        topk, offsets = z["topk_ids"], z["doc_offsets"]
+        labels = z["doc_labels"] if "doc_labels" in z.files else np.full(len(offsets) - 1, "")
+        meta = TraceMeta.from_dict(json.loads(str(z["meta_json"])))
+    return Trace(_as_int16(topk), offsets.astype(np.int64, copy=False), labels.astype(str), meta)
+
+
+def _as_int16(ids: np.ndarray) -> np.ndarray:
+    """Expert ids as int16, refusing non-integers and values a cast would wrap."""
+    if ids.dtype == np.int16:
+        return ids
+    if ids.dtype.kind not in "iu":
+        raise MoeplaceError(f"topk_ids has dtype {ids.dtype}; expected integers")
+    if ids.size and (ids.min() < -1 or ids.max() > np.iinfo(np.int16).max):
+        raise MoeplaceError(f"topk_ids has ids outside [-1, 32767]: {ids.min()} .. {ids.max()}")
+    return ids.astype(np.int16)

@@ -1,0 +1,366 @@
+"""The ``moeplace`` command: split, stats, plan, validate, compare, demo.
+
+Exit codes: 0 success, 1 a validation gate failed, 2 bad input (one line on stderr naming the
+file and the problem).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from moeplace.calibrate.split import split_documents
+from moeplace.calibrate.stats import DEFAULT_RESAMPLES, compute_statistics, load_skew
+from moeplace.calibrate.trace_io import load_trace, save_trace
+from moeplace.errors import MoeplaceError
+from moeplace.planner.placement import load_placement, save_placement
+from moeplace.planner.plan import layer_executor
+from moeplace.planner.plan import plan as plan_layers
+from moeplace.planner.solvers import BASELINE, SOLVERS, SolverOptions
+from moeplace.planner.topology import Topology
+from moeplace.validators.compare import compare as compare_solvers
+from moeplace.validators.compare import markdown_table, write_comparison
+from moeplace.validators.report import gate_failures
+from moeplace.validators.report import validate as validate_placement
+
+app = typer.Typer(
+    help="Plan expert placement for sharded MoE inference: fewer devices per token, balanced load.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+TraceArg = Annotated[
+    Path, typer.Argument(help="Routing trace: a moeplace trace directory or an interchange .npz.")
+]
+SeedOpt = Annotated[int, typer.Option(min=0, help="Seed for the split, resampling and randomized solvers.")]
+ToleranceOpt = Annotated[
+    float,
+    typer.Option(min=0.0, help="eps: capped solvers keep every device's load <= (1 + eps) x mean load."),
+]
+TimeLimitOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.01,
+        help="ortools: CP-SAT budget per layer in deterministic seconds (reproducible; wall time "
+        "varies with the machine and is often several times more).",
+    ),
+]
+CORES = os.cpu_count() or 1
+JobsOpt = Annotated[
+    int, typer.Option(min=1, help="Processes solving layers in parallel (default: all cores).")
+]
+ResamplesOpt = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        max=32,
+        help="Bootstrap resamples of the calibration documents the load cap must also hold on "
+        "(0: calibration trace only). Keeps held-out load near the cap.",
+    ),
+]
+
+
+def user_errors(command):
+    """Turn ``MoeplaceError`` into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except MoeplaceError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int):
+    """A progress bar on stderr; yields a callable that advances it by one."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda: progress.advance(task)
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise MoeplaceError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise MoeplaceError(f"{what} is empty")
+    return values
+
+
+def parse_solvers(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in names if x not in SOLVERS]
+    if unknown or not names:
+        raise MoeplaceError(
+            f"unknown solver(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SOLVERS)}"
+        )
+    return names
+
+
+def calibration_info(trace) -> dict:
+    return {"fingerprint": trace.fingerprint(), "tokens": trace.num_tokens, "documents": trace.num_documents}
+
+
+@app.command()
+@user_errors
+def split(
+    trace: TraceArg,
+    fit_out: Annotated[Path, typer.Option(help="Where to write the fit (calibration) documents.")],
+    holdout_out: Annotated[Path, typer.Option(help="Where to write the held-out documents.")],
+    holdout: Annotated[float, typer.Option(help="Share of documents held out.")] = 0.5,
+    seed: SeedOpt = 0,
+):
+    """Split a trace by whole documents into fit and held-out traces (seeded, reproducible).
+
+    An output named *.npz is written in the interchange format, any other name as a trace directory.
+    """
+    fit, held = split_documents(load_trace(trace), holdout, seed)
+    save_trace(fit, fit_out)
+    save_trace(held, holdout_out)
+    out.print(f"fit: {fit.num_documents} documents, {fit.num_tokens} tokens -> {fit_out}")
+    out.print(f"held-out: {held.num_documents} documents, {held.num_tokens} tokens -> {holdout_out}")
+
+
+@app.command()
+@user_errors
+def stats(trace: TraceArg):
+    """Describe a trace: size, model, and how skewed each MoE layer's expert load is."""
+    data = load_trace(trace)
+    meta = data.meta
+    out.print(f"[bold]{trace}[/bold]  model {meta.model}  phase {meta.phase}")
+    out.print(
+        f"tokens {data.num_tokens}  documents {data.num_documents}  MoE layers {data.num_layers}  "
+        f"experts {meta.num_experts}  top-k {meta.top_k}"
+    )
+    if meta.source:
+        out.print(f"source: {meta.source}  licence: {meta.license or 'unknown'}")
+    load = compute_statistics(data, resamples=0).load
+    table = Table(title="expert load per MoE layer")
+    for column in ("layer", "max/mean", "max/min", "Gini", "top-10% share", "dead experts"):
+        table.add_column(column, justify="right")
+    for layer_id, layer_load in zip(meta.layer_ids, load, strict=True):
+        s = load_skew(layer_load)
+        table.add_row(
+            str(layer_id),
+            f"{s['max_mean']:.2f}",
+            f"{s['max_min']:.1f}",
+            f"{s['gini']:.3f}",
+            f"{s['top_decile_share']:.1%}",
+            str(s["dead"]),
+        )
+    out.print(table)
+
+
+@app.command()
+@user_errors
+def plan(
+    trace: Annotated[Path, typer.Argument(help="Calibration (fit) trace: directory or .npz.")],
+    devices: Annotated[int, typer.Option(help="Number of expert-parallel devices D.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Placement YAML to write.")],
+    solver: Annotated[str, typer.Option(help=f"One of: {', '.join(SOLVERS)}.")] = "greedy-capped",
+    load_tolerance: ToleranceOpt = 0.05,
+    seed: SeedOpt = 0,
+    time_limit: TimeLimitOpt = 2.0,
+    resamples: ResamplesOpt = DEFAULT_RESAMPLES,
+    holdout: Annotated[
+        Path | None,
+        typer.Option(help="Held-out trace: score the placement on it and record the figures in the file."),
+    ] = None,
+    jobs: JobsOpt = CORES,
+):
+    """Solve a placement for every MoE layer and write the placement YAML."""
+    parse_solvers(solver)
+    fit = load_trace(trace)
+    held = load_trace(holdout) if holdout is not None else None
+    topology = Topology(fit.meta.num_experts, devices)
+    options = SolverOptions(load_tolerance=load_tolerance, seed=seed, time_limit=time_limit)
+    statistics = compute_statistics(fit, resamples=resamples, seed=seed)
+    with progress_bar(f"{solver}, D={devices}", fit.num_layers) as advance, layer_executor(jobs) as pool:
+        placement = plan_layers(statistics, topology, solver, options, calibration_info(fit), advance, pool)
+    relaxed = [layer.layer_id for layer in placement.layers if layer.solver_report.get("cap_relaxed")]
+    if relaxed:
+        err.print(
+            f"[yellow]note:[/yellow] layers {relaxed}: no equal-count placement meets (1 + eps) x mean "
+            "load; their cap is what frequency-balanced packing reaches (see solver_report.load_cap)"
+        )
+    if held is not None:
+        with _named(holdout):
+            summary = validate_placement(placement, held).summary()
+        placement = dataclasses.replace(placement, validation=summary)
+        print_summary(summary)
+    save_placement(placement, out_path)
+    out.print(f"placement ({solver}, D={devices}, {len(placement.layers)} layers) -> {out_path}")
+
+
+@app.command()
+@user_errors
+def validate(
+    placement_file: Annotated[Path, typer.Argument(help="Placement YAML from `moeplace plan`.")],
+    holdout: Annotated[Path, typer.Argument(help="Held-out trace to score on.")],
+    fit: Annotated[
+        Path | None,
+        typer.Option(
+            help="Refit the frequency baseline on this trace instead of the calibration load in the file."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    max_load_ratio: Annotated[
+        float | None,
+        typer.Option(help="Gate: fail if held-out max/mean device load (mean over layers) exceeds this."),
+    ] = None,
+    min_reduction: Annotated[
+        float | None,
+        typer.Option(help=f"Gate: fail if the dev/token reduction vs {BASELINE} is below this (0.1 = 10%)."),
+    ] = None,
+):
+    """Score a placement on held-out traffic beside the frequency baseline; gate on the result.
+
+    Exits 1 if a gate fails, saying why.
+    """
+    placement = load_placement(placement_file)
+    held = load_trace(holdout)
+    baseline_load = None
+    if fit is not None:
+        baseline_load = compute_statistics(load_trace(fit), resamples=0).load
+    with _named(holdout):
+        validation = validate_placement(placement, held, baseline_load)
+    summary = validation.summary()
+    failures = gate_failures(summary, max_load_ratio, min_reduction)
+    if summary["holdout"]["fingerprint"] == placement.calibration.get("fingerprint"):
+        err.print(
+            "[yellow]warning:[/yellow] the held-out trace is the calibration trace: figures are in-sample"
+        )
+    if as_json:
+        print(
+            json.dumps(
+                summary | {"passed": not failures, "failures": failures, "layers": validation.layers()}
+            )
+        )
+    else:
+        print_layers(validation.layers())
+        print_summary(summary)
+        out.print("[green]PASSED[/green]" if not failures else "[red]FAILED[/red]")
+    for failure in failures:
+        err.print(f"[red]gate failed:[/red] {failure}", highlight=False)
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def compare(
+    trace: TraceArg,
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for comparison.md, .csv and .png.")],
+    devices: Annotated[str, typer.Option(help="Device counts, comma-separated.")] = "2,4,8",
+    solvers: Annotated[str, typer.Option(help="Solvers, comma-separated.")] = ",".join(SOLVERS),
+    holdout: Annotated[float, typer.Option(help="Share of documents held out for scoring.")] = 0.5,
+    seed: SeedOpt = 0,
+    load_tolerance: ToleranceOpt = 0.05,
+    time_limit: TimeLimitOpt = 2.0,
+    resamples: ResamplesOpt = DEFAULT_RESAMPLES,
+    jobs: JobsOpt = CORES,
+):
+    """Every solver at every device count: fit on one split of the documents, score on the other."""
+    device_counts, names = parse_ints(devices, "--devices"), parse_solvers(solvers)
+    fit, held = split_documents(load_trace(trace), holdout, seed)
+    options = SolverOptions(load_tolerance=load_tolerance, seed=seed, time_limit=time_limit)
+    total = len(device_counts) * len(names) * fit.num_layers
+    with progress_bar("planning", total) as advance, layer_executor(jobs) as pool:
+        comparison = compare_solvers(fit, held, device_counts, names, options, resamples, advance, pool)
+    paths = write_comparison(comparison, out_dir, load_tolerance)
+    out.print(comparison.title)
+    print(markdown_table(comparison.rows))
+    out.print("written: " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command()
+@user_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the demo's outputs.")] = Path(
+        "moeplace-demo"
+    ),
+    load_tolerance: ToleranceOpt = 0.10,
+    time_limit: TimeLimitOpt = 0.5,
+    jobs: JobsOpt = CORES,
+):
+    """Run the whole job on a real trace shipped with moeplace (gpt-oss-20b decode routing).
+
+    split -> plan (every solver, D = 2, 4, 8) -> validate on held-out documents -> compare.
+    """
+    from moeplace.demo import run_demo
+
+    run_demo(out_dir, load_tolerance, time_limit, jobs, out, progress_bar)
+
+
+@contextlib.contextmanager
+def _named(path: Path):
+    """Prefix a ``MoeplaceError`` raised inside with ``path``."""
+    try:
+        yield
+    except MoeplaceError as exc:
+        raise MoeplaceError(f"{path}: {exc}") from None
+
+
+def print_layers(layers: list[dict]) -> None:
+    table = Table(title="held-out, per MoE layer")
+    for column in (
+        "layer",
+        "dev/token",
+        f"{BASELINE}",
+        "reduction",
+        "load-CV",
+        "max/mean",
+        f"{BASELINE} max/mean",
+    ):
+        table.add_column(column, justify="right")
+    for row in layers:
+        table.add_row(
+            str(row["layer"]),
+            f"{row['dev_per_token']:.3f}",
+            f"{row['baseline_dev_per_token']:.3f}",
+            f"{row['reduction']:+.1%}",
+            f"{row['load_cv']:.3f}",
+            f"{row['max_mean_load']:.3f}",
+            f"{row['baseline_max_mean_load']:.3f}",
+        )
+    out.print(table)
+
+
+def print_summary(summary: dict) -> None:
+    base = summary["baseline"]
+    out.print(
+        f"held-out ({summary['holdout']['tokens']} tokens, mean over layers): "
+        f"dev/token {summary['dev_per_token']:.3f} vs {BASELINE} {base['dev_per_token']:.3f} "
+        f"([bold]{summary['reduction']:+.1%}[/bold]); max/mean load {summary['max_mean_load']:.3f} "
+        f"(worst layer {summary['worst_layer_max_mean_load']:.3f}) vs {base['max_mean_load']:.3f}; "
+        f"load-CV {summary['load_cv']:.3f} vs {base['load_cv']:.3f}",
+        highlight=False,
+    )
+    out.print(
+        f"for scale: random placement {summary['random_expected_dev_per_token']:.3f} dev/token, "
+        f"lower bound {summary['dev_per_token_lower_bound']}, balance floor {summary['balance_floor']:.3f}",
+        highlight=False,
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,66 @@
+"""``moeplace demo``: the whole job on the real gpt-oss-20b trace shipped in the package."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from moeplace.calibrate.split import split_documents
+from moeplace.calibrate.stats import DEFAULT_RESAMPLES
+from moeplace.calibrate.trace_io import load_trace, save_trace
+from moeplace.planner.placement import load_placement, save_placement
+from moeplace.planner.plan import layer_executor
+from moeplace.planner.solvers import SOLVERS, SolverOptions
+from moeplace.validators.compare import compare, markdown_table, write_comparison
+from moeplace.validators.report import gate_failures, validate
+
+DEVICES = (2, 4, 8)
+GATED = ("greedy-capped", 8)  # the placement the demo gates, as a user's CI would
+
+
+def demo_trace_path() -> Path:
+    """The packaged trace: a subset of gpt-oss-20b decode routing (see data/README.md)."""
+    return Path(str(resources.files("moeplace") / "data" / "gpt-oss-20b-demo.npz"))
+
+
+def run_demo(
+    out_dir: Path, load_tolerance: float, time_limit: float, jobs: int, console, progress_bar
+) -> None:
+    """split -> plan every solver at D = 2, 4, 8 -> validate on held-out -> compare; print where."""
+    trace = load_trace(demo_trace_path())
+    console.print(
+        f"demo trace: {trace.meta.model}, {trace.num_documents} documents, {trace.num_tokens} tokens, "
+        f"{trace.num_layers} MoE layers, {trace.meta.num_experts} experts, top-{trace.meta.top_k}"
+    )
+    fit, held = split_documents(trace, holdout=0.5, seed=0)
+    save_trace(fit, out_dir / "fit.npz")
+    save_trace(held, out_dir / "holdout.npz")
+
+    options = SolverOptions(load_tolerance=load_tolerance, seed=0, time_limit=time_limit)
+    steps = len(DEVICES) * len(SOLVERS) * fit.num_layers
+    with progress_bar("planning", steps) as advance, layer_executor(jobs) as pool:
+        comparison = compare(fit, held, DEVICES, list(SOLVERS), options, DEFAULT_RESAMPLES, advance, pool)
+    for (devices, solver), placement in comparison.placements.items():
+        save_placement(placement, out_dir / "placements" / f"{solver}-D{devices}.yaml")
+    paths = write_comparison(comparison, out_dir, load_tolerance)
+
+    gated = out_dir / "placements" / f"{GATED[0]}-D{GATED[1]}.yaml"
+    summary = validate(load_placement(gated), held).summary()
+    max_load, min_reduction = round(1 + load_tolerance + 0.05, 2), 0.10
+    failures = gate_failures(summary, max_load, min_reduction)
+
+    console.print(comparison.title)
+    print(markdown_table(comparison.rows))
+    console.print(
+        f"gate on {gated} (max/mean <= {max_load}, reduction >= {min_reduction:.0%}): "
+        + ("passed" if not failures else "FAILED: " + "; ".join(failures)),
+        highlight=False,
+    )
+    console.print(f"split:      {out_dir / 'fit.npz'}, {out_dir / 'holdout.npz'}")
+    console.print(f"placements: {out_dir / 'placements'} ({len(comparison.placements)} files)")
+    console.print(f"comparison: {paths['md']}, {paths['csv']}, {paths['png']}")
+    console.print(
+        f"next: moeplace validate {gated} {out_dir / 'holdout.npz'} "
+        f"--max-load-ratio {max_load} --min-reduction {min_reduction}",
+        highlight=False,
+    )

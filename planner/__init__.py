@@ -1,0 +1,1 @@
+"""Placement planning: solvers turn per-layer statistics into expert -> device maps."""

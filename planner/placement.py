@@ -1,0 +1,234 @@
+"""Placements and their YAML file: versioned, human readable, verified on load.
+
+Schema (version 1)::
+
+    format: moeplace-placement
+    version: 1
+    model: openai/gpt-oss-20b
+    num_experts: 32
+    top_k: 4
+    num_devices: 4
+    experts_per_device: 8
+    solver: greedy-capped
+    options: {load_tolerance: 0.1, load_resamples: 16, seed: 0, time_limit: 10.0}
+    calibration: {fingerprint: 'sha256:...', tokens: 105005, documents: 352}
+    validation: {...}            # optional: held-out figures (see moeplace.validators.report)
+    layers:
+    - layer: 0                   # the model's layer index of this MoE layer
+      expert_to_device: [2, 0, 3, ...]     # device of logical expert e, N entries
+      calibration_load: [1203, 88, ...]    # activations of expert e in the calibration trace
+      solver_report: {...}       # what the solver said (cap, objective, CP-SAT status and bound)
+
+The calibration load lets ``moeplace validate`` refit the frequency baseline on any held-out trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from moeplace.atomic import write_text
+from moeplace.errors import MoeplaceError, file_error
+from moeplace.planner.topology import Topology
+
+FORMAT = "moeplace-placement"
+VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlacement:
+    """One MoE layer: ``expert_to_device`` int64 ``[N]``, ``calibration_load`` int64 ``[N]``."""
+
+    layer_id: int
+    expert_to_device: np.ndarray
+    calibration_load: np.ndarray
+    solver_report: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """An expert -> device map for every MoE layer of a model, with its provenance."""
+
+    model: str
+    num_experts: int
+    top_k: int
+    num_devices: int
+    solver: str
+    options: dict[str, Any]
+    calibration: dict[str, Any]
+    layers: tuple[LayerPlacement, ...]
+    validation: dict[str, Any] | None = None
+
+    def __post_init__(self):
+        verify_placement(self)
+
+    @property
+    def topology(self) -> Topology:
+        return Topology(self.num_experts, self.num_devices)
+
+    @property
+    def layer_ids(self) -> tuple[int, ...]:
+        return tuple(layer.layer_id for layer in self.layers)
+
+    @property
+    def expert_to_device(self) -> np.ndarray:
+        """int64 ``[L, N]``."""
+        return np.stack([layer.expert_to_device for layer in self.layers])
+
+    @property
+    def calibration_load(self) -> np.ndarray:
+        """int64 ``[L, N]``."""
+        return np.stack([layer.calibration_load for layer in self.layers])
+
+
+def verify_placement(placement: Placement) -> None:
+    """Raise ``MoeplaceError`` unless every expert of every layer sits on one device and slots match."""
+    topology = Topology(placement.num_experts, placement.num_devices)
+    if not placement.layers:
+        raise MoeplaceError("placement has no layers")
+    ids = placement.layer_ids
+    if len(set(ids)) != len(ids):
+        raise MoeplaceError(f"layer indices repeat: {list(ids)}")
+    n, slots = topology.num_experts, topology.slots_per_device
+    for layer in placement.layers:
+        where = f"layer {layer.layer_id}"
+        e2d, load = layer.expert_to_device, layer.calibration_load
+        if e2d.shape != (n,):
+            raise MoeplaceError(f"{where}: expert_to_device has {e2d.shape[0]} entries, need {n}")
+        if e2d.min() < 0 or e2d.max() >= placement.num_devices:
+            raise MoeplaceError(f"{where}: a device outside 0..{placement.num_devices - 1}")
+        counts = np.bincount(e2d, minlength=placement.num_devices)
+        if np.any(counts != slots):
+            device = int(np.argmax(counts != slots))
+            raise MoeplaceError(f"{where}: device {device} holds {counts[device]} experts, need {slots}")
+        if load.shape != (n,) or load.min() < 0:
+            raise MoeplaceError(f"{where}: calibration_load needs {n} non-negative counts")
+
+
+def save_placement(placement: Placement, path: str | Path) -> None:
+    """Write the placement YAML atomically. Same placement, same bytes."""
+    doc = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": placement.model,
+        "num_experts": placement.num_experts,
+        "top_k": placement.top_k,
+        "num_devices": placement.num_devices,
+        "experts_per_device": placement.num_experts // placement.num_devices,
+        "solver": placement.solver,
+        "options": placement.options,
+        "calibration": placement.calibration,
+    }
+    if placement.validation is not None:
+        doc["validation"] = placement.validation
+    doc["layers"] = [
+        {
+            "layer": layer.layer_id,
+            "expert_to_device": _Flow(layer.expert_to_device.tolist()),
+            "calibration_load": _Flow(layer.calibration_load.tolist()),
+            "solver_report": layer.solver_report,
+        }
+        for layer in placement.layers
+    ]
+    write_text(path, yaml.dump(yaml_safe(doc), Dumper=_Dumper, sort_keys=False, width=100))
+
+
+def load_placement(path: str | Path) -> Placement:
+    """Load and verify a placement YAML (``yaml.safe_load``: no object construction)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise file_error(path, "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise file_error(path, f"unreadable ({exc})") from None
+    try:
+        doc = yaml.safe_load(text)
+        return _from_doc(doc)
+    except yaml.YAMLError as exc:
+        raise file_error(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    except MoeplaceError as exc:
+        raise file_error(path, str(exc)) from None
+
+
+def _from_doc(doc: Any) -> Placement:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise MoeplaceError(f"not a {FORMAT} file")
+    if doc.get("version") != VERSION:
+        raise MoeplaceError(f"placement schema version {doc.get('version')!r}; this moeplace reads {VERSION}")
+    fields = {
+        "model": str,
+        "num_experts": int,
+        "top_k": int,
+        "num_devices": int,
+        "solver": str,
+        "options": dict,
+        "calibration": dict,
+        "layers": list,
+    }
+    for name, kind in fields.items():
+        if not isinstance(doc.get(name), kind) or isinstance(doc.get(name), bool):
+            raise MoeplaceError(f"field {name!r} missing or not a {kind.__name__}")
+    if doc.get("validation") is not None and not isinstance(doc["validation"], dict):
+        raise MoeplaceError("field 'validation' is not a mapping")
+    layers = []
+    for i, entry in enumerate(doc["layers"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("layer"), int):
+            raise MoeplaceError(f"layers[{i}] needs an integer 'layer'")
+        layers.append(
+            LayerPlacement(
+                layer_id=entry["layer"],
+                expert_to_device=_int_array(
+                    entry.get("expert_to_device"), f"layer {entry['layer']}: expert_to_device"
+                ),
+                calibration_load=_int_array(
+                    entry.get("calibration_load"), f"layer {entry['layer']}: calibration_load"
+                ),
+                solver_report=entry.get("solver_report") or {},
+            )
+        )
+    return Placement(
+        **{name: doc[name] for name in fields if name != "layers"},
+        layers=tuple(layers),
+        validation=doc.get("validation"),
+    )
+
+
+def _int_array(values: Any, what: str) -> np.ndarray:
+    if not isinstance(values, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values
+    ):
+        raise MoeplaceError(f"{what} must be a list of integers")
+    return np.array(values, dtype=np.int64)
+
+
+def yaml_safe(obj: Any) -> Any:
+    """Plain Python types for YAML/JSON: NumPy scalars unwrapped, floats rounded to 6 digits."""
+    if isinstance(obj, dict):
+        return {str(k): yaml_safe(v) for k, v in obj.items()}
+    if isinstance(obj, _Flow):
+        return _Flow(yaml_safe(v) for v in obj)
+    if isinstance(obj, (list, tuple)):
+        return [yaml_safe(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return round(float(obj), 6)
+    return obj
+
+
+class _Flow(list):
+    """A list written on one line: ``[0, 1, 2]``."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(_Flow, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))

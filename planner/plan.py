@@ -1,0 +1,84 @@
+"""Plan a whole model: run one solver on every MoE layer's statistics, optionally across processes."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+
+from moeplace.calibrate.stats import Statistics
+from moeplace.errors import MoeplaceError
+from moeplace.planner.placement import LayerPlacement, Placement, yaml_safe
+from moeplace.planner.solvers import SOLVERS, SolverOptions
+from moeplace.planner.topology import Topology
+
+
+def plan(
+    stats: Statistics,
+    topology: Topology,
+    solver: str,
+    options: SolverOptions,
+    calibration: dict,
+    on_layer: Callable[[], None] | None = None,
+    executor: Executor | None = None,
+) -> Placement:
+    """Placement of every MoE layer of ``stats`` by ``solver``.
+
+    ``calibration`` describes the calibration trace (fingerprint, tokens, documents) for the file;
+    ``on_layer`` is called as each layer finishes (progress); with an ``executor`` the layers are
+    solved in parallel. Layers are independent and solvers deterministic, so the result is the same.
+    """
+    if solver not in SOLVERS:
+        raise MoeplaceError(f"unknown solver {solver!r}; choose from {', '.join(SOLVERS)}")
+    if topology.num_experts != stats.meta.num_experts:
+        raise MoeplaceError(
+            f"topology has {topology.num_experts} experts, statistics {stats.meta.num_experts}"
+        )
+    solve = SOLVERS[solver]
+    layers = [stats.layer(i) for i in range(stats.num_layers)]
+    if executor is None:
+        solutions = []
+        for layer in layers:
+            solutions.append(solve(layer, topology, options))
+            if on_layer is not None:
+                on_layer()
+    else:
+        futures = [executor.submit(solve, layer, topology, options) for layer in layers]
+        for _ in as_completed(futures):
+            if on_layer is not None:
+                on_layer()
+        solutions = [future.result() for future in futures]
+    return Placement(
+        model=stats.meta.model,
+        num_experts=stats.meta.num_experts,
+        top_k=stats.meta.top_k,
+        num_devices=topology.num_devices,
+        solver=solver,
+        options={
+            "load_tolerance": options.load_tolerance,
+            "load_resamples": int(stats.load_resamples.shape[1]),
+            "seed": options.seed,
+            "time_limit": options.time_limit,
+        },
+        calibration=calibration,
+        layers=tuple(
+            LayerPlacement(layer_id, solution.expert_to_device, stats.load[i], yaml_safe(solution.info))
+            for i, (layer_id, solution) in enumerate(zip(stats.meta.layer_ids, solutions, strict=True))
+        ),
+    )
+
+
+@contextlib.contextmanager
+def layer_executor(jobs: int) -> Iterator[Executor | None]:
+    """A process pool of ``jobs`` workers for ``plan`` (None for 1 job: solve in this process).
+
+    Workers start from a fork server, never from this process: forking a process that has run
+    CP-SAT's threads is unsafe.
+    """
+    if jobs <= 1:
+        yield None
+        return
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as executor:
+        yield executor

@@ -1,0 +1,48 @@
+"""Shared fixtures: the real packaged trace for quality, tiny hand-made traces for exact checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moeplace.calibrate.split import split_documents
+from moeplace.calibrate.stats import compute_statistics
+from moeplace.calibrate.trace import Trace, TraceMeta
+from moeplace.calibrate.trace_io import load_trace
+from moeplace.demo import demo_trace_path
+
+
+def make_trace(topk_ids, doc_lengths, num_experts, layer_ids=None, labels=None) -> Trace:
+    """A trace from ids ``[T, L, k]`` (or ``[T, k]`` for one layer) and document lengths."""
+    ids = np.asarray(topk_ids, dtype=np.int16)
+    if ids.ndim == 2:
+        ids = ids[:, None, :]
+    offsets = np.concatenate([[0], np.cumsum(doc_lengths)]).astype(np.int64)
+    layers = tuple(layer_ids) if layer_ids is not None else tuple(range(ids.shape[1]))
+    meta = TraceMeta(model="test/tiny", num_experts=num_experts, top_k=ids.shape[2], layer_ids=layers)
+    doc_labels = np.array(labels if labels is not None else [f"doc{i}" for i in range(len(doc_lengths))])
+    return Trace(ids, offsets, doc_labels, meta)
+
+
+def random_trace(seed=0, tokens=400, docs=8, layers=2, experts=16, top_k=4) -> Trace:
+    """Random routing with distinct experts per token (no structure: for exactness checks only)."""
+    rng = np.random.default_rng(seed)
+    ids = np.argsort(rng.random((tokens, layers, experts)), axis=-1)[..., :top_k]
+    lengths = np.diff(np.linspace(0, tokens, docs + 1).astype(int))
+    return make_trace(ids, lengths, experts)
+
+
+@pytest.fixture(scope="session")
+def real_trace() -> Trace:
+    """The packaged gpt-oss-20b routing subset (real traffic)."""
+    return load_trace(demo_trace_path())
+
+
+@pytest.fixture(scope="session")
+def real_split(real_trace):
+    return split_documents(real_trace, holdout=0.5, seed=0)
+
+
+@pytest.fixture(scope="session")
+def real_stats(real_split):
+    return compute_statistics(real_split[0])

@@ -1,0 +1,194 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from moeplace.cli import app
+from moeplace.demo import demo_trace_path
+from moeplace.planner.placement import load_placement
+
+runner = CliRunner()
+TRACE = str(demo_trace_path())
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def split_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("split")
+    result = run(
+        "split",
+        TRACE,
+        "--holdout",
+        0.5,
+        "--seed",
+        0,
+        "--fit-out",
+        d / "fit.trace",
+        "--holdout-out",
+        d / "held.npz",
+    )
+    assert result.exit_code == 0, result.output
+    return d / "fit.trace", d / "held.npz"
+
+
+@pytest.fixture(scope="module")
+def planned(split_files, tmp_path_factory):
+    fit, held = split_files
+    out = tmp_path_factory.mktemp("plan") / "p.yaml"
+    result = run(
+        "plan",
+        fit,
+        "--devices",
+        4,
+        "--solver",
+        "greedy-capped",
+        "--load-tolerance",
+        0.1,
+        "--holdout",
+        held,
+        "--out",
+        out,
+        "--jobs",
+        1,
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_split_is_reproducible(split_files, tmp_path):
+    result = run(
+        "split", TRACE, "--seed", 0, "--fit-out", tmp_path / "f.npz", "--holdout-out", tmp_path / "h.npz"
+    )
+    assert result.exit_code == 0
+    assert (tmp_path / "h.npz").read_bytes() == split_files[1].read_bytes()
+
+
+def test_stats_prints_sizes_and_skew():
+    result = run("stats", TRACE)
+    assert result.exit_code == 0
+    assert "tokens 71244" in result.output and "top-k 4" in result.output and "Gini" in result.output
+
+
+def test_plan_records_held_out_figures(planned):
+    placement = load_placement(planned)
+    v = placement.validation
+    assert placement.solver == "greedy-capped" and placement.num_devices == 4
+    assert v["reduction"] == pytest.approx(1 - v["dev_per_token"] / v["baseline"]["dev_per_token"])
+    assert v["holdout"]["documents"] == 118
+
+
+def test_validate_json_and_passing_gate(planned, split_files):
+    result = run(
+        "validate", planned, split_files[1], "--json", "--max-load-ratio", 1.5, "--min-reduction", 0.05
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    for key in ("dev_per_token", "load_cv", "max_mean_load", "reduction"):
+        assert isinstance(report[key], float) and isinstance(report["baseline"][key], float)
+    assert report["passed"] is True and len(report["layers"]) == 24
+    assert report["dev_per_token"] == pytest.approx(load_placement(planned).validation["dev_per_token"])
+
+
+@pytest.mark.parametrize(
+    ("gate", "reason"), [(("--max-load-ratio", 1.0), "exceeds"), (("--min-reduction", 0.9), "below")]
+)
+def test_failed_gate_exits_1_and_says_why(planned, split_files, gate, reason):
+    result = run("validate", planned, split_files[1], *gate)
+    assert result.exit_code == 1
+    assert "gate failed" in result.stderr and reason in result.stderr
+
+
+def test_baseline_refit_from_fit_trace_matches_recorded_loads(planned, split_files):
+    a = json.loads(run("validate", planned, split_files[1], "--json").stdout)
+    b = json.loads(run("validate", planned, split_files[1], "--json", "--fit", split_files[0]).stdout)
+    assert a["baseline"] == b["baseline"]
+
+
+def test_validate_on_calibration_data_warns(planned, split_files):
+    result = run("validate", planned, split_files[0])
+    assert result.exit_code == 0 and "in-sample" in result.stderr
+
+
+def test_incompatible_trace_is_a_clear_error(planned, tmp_path):
+    from conftest import random_trace
+    from moeplace.calibrate.trace_io import save_trace
+
+    save_trace(random_trace(), tmp_path / "other.npz")
+    result = run("validate", planned, tmp_path / "other.npz")
+    assert result.exit_code == 2
+    assert "other.npz" in result.stderr and "16 experts" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("plan", "missing.npz", "--devices", 4, "--out", "x.yaml"), "no such file"),
+        (("plan", TRACE, "--devices", 3, "--out", "x.yaml"), "divide"),
+        (("plan", TRACE, "--devices", 4, "--solver", "magic", "--out", "x.yaml"), "unknown solver"),
+        (("compare", TRACE, "--devices", "2,x", "--out", "o"), "comma-separated"),
+        (("split", TRACE, "--holdout", 1.0, "--fit-out", "a.npz", "--holdout-out", "b.npz"), "holdout"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = run(*args)
+    assert result.exit_code == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def test_compare_writes_table_csv_and_plot(tmp_path):
+    result = run(
+        "compare",
+        TRACE,
+        "--devices",
+        "2,4",
+        "--solvers",
+        "frequency,greedy-capped",
+        "--load-tolerance",
+        0.1,
+        "--out",
+        tmp_path,
+        "--jobs",
+        1,
+    )
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "comparison.md").read_text()
+    assert "| 4 | greedy-capped |" in table and "reduction vs frequency" in table
+    rows = (tmp_path / "comparison.csv").read_text().splitlines()
+    assert rows[0].startswith("devices,solver,dev_per_token,reduction") and len(rows) == 5
+    assert (tmp_path / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = run("demo", "--out", tmp_path, "--time-limit", 0.05)
+    assert result.exit_code == 0, result.output
+    placements = sorted((tmp_path / "placements").glob("*.yaml"))
+    assert len(placements) == 15
+    for path in placements:
+        placement = load_placement(path)
+        assert placement.validation["holdout"]["documents"] == 118
+        np.testing.assert_array_equal(
+            np.bincount(placement.expert_to_device[0]),
+            np.full(placement.num_devices, 32 // placement.num_devices),
+        )
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "fit.npz",
+        "holdout.npz",
+        "comparison.md",
+        "comparison.png",
+    }
+    assert "passed" in result.output
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "moeplace.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "validate" in result.stdout

@@ -1,0 +1,109 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from conftest import make_trace, random_trace
+from moeplace.calibrate.split import split_documents
+from moeplace.calibrate.stats import compute_statistics, load_skew
+from moeplace.errors import MoeplaceError
+
+
+def test_split_keeps_whole_documents_and_is_seeded():
+    trace = random_trace(tokens=600, docs=30)
+    fit, held = split_documents(trace, holdout=0.3, seed=4)
+    assert held.num_documents == 9 and fit.num_documents == 21
+    assert fit.num_tokens + held.num_tokens == trace.num_tokens
+    labels = set(fit.doc_labels) | set(held.doc_labels)
+    assert labels == set(trace.doc_labels) and not set(fit.doc_labels) & set(held.doc_labels)
+    for part in (fit, held):  # every document arrives whole and unchanged
+        for i, label in enumerate(part.doc_labels):
+            d = int(label[3:])
+            original = trace.topk_ids[trace.doc_offsets[d] : trace.doc_offsets[d + 1]]
+            np.testing.assert_array_equal(
+                part.topk_ids[part.doc_offsets[i] : part.doc_offsets[i + 1]], original
+            )
+    again = split_documents(trace, holdout=0.3, seed=4)[1]
+    other = split_documents(trace, holdout=0.3, seed=5)[1]
+    assert list(again.doc_labels) == list(held.doc_labels) != list(other.doc_labels)
+
+
+@pytest.mark.parametrize("holdout", [0.0, 1.0, -0.2, 1.5])
+def test_split_rejects_bad_fraction(holdout):
+    with pytest.raises(MoeplaceError, match="holdout"):
+        split_documents(random_trace(), holdout, 0)
+
+
+def test_split_needs_two_documents():
+    with pytest.raises(MoeplaceError, match="at least 2"):
+        split_documents(make_trace([[0, 1]], [1], 4), 0.5, 0)
+
+
+def brute_force(trace, layer):
+    n = trace.meta.num_experts
+    load, coact = np.zeros(n, int), np.zeros((n, n), int)
+    for token in np.asarray(trace.topk_ids[:, layer]):
+        experts = [int(e) for e in token if e >= 0]
+        for e in experts:
+            load[e] += 1
+        for a, b in itertools.permutations(experts, 2):
+            coact[a, b] += 1
+    return load, coact
+
+
+def test_statistics_match_brute_force_with_padding():
+    trace = random_trace(tokens=300, docs=5, layers=3, experts=12, top_k=4)
+    ids = trace.topk_ids.copy()
+    ids[::7, 1, 2] = -1  # some slots select no expert
+    trace = make_trace(ids, np.diff(trace.doc_offsets), 12)
+    stats = compute_statistics(trace, chunk_tokens=64)
+    for layer in range(3):
+        load, coact = brute_force(trace, layer)
+        np.testing.assert_array_equal(stats.load[layer], load)
+        np.testing.assert_array_equal(stats.coact[layer], coact)
+
+
+def test_statistics_merge_exactly(real_trace):
+    docs = np.arange(real_trace.num_documents)
+    first, second = real_trace.select_documents(docs[:90]), real_trace.select_documents(docs[90:])
+    merged = compute_statistics(first, seed=3) + compute_statistics(second, seed=3)
+    whole = compute_statistics(real_trace, seed=3)
+    for name in ("load", "coact", "load_resamples"):
+        np.testing.assert_array_equal(getattr(merged, name), getattr(whole, name))
+    assert (merged.num_tokens, merged.num_documents) == (whole.num_tokens, whole.num_documents)
+
+
+def test_resample_weights_follow_content_not_position(real_trace):
+    docs = np.arange(real_trace.num_documents)
+    reordered = real_trace.select_documents(docs[::-1])
+    np.testing.assert_array_equal(
+        compute_statistics(reordered, seed=1).load_resamples,
+        compute_statistics(real_trace, seed=1).load_resamples,
+    )
+    assert not np.array_equal(
+        compute_statistics(real_trace, seed=2).load_resamples,
+        compute_statistics(real_trace, seed=1).load_resamples,
+    )
+
+
+def test_resampled_loads_scatter_around_the_load(real_stats):
+    load, resamples = real_stats.load, real_stats.load_resamples  # [L, N], [L, B, N]
+    assert resamples.shape == (load.shape[0], 16, load.shape[1])
+    total_ratio = resamples.sum(axis=2) / load.sum(axis=1, keepdims=True)  # Poisson(1): mean 1
+    assert abs(total_ratio.mean() - 1) < 0.05 and total_ratio.std() > 0.01
+
+
+def test_statistics_refuse_mismatched_merges(real_trace):
+    stats = compute_statistics(real_trace.select_documents(np.arange(10)), seed=0)
+    with pytest.raises(MoeplaceError, match="seeds"):
+        stats + compute_statistics(real_trace.select_documents(np.arange(10)), seed=1)
+    with pytest.raises(MoeplaceError, match="experts"):
+        stats + compute_statistics(random_trace())
+
+
+def test_load_skew_hand_case():
+    skew = load_skew(np.array([0, 1, 1, 2, 6]))
+    assert skew["max_mean"] == pytest.approx(3.0)
+    assert skew["max_min"] == float("inf") and skew["dead"] == 1
+    assert skew["top_decile_share"] == pytest.approx(0.6)
+    assert skew["gini"] == pytest.approx((2 * np.arange(1, 6) - 6) @ np.array([0, 1, 1, 2, 6]) / (5 * 10))

@@ -1,0 +1,1 @@
+"""Scoring placements on held-out traces: dev/token, device load, gates, comparisons."""

@@ -1,0 +1,56 @@
+"""Placement metrics on token routing. Shapes: T tokens, k slots, N experts, D devices."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def token_devices(topk_ids: np.ndarray, expert_to_device: np.ndarray) -> np.ndarray:
+    """Device of each selected expert, int64 ``[T, k]``; ``-1`` where the slot has no expert."""
+    ids = np.asarray(topk_ids, dtype=np.int64)
+    return np.where(ids >= 0, expert_to_device[np.maximum(ids, 0)], -1)
+
+
+def devices_per_token(topk_ids: np.ndarray, expert_to_device: np.ndarray) -> np.ndarray:
+    """Distinct devices each token is dispatched to, int64 ``[T]`` (0 for a token with no expert)."""
+    ordered = np.sort(token_devices(topk_ids, expert_to_device), axis=1)
+    new = ordered >= 0
+    new[:, 1:] &= ordered[:, 1:] != ordered[:, :-1]
+    return new.sum(axis=1)
+
+
+def device_load(topk_ids: np.ndarray, expert_to_device: np.ndarray, num_devices: int) -> np.ndarray:
+    """(token, expert) activations landing on each device, int64 ``[D]``."""
+    devices = token_devices(topk_ids, expert_to_device)
+    return np.bincount(devices[devices >= 0], minlength=num_devices)
+
+
+def load_cv(load: np.ndarray) -> float:
+    """Coefficient of variation of device load, std / mean over devices (0 = perfectly even)."""
+    mean = load.mean()
+    return float(load.std() / mean) if mean else 0.0
+
+
+def max_mean_load(load: np.ndarray) -> float:
+    """Straggler ratio: busiest device's load over the mean (1 = perfectly even)."""
+    mean = load.mean()
+    return float(load.max() / mean) if mean else 1.0
+
+
+def balance_floor(expert_load: np.ndarray, num_devices: int) -> float:
+    """Lowest max/mean any one-slot-per-expert placement can reach: hottest expert x D / total."""
+    total = expert_load.sum()
+    return float(max(1.0, expert_load.max() * num_devices / total)) if total else 1.0
+
+
+def random_expected_devices(num_experts: int, num_devices: int, top_k: int) -> float:
+    """Expected dev/token of a uniformly random equal-count placement: D (1 - C(N - N/D, k) / C(N, k))."""
+    slots = num_experts // num_devices
+    return num_devices * (1.0 - math.comb(num_experts - slots, top_k) / math.comb(num_experts, top_k))
+
+
+def devices_lower_bound(top_k: int, slots_per_device: int) -> int:
+    """No token can touch fewer than ceil(k / slots) devices."""
+    return -(-top_k // slots_per_device)

@@ -1,0 +1,130 @@
+"""Validation of a placement on a held-out trace, beside the frequency-balanced baseline."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from moeplace.calibrate.trace import Trace
+from moeplace.errors import MoeplaceError
+from moeplace.planner.placement import Placement, yaml_safe
+from moeplace.planner.solvers import BASELINE, frequency_placement
+from moeplace.validators.metrics import balance_floor, devices_lower_bound, random_expected_devices
+from moeplace.validators.score import Score, score_placement
+
+
+@dataclasses.dataclass(frozen=True)
+class Validation:
+    """A placement and its baseline scored on the same held-out tokens."""
+
+    placement: Placement
+    holdout: Trace
+    score: Score
+    baseline: Score
+
+    @property
+    def reduction(self) -> float:
+        """1 - dev/token(placement) / dev/token(frequency), means over layers."""
+        return 1.0 - self.score.dev_per_token.mean() / self.baseline.dev_per_token.mean()
+
+    def summary(self) -> dict:
+        """Headline figures (YAML/JSON-safe): what the placement file records and gates read."""
+        topology = self.placement.topology
+        held_load = _expert_load(self.holdout)
+        return yaml_safe(
+            self.score.summary()
+            | {
+                "reduction": self.reduction,
+                "baseline": {"solver": BASELINE} | self.baseline.summary() | {"reduction": 0.0},
+                "random_expected_dev_per_token": random_expected_devices(
+                    topology.num_experts, topology.num_devices, self.placement.top_k
+                ),
+                "dev_per_token_lower_bound": devices_lower_bound(
+                    self.placement.top_k, topology.slots_per_device
+                ),
+                "balance_floor": float(np.mean([balance_floor(x, topology.num_devices) for x in held_load])),
+                "holdout": {
+                    "fingerprint": self.holdout.fingerprint(),
+                    "tokens": self.holdout.num_tokens,
+                    "documents": self.holdout.num_documents,
+                },
+            }
+        )
+
+    def layers(self) -> list[dict]:
+        """Per-layer figures (YAML/JSON-safe)."""
+        s, b = self.score, self.baseline
+        return yaml_safe(
+            [
+                {
+                    "layer": layer_id,
+                    "dev_per_token": s.dev_per_token[i],
+                    "load_cv": s.load_cv[i],
+                    "max_mean_load": s.max_mean_load[i],
+                    "baseline_dev_per_token": b.dev_per_token[i],
+                    "baseline_max_mean_load": b.max_mean_load[i],
+                    "reduction": 1.0 - s.dev_per_token[i] / b.dev_per_token[i],
+                }
+                for i, layer_id in enumerate(self.placement.layer_ids)
+            ]
+        )
+
+
+def _expert_load(trace: Trace) -> np.ndarray:
+    """Activations per expert and layer, int64 ``[L, N]``, a chunk at a time."""
+    n = trace.meta.num_experts
+    load = np.zeros((trace.num_layers, n), np.int64)
+    for first, end in trace.document_chunks(1 << 16):
+        chunk = np.asarray(trace.topk_ids[trace.doc_offsets[first] : trace.doc_offsets[end]], np.int64)
+        for layer in range(trace.num_layers):
+            ids = chunk[:, layer]
+            load[layer] += np.bincount(ids[ids >= 0], minlength=n)
+    return load
+
+
+def check_compatible(placement: Placement, trace: Trace) -> None:
+    """Raise ``MoeplaceError`` if the trace is not routing of the placement's model layers."""
+    meta = trace.meta
+    if (meta.num_experts, meta.top_k) != (placement.num_experts, placement.top_k):
+        raise MoeplaceError(
+            f"trace has {meta.num_experts} experts, top-{meta.top_k}; the placement is for "
+            f"{placement.num_experts} experts, top-{placement.top_k}"
+        )
+    if tuple(meta.layer_ids) != placement.layer_ids:
+        raise MoeplaceError(
+            f"trace has MoE layers {list(meta.layer_ids)}; the placement has {list(placement.layer_ids)}"
+        )
+
+
+def validate(placement: Placement, holdout: Trace, baseline_load: np.ndarray | None = None) -> Validation:
+    """Score ``placement`` and the frequency baseline on ``holdout``.
+
+    The baseline is fit on ``baseline_load`` (int ``[L, N]``) or, by default, on the calibration
+    load recorded in the placement: the same calibration data the placement was fit on.
+    """
+    check_compatible(placement, holdout)
+    load = placement.calibration_load if baseline_load is None else baseline_load
+    topology = placement.topology
+    baseline = np.stack([frequency_placement(x, topology) for x in load])
+    return Validation(
+        placement=placement,
+        holdout=holdout,
+        score=score_placement(placement.expert_to_device, holdout, topology.num_devices),
+        baseline=score_placement(baseline, holdout, topology.num_devices),
+    )
+
+
+def gate_failures(summary: dict, max_load_ratio: float | None, min_reduction: float | None) -> list[str]:
+    """Why a validation summary fails the gates (empty when it passes)."""
+    failures = []
+    if max_load_ratio is not None and summary["max_mean_load"] > max_load_ratio:
+        failures.append(
+            f"max/mean device load {summary['max_mean_load']:.4f} exceeds --max-load-ratio {max_load_ratio}"
+        )
+    if min_reduction is not None and summary["reduction"] < min_reduction:
+        failures.append(
+            f"dev/token reduction {summary['reduction']:.4f} vs {BASELINE} "
+            f"is below --min-reduction {min_reduction}"
+        )
+    return failures
