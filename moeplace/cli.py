@@ -30,7 +30,7 @@ from moeplace.planner.solvers import BASELINE, SOLVERS, SolverOptions
 from moeplace.planner.topology import Topology
 from moeplace.validators.compare import compare as compare_solvers
 from moeplace.validators.compare import markdown_table, write_comparison
-from moeplace.validators.report import gate_failures
+from moeplace.validators.report import check_compatible, gate_failures
 from moeplace.validators.report import validate as validate_placement
 
 app = typer.Typer(
@@ -240,7 +240,10 @@ def validate(
     held = load_trace(holdout)
     baseline_load = None
     if fit is not None:
-        baseline_load = compute_statistics(load_trace(fit), resamples=0).load
+        fit_trace = load_trace(fit)
+        with _named(fit):
+            check_compatible(placement, fit_trace)
+        baseline_load = compute_statistics(fit_trace, resamples=0).load
     with _named(holdout):
         validation = validate_placement(placement, held, baseline_load)
     summary = validation.summary()

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,3 +193,20 @@ def test_demo_runs_end_to_end(tmp_path):
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "moeplace.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "validate" in result.stdout
+
+
+def test_python_api_example_runs():
+    example = Path(__file__).parent.parent / "examples" / "plan_and_validate.py"
+    result = subprocess.run([sys.executable, str(example), "--devices", "4"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert [line.split(":")[0].strip() for line in lines] == ["frequency", "greedy", "greedy-capped"]
+
+
+def test_baseline_refit_needs_a_matching_fit_trace(planned, split_files, tmp_path):
+    from conftest import random_trace
+    from moeplace.calibrate.trace_io import save_trace
+
+    save_trace(random_trace(), tmp_path / "other.npz")
+    result = run("validate", planned, split_files[1], "--fit", tmp_path / "other.npz")
+    assert result.exit_code == 2 and "other.npz" in result.stderr and "16 experts" in result.stderr

@@ -38,7 +38,7 @@ class LoadCaps:
     @property
     def cap_ratio(self) -> float:
         """The calibration cap as a multiple of the mean device load."""
-        return float(self.cap[0] / self.mean[0])
+        return float(self.cap[0] / self.mean[0]) if self.mean[0] else 1.0
 
     @property
     def relaxed(self) -> bool:

@@ -42,8 +42,7 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
             stats.coact, topology, caps, placement, options.time_limit - used
         )
         used += spent
-    objective = colocated_weight(stats.coact, placement)
-    bound = max(bound, objective)
+    objective = colocated_weight(stats.coact, placement)  # repairs keep the model's constraints: <= bound
     return Solution(
         placement,
         caps.info()

@@ -1,0 +1,38 @@
+"""Quality on real routing (the packaged gpt-oss-20b subset): fit on half the documents, score on
+the other half, against the frequency baseline, with the load guard beside every figure."""
+
+import pytest
+
+from moeplace.planner.solvers import SolverOptions
+from moeplace.validators.compare import compare
+
+
+@pytest.fixture(scope="module")
+def rows(real_split):
+    fit, held = real_split
+    options = SolverOptions(load_tolerance=0.10, seed=0, time_limit=0.5)
+    result = compare(fit, held, [4, 8], ["frequency", "greedy", "greedy-capped", "ortools"], options, 16)
+    return {(row["devices"], row["solver"]): row for row in result.rows}
+
+
+@pytest.mark.parametrize(("devices", "min_reduction"), [(4, 0.15), (8, 0.10)])
+@pytest.mark.parametrize("solver", ["greedy-capped", "ortools"])
+def test_capped_solvers_cut_devices_per_token_at_balanced_load(rows, devices, solver, min_reduction):
+    row = rows[devices, solver]
+    assert row["reduction"] >= min_reduction
+    assert row["max_mean_load"] <= 1.15
+
+
+@pytest.mark.parametrize("devices", [4, 8])
+def test_ortools_at_least_matches_its_greedy_hint_on_held_out(rows, devices):
+    assert (
+        rows[devices, "ortools"]["dev_per_token"] <= rows[devices, "greedy-capped"]["dev_per_token"] + 0.005
+    )
+
+
+@pytest.mark.parametrize("devices", [4, 8])
+def test_uncapped_greedy_cuts_more_but_overloads_devices(rows, devices):
+    greedy, capped = rows[devices, "greedy"], rows[devices, "greedy-capped"]
+    assert greedy["reduction"] > capped["reduction"]
+    assert greedy["max_mean_load"] > 1.3 > capped["max_mean_load"]
+    assert rows[devices, "frequency"]["max_mean_load"] < 1.1
