@@ -146,6 +146,18 @@ def document_weights(trace: Trace, first: int, end: int, resamples: int, seed: i
     return np.searchsorted(_POISSON1_CDF, uniforms, side="right").astype(np.int64)
 
 
+def expert_load(trace: Trace) -> np.ndarray:
+    """Activations per expert and MoE layer, int64 ``[L, N]``, a chunk of documents at a time."""
+    n = trace.meta.num_experts
+    load = np.zeros((trace.num_layers, n), np.int64)
+    for first, end in trace.document_chunks():
+        chunk = np.asarray(trace.topk_ids[trace.doc_offsets[first] : trace.doc_offsets[end]], np.int64)
+        for layer in range(trace.num_layers):
+            ids = chunk[:, layer]
+            load[layer] += np.bincount(ids[ids >= 0], minlength=n)
+    return load
+
+
 def load_skew(load: np.ndarray) -> dict[str, float]:
     """How uneven one layer's expert load ``[N]`` is: the shape solvers must balance.
 

@@ -118,6 +118,10 @@ class Trace:
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         return Trace(np.ascontiguousarray(topk), offsets, self.doc_labels[docs], self.meta)
 
+    def provenance(self) -> dict:
+        """What a placement file records about a trace it was fit or scored on."""
+        return {"fingerprint": self.fingerprint(), "tokens": self.num_tokens, "documents": self.num_documents}
+
     def fingerprint(self) -> str:
         """``sha256:<hex>`` of the content (metadata, documents, ids), whatever the file format."""
         h = hashlib.sha256()

@@ -29,9 +29,8 @@ def main() -> None:
     stats = compute_statistics(fit)  # load, co-activation and resampled loads per MoE layer
     topology = Topology(fit.meta.num_experts, args.devices)
     options = SolverOptions(load_tolerance=0.10, seed=0)
-    calibration = {"fingerprint": fit.fingerprint(), "tokens": fit.num_tokens, "documents": fit.num_documents}
     for solver in ("frequency", "greedy", "greedy-capped"):
-        summary = validate(plan(stats, topology, solver, options, calibration), held).summary()
+        summary = validate(plan(stats, topology, solver, options, fit.provenance()), held).summary()
         print(
             f"{solver:>14}: dev/token {summary['dev_per_token']:.3f} "
             f"({summary['reduction']:+.1%} vs frequency), "

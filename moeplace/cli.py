@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from moeplace.calibrate.split import split_documents
-from moeplace.calibrate.stats import DEFAULT_RESAMPLES, compute_statistics, load_skew
+from moeplace.calibrate.stats import DEFAULT_RESAMPLES, compute_statistics, expert_load, load_skew
 from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import load_placement, save_placement
@@ -116,10 +116,6 @@ def parse_solvers(text: str) -> list[str]:
     return names
 
 
-def calibration_info(trace) -> dict:
-    return {"fingerprint": trace.fingerprint(), "tokens": trace.num_tokens, "documents": trace.num_documents}
-
-
 @app.command()
 @user_errors
 def split(
@@ -153,7 +149,7 @@ def stats(trace: TraceArg):
     )
     if meta.source:
         out.print(f"source: {meta.source}  licence: {meta.license or 'unknown'}")
-    load = compute_statistics(data, resamples=0).load
+    load = expert_load(data)
     table = Table(title="expert load per MoE layer")
     for column in ("layer", "max/mean", "max/min", "Gini", "top-10% share", "dead experts"):
         table.add_column(column, justify="right")
@@ -195,7 +191,7 @@ def plan(
     options = SolverOptions(load_tolerance=load_tolerance, seed=seed, time_limit=time_limit)
     statistics = compute_statistics(fit, resamples=resamples, seed=seed)
     with progress_bar(f"{solver}, D={devices}", fit.num_layers) as advance, layer_executor(jobs) as pool:
-        placement = plan_layers(statistics, topology, solver, options, calibration_info(fit), advance, pool)
+        placement = plan_layers(statistics, topology, solver, options, fit.provenance(), advance, pool)
     relaxed = [layer.layer_id for layer in placement.layers if layer.solver_report.get("cap_relaxed")]
     if relaxed:
         err.print(
@@ -243,7 +239,7 @@ def validate(
         fit_trace = load_trace(fit)
         with _named(fit):
             check_compatible(placement, fit_trace)
-        baseline_load = compute_statistics(fit_trace, resamples=0).load
+        baseline_load = expert_load(fit_trace)
     with _named(holdout):
         validation = validate_placement(placement, held, baseline_load)
     summary = validation.summary()

@@ -107,3 +107,9 @@ def test_load_skew_hand_case():
     assert skew["max_min"] == float("inf") and skew["dead"] == 1
     assert skew["top_decile_share"] == pytest.approx(0.6)
     assert skew["gini"] == pytest.approx((2 * np.arange(1, 6) - 6) @ np.array([0, 1, 1, 2, 6]) / (5 * 10))
+
+
+def test_expert_load_equals_statistics_load(real_trace):
+    from moeplace.calibrate.stats import expert_load
+
+    np.testing.assert_array_equal(expert_load(real_trace), compute_statistics(real_trace, resamples=0).load)

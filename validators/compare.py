@@ -52,7 +52,7 @@ def compare(
 ) -> Comparison:
     """Plan ``fit`` with every solver at every device count and validate each on ``holdout``."""
     stats = compute_statistics(fit, resamples=resamples, seed=options.seed)
-    calibration = {"fingerprint": fit.fingerprint(), "tokens": fit.num_tokens, "documents": fit.num_documents}
+    calibration = fit.provenance()
     topologies = [Topology(fit.meta.num_experts, d) for d in devices]  # fail early on a bad count
     rows, placements = [], {}
     for topology in topologies:

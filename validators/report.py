@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 
+from moeplace.calibrate.stats import expert_load
 from moeplace.calibrate.trace import Trace
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import Placement, yaml_safe
@@ -31,7 +32,7 @@ class Validation:
     def summary(self) -> dict:
         """Headline figures (YAML/JSON-safe): what the placement file records and gates read."""
         topology = self.placement.topology
-        held_load = _expert_load(self.holdout)
+        held_load = expert_load(self.holdout)
         return yaml_safe(
             self.score.summary()
             | {
@@ -44,11 +45,7 @@ class Validation:
                     self.placement.top_k, topology.slots_per_device
                 ),
                 "balance_floor": float(np.mean([balance_floor(x, topology.num_devices) for x in held_load])),
-                "holdout": {
-                    "fingerprint": self.holdout.fingerprint(),
-                    "tokens": self.holdout.num_tokens,
-                    "documents": self.holdout.num_documents,
-                },
+                "holdout": self.holdout.provenance(),
             }
         )
 
@@ -69,18 +66,6 @@ class Validation:
                 for i, layer_id in enumerate(self.placement.layer_ids)
             ]
         )
-
-
-def _expert_load(trace: Trace) -> np.ndarray:
-    """Activations per expert and layer, int64 ``[L, N]``, a chunk at a time."""
-    n = trace.meta.num_experts
-    load = np.zeros((trace.num_layers, n), np.int64)
-    for first, end in trace.document_chunks(1 << 16):
-        chunk = np.asarray(trace.topk_ids[trace.doc_offsets[first] : trace.doc_offsets[end]], np.int64)
-        for layer in range(trace.num_layers):
-            ids = chunk[:, layer]
-            load[layer] += np.bincount(ids[ids >= 0], minlength=n)
-    return load
 
 
 def check_compatible(placement: Placement, trace: Trace) -> None:
