@@ -320,16 +320,9 @@ def _named(path: Path):
 
 
 def print_layers(layers: list[dict]) -> None:
-    table = Table(title="held-out, per MoE layer")
-    for column in (
-        "layer",
-        "dev/token",
-        f"{BASELINE}",
-        "reduction",
-        "load-CV",
-        "max/mean",
-        f"{BASELINE} max/mean",
-    ):
+    table = Table(title=f"held-out, per MoE layer (baseline: {BASELINE})")
+    columns = ("layer", "dev/token", "baseline", "reduction", "load-CV", "baseline", "max/mean", "baseline")
+    for column in columns:
         table.add_column(column, justify="right")
     for row in layers:
         table.add_row(
@@ -338,6 +331,7 @@ def print_layers(layers: list[dict]) -> None:
             f"{row['baseline_dev_per_token']:.3f}",
             f"{row['reduction']:+.1%}",
             f"{row['load_cv']:.3f}",
+            f"{row['baseline_load_cv']:.3f}",
             f"{row['max_mean_load']:.3f}",
             f"{row['baseline_max_mean_load']:.3f}",
         )

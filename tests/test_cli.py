@@ -93,6 +93,9 @@ def test_validate_json_and_passing_gate(planned, split_files):
     for key in ("dev_per_token", "load_cv", "max_mean_load", "reduction"):
         assert isinstance(report[key], float) and isinstance(report["baseline"][key], float)
     assert report["passed"] is True and len(report["layers"]) == 24
+    assert {"dev_per_token", "baseline_dev_per_token", "baseline_load_cv", "baseline_max_mean_load"} <= set(
+        report["layers"][0]
+    )
     assert report["dev_per_token"] == pytest.approx(load_placement(planned).validation["dev_per_token"])
 
 

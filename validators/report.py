@@ -60,6 +60,7 @@ class Validation:
                     "load_cv": s.load_cv[i],
                     "max_mean_load": s.max_mean_load[i],
                     "baseline_dev_per_token": b.dev_per_token[i],
+                    "baseline_load_cv": b.load_cv[i],
                     "baseline_max_mean_load": b.max_mean_load[i],
                     "reduction": 1.0 - s.dev_per_token[i] / b.dev_per_token[i],
                 }
