@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 
 import numpy as np
 
@@ -31,11 +32,12 @@ class LayerStats:
     Attributes:
         load: int64 ``[N]`` activations per expert (tokens that selected it).
         coact: int64 ``[N, N]`` tokens that selected both experts; symmetric, zero diagonal.
+            None when the source recorded expert load only (an SGLang ``stat`` dump).
         load_resamples: int64 ``[B, N]`` expert load under B bootstrap resamples of the documents.
     """
 
     load: np.ndarray
-    coact: np.ndarray
+    coact: np.ndarray | None
     load_resamples: np.ndarray
 
     @property
@@ -45,11 +47,14 @@ class LayerStats:
 
 @dataclasses.dataclass(frozen=True)
 class Statistics:
-    """Statistics of a whole trace: ``load [L, N]``, ``coact [L, N, N]``, ``load_resamples [L, B, N]``."""
+    """Statistics of a whole trace: ``load [L, N]``, ``coact [L, N, N]``, ``load_resamples [L, B, N]``.
+
+    ``coact`` is None for load-only sources; ``load_resamples`` then has B = 0.
+    """
 
     meta: TraceMeta
     load: np.ndarray
-    coact: np.ndarray
+    coact: np.ndarray | None
     load_resamples: np.ndarray
     num_tokens: int
     num_documents: int
@@ -59,9 +64,26 @@ class Statistics:
     def num_layers(self) -> int:
         return int(self.load.shape[0])
 
+    @property
+    def load_only(self) -> bool:
+        return self.coact is None
+
     def layer(self, index: int) -> LayerStats:
         """Statistics of MoE layer ``index`` (position in ``meta.layer_ids``, not the model's index)."""
-        return LayerStats(self.load[index], self.coact[index], self.load_resamples[index])
+        coact = None if self.coact is None else self.coact[index]
+        return LayerStats(self.load[index], coact, self.load_resamples[index])
+
+    def provenance(self) -> dict:
+        """What a placement file records about the statistics it was planned from."""
+        h = hashlib.sha256(json.dumps(self.meta.to_dict(), sort_keys=True).encode())
+        for array in (self.load, self.coact, self.load_resamples):
+            if array is not None:
+                h.update(np.ascontiguousarray(array, dtype="<i8").tobytes())
+        return {
+            "fingerprint": "sha256:" + h.hexdigest(),
+            "tokens": self.num_tokens,
+            "documents": self.num_documents,
+        }
 
     def __add__(self, other: Statistics) -> Statistics:
         """Statistics of the concatenation of both traces (exact)."""
@@ -77,7 +99,7 @@ class Statistics:
         return dataclasses.replace(
             self,
             load=self.load + other.load,
-            coact=self.coact + other.coact,
+            coact=None if self.load_only or other.load_only else self.coact + other.coact,
             load_resamples=self.load_resamples + other.load_resamples,
             num_tokens=self.num_tokens + other.num_tokens,
             num_documents=self.num_documents + other.num_documents,

@@ -163,17 +163,18 @@ def check_trace(trace: Trace) -> None:
             f"{trace.doc_labels.shape[0]} document labels for {offsets.shape[0] - 1} documents"
         )
     for first, end in trace.document_chunks(1 << 16):
-        ids = np.asarray(topk[offsets[first] : offsets[end]])
-        bad = (ids < NO_EXPERT) | (ids >= meta.num_experts)
-        if bad.any():
-            token = int(offsets[first] + np.argwhere(bad)[0][0])
-            raise MoeplaceError(
-                f"token {token} has expert id {int(ids[bad][0])}, outside [0, {meta.num_experts})"
-            )
-        ordered = np.sort(ids, axis=-1)
-        repeat = (ordered[..., 1:] == ordered[..., :-1]) & (ordered[..., 1:] != NO_EXPERT)
-        if repeat.any():
-            token, layer = (int(v) for v in np.argwhere(repeat)[0][:2])
-            raise MoeplaceError(
-                f"token {offsets[first] + token} selects one expert twice at MoE layer {layer}"
-            )
+        check_ids(np.asarray(topk[offsets[first] : offsets[end]]), meta.num_experts, int(offsets[first]))
+
+
+def check_ids(ids: np.ndarray, num_experts: int, first_token: int = 0) -> None:
+    """Raise ``MoeplaceError`` unless ids ``[t, L, k]`` are in ``[-1, num_experts)`` and no token
+    selects one expert twice in a layer. ``first_token`` numbers the tokens in the message."""
+    bad = (ids < NO_EXPERT) | (ids >= num_experts)
+    if bad.any():
+        token = first_token + int(np.argwhere(bad)[0][0])
+        raise MoeplaceError(f"token {token} has expert id {int(ids[bad][0])}, outside [0, {num_experts})")
+    ordered = np.sort(ids, axis=-1)
+    repeat = (ordered[..., 1:] == ordered[..., :-1]) & (ordered[..., 1:] != NO_EXPERT)
+    if repeat.any():
+        token, layer = (int(v) for v in np.argwhere(repeat)[0][:2])
+        raise MoeplaceError(f"token {first_token + token} selects one expert twice at MoE layer {layer}")

@@ -14,14 +14,17 @@ Interchange (``*.npz``, as in the shared traces): ``topk_ids``, ``doc_offsets``,
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from moeplace.atomic import atomic_dir, atomic_path
-from moeplace.calibrate.trace import Trace, TraceMeta, check_trace
+from moeplace.calibrate.trace import Trace, TraceMeta, check_ids, check_trace
 from moeplace.errors import MoeplaceError, file_error
 
 FORMAT = "moeplace-trace"
@@ -75,6 +78,88 @@ def save_trace(trace: Trace, path: str | Path) -> None:
         np.save(tmp / "topk_ids.npy", trace.topk_ids, allow_pickle=False)
         np.save(tmp / "doc_offsets.npy", trace.doc_offsets.astype(np.int64), allow_pickle=False)
         np.save(tmp / "doc_labels.npy", trace.doc_labels.astype(str), allow_pickle=False)
+
+
+class TraceWriter:
+    """Appends documents to a trace directory being built, holding none of them in memory.
+
+    Use through ``trace_writer``; ids go to a raw file as they come and become ``topk_ids.npy``
+    (copied in chunks) when the writer finishes.
+    """
+
+    def __init__(self, directory: Path, meta: TraceMeta):
+        self.directory, self.meta = directory, meta
+        self.lengths: list[int] = []
+        self.labels: list[str] = []
+        self._raw = open(directory / "topk_ids.raw", "wb")  # noqa: SIM115 - closed in finish()
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.lengths)
+
+    def add(self, topk_ids: np.ndarray, label: str) -> None:
+        """Append one document: ids ``[t, L, k]`` (int, -1 = no expert)."""
+        expected = (len(self.meta.layer_ids), self.meta.top_k)
+        if topk_ids.ndim != 3 or topk_ids.shape[1:] != expected:
+            raise MoeplaceError(
+                f"document ids of shape {topk_ids.shape}, expected [tokens, {expected[0]}, {expected[1]}]"
+            )
+        check_ids(topk_ids, self.meta.num_experts, self.num_tokens)
+        np.ascontiguousarray(topk_ids, dtype="<i2").tofile(self._raw)
+        self.lengths.append(int(topk_ids.shape[0]))
+        self.labels.append(str(label))
+
+    def finish(self) -> None:
+        self._raw.close()
+        if not self.lengths:
+            raise MoeplaceError("no documents were written")
+        shape = (self.num_tokens, len(self.meta.layer_ids), self.meta.top_k)
+        raw = self.directory / "topk_ids.raw"
+        ids = np.lib.format.open_memmap(self.directory / "topk_ids.npy", mode="w+", dtype="<i2", shape=shape)
+        per_token = shape[1] * shape[2]
+        step = max(1, (1 << 24) // per_token)  # ~32 MB at a time
+        with open(raw, "rb") as f:
+            for start in range(0, shape[0], step):
+                count = min(step, shape[0] - start)
+                ids[start : start + count] = np.fromfile(f, dtype="<i2", count=count * per_token).reshape(
+                    count, *shape[1:]
+                )
+        ids.flush()
+        del ids
+        raw.unlink()
+        offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        np.save(self.directory / "doc_offsets.npy", offsets, allow_pickle=False)
+        np.save(self.directory / "doc_labels.npy", np.array(self.labels, dtype=str), allow_pickle=False)
+        header = {
+            "format": FORMAT,
+            "version": VERSION,
+            "num_tokens": shape[0],
+            "num_documents": len(self.lengths),
+        }
+        (self.directory / "meta.json").write_text(json.dumps(header | self.meta.to_dict(), indent=1) + "\n")
+
+
+@contextlib.contextmanager
+def trace_writer(path: str | Path, meta: TraceMeta) -> Iterator[TraceWriter]:
+    """A ``TraceWriter`` whose trace appears at ``path`` (atomically) when the block succeeds.
+
+    For an ``.npz`` target the trace is built in a temporary directory beside it, then compressed.
+    """
+    path = Path(path)
+    if path.suffix == ".npz":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+            with trace_writer(Path(tmp) / "trace", meta) as writer:
+                yield writer
+            save_trace(load_trace(Path(tmp) / "trace"), path)
+        return
+    with atomic_dir(path, replaceable=_is_trace_dir) as tmp:
+        writer = TraceWriter(tmp, meta)
+        try:
+            yield writer
+        finally:
+            writer._raw.close()
+        writer.finish()
 
 
 def _is_trace_dir(path: Path) -> bool:

@@ -10,7 +10,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from moeplace.calibrate.stats import Statistics
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import LayerPlacement, Placement, yaml_safe
-from moeplace.planner.solvers import SOLVERS, SolverOptions
+from moeplace.planner.solvers import LOAD_ONLY_SOLVERS, SOLVERS, SolverOptions
 from moeplace.planner.topology import Topology
 
 
@@ -31,6 +31,12 @@ def plan(
     """
     if solver not in SOLVERS:
         raise MoeplaceError(f"unknown solver {solver!r}; choose from {', '.join(SOLVERS)}")
+    if stats.load_only and solver not in LOAD_ONLY_SOLVERS:
+        raise MoeplaceError(
+            f"solver {solver!r} needs co-activation counts, but these statistics hold expert load only "
+            f"({stats.meta.source or 'load-only source'}); use --solver {' or '.join(LOAD_ONLY_SOLVERS)}, "
+            "or record per-token routing (a trace)"
+        )
     if topology.num_experts != stats.meta.num_experts:
         raise MoeplaceError(
             f"topology has {topology.num_experts} experts, statistics {stats.meta.num_experts}"

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from moeplace.calibrate.stats import expert_load
-from moeplace.calibrate.trace import Trace
+from moeplace.calibrate.trace import Trace, TraceMeta
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import Placement, yaml_safe
 from moeplace.planner.solvers import BASELINE, frequency_placement
@@ -69,9 +69,8 @@ class Validation:
         )
 
 
-def check_compatible(placement: Placement, trace: Trace) -> None:
-    """Raise ``MoeplaceError`` if the trace is not routing of the placement's model layers."""
-    meta = trace.meta
+def check_compatible(placement: Placement, meta: TraceMeta) -> None:
+    """Raise ``MoeplaceError`` unless ``meta`` describes routing of the placement's model layers."""
     if (meta.num_experts, meta.top_k) != (placement.num_experts, placement.top_k):
         raise MoeplaceError(
             f"trace has {meta.num_experts} experts, top-{meta.top_k}; the placement is for "
@@ -89,7 +88,7 @@ def validate(placement: Placement, holdout: Trace, baseline_load: np.ndarray | N
     The baseline is fit on ``baseline_load`` (int ``[L, N]``) or, by default, on the calibration
     load recorded in the placement: the same calibration data the placement was fit on.
     """
-    check_compatible(placement, holdout)
+    check_compatible(placement, holdout.meta)
     load = placement.calibration_load if baseline_load is None else baseline_load
     topology = placement.topology
     baseline = np.stack([frequency_placement(x, topology) for x in load])

@@ -15,5 +15,14 @@ SOLVERS: dict[str, Solver] = {
 }
 
 BASELINE = "frequency"
+LOAD_ONLY_SOLVERS = ("random", "frequency")  # the solvers that need no co-activation counts
 
-__all__ = ["BASELINE", "SOLVERS", "Solution", "Solver", "SolverOptions", "frequency_placement"]
+__all__ = [
+    "BASELINE",
+    "LOAD_ONLY_SOLVERS",
+    "SOLVERS",
+    "Solution",
+    "Solver",
+    "SolverOptions",
+    "frequency_placement",
+]

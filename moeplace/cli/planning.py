@@ -1,28 +1,36 @@
-"""The ``moeplace`` command: split, stats, plan, validate, compare, demo.
-
-Exit codes: 0 success, 1 a validation gate failed, 2 bad input (one line on stderr naming the
-file and the problem).
-"""
+"""Planning commands: split, stats, plan, validate, compare, demo."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from moeplace.calibrate.split import split_documents
-from moeplace.calibrate.stats import DEFAULT_RESAMPLES, compute_statistics, expert_load, load_skew
+from moeplace.calibrate.stats import DEFAULT_RESAMPLES, Statistics, compute_statistics, expert_load, load_skew
+from moeplace.calibrate.stats_io import load_trace_or_statistics
 from moeplace.calibrate.trace_io import load_trace, save_trace
-from moeplace.errors import MoeplaceError
+from moeplace.cli.app import (
+    CORES,
+    JobsOpt,
+    ResamplesOpt,
+    SeedOpt,
+    TimeLimitOpt,
+    ToleranceOpt,
+    TraceArg,
+    app,
+    err,
+    named,
+    out,
+    parse_ints,
+    parse_solvers,
+    progress_bar,
+    user_errors,
+)
 from moeplace.planner.placement import load_placement, save_placement
 from moeplace.planner.plan import layer_executor
 from moeplace.planner.plan import plan as plan_layers
@@ -33,87 +41,12 @@ from moeplace.validators.compare import markdown_table, write_comparison
 from moeplace.validators.report import check_compatible, gate_failures
 from moeplace.validators.report import validate as validate_placement
 
-app = typer.Typer(
-    help="Plan expert placement for sharded MoE inference: fewer devices per token, balanced load.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-TraceArg = Annotated[
-    Path, typer.Argument(help="Routing trace: a moeplace trace directory or an interchange .npz.")
-]
-SeedOpt = Annotated[int, typer.Option(min=0, help="Seed for the split, resampling and randomized solvers.")]
-ToleranceOpt = Annotated[
-    float,
-    typer.Option(min=0.0, help="eps: capped solvers keep every device's load <= (1 + eps) x mean load."),
-]
-TimeLimitOpt = Annotated[
-    float,
-    typer.Option(
-        min=0.01,
-        help="ortools: CP-SAT budget per layer in deterministic seconds (reproducible; wall time "
-        "varies with the machine and is often several times more).",
+StatsInputArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Calibration trace (directory or .npz) or a statistics file from `moeplace merge`/`import`."
     ),
 ]
-CORES = os.cpu_count() or 1
-JobsOpt = Annotated[
-    int, typer.Option(min=1, help="Processes solving layers in parallel (default: all cores).")
-]
-ResamplesOpt = Annotated[
-    int,
-    typer.Option(
-        min=0,
-        max=32,
-        help="Bootstrap resamples of the calibration documents the load cap must also hold on "
-        "(0: calibration trace only). Keeps held-out load near the cap.",
-    ),
-]
-
-
-def user_errors(command):
-    """Turn ``MoeplaceError`` into one line on stderr and exit code 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except MoeplaceError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
-@contextlib.contextmanager
-def progress_bar(description: str, total: int):
-    """A progress bar on stderr; yields a callable that advances it by one."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda: progress.advance(task)
-
-
-def parse_ints(text: str, what: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise MoeplaceError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if not values:
-        raise MoeplaceError(f"{what} is empty")
-    return values
-
-
-def parse_solvers(text: str) -> list[str]:
-    names = [x.strip() for x in text.split(",") if x.strip()]
-    unknown = [x for x in names if x not in SOLVERS]
-    if unknown or not names:
-        raise MoeplaceError(
-            f"unknown solver(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SOLVERS)}"
-        )
-    return names
 
 
 @app.command()
@@ -138,18 +71,19 @@ def split(
 
 @app.command()
 @user_errors
-def stats(trace: TraceArg):
-    """Describe a trace: size, model, and how skewed each MoE layer's expert load is."""
-    data = load_trace(trace)
+def stats(trace: StatsInputArg):
+    """Describe a trace or statistics file: size, model, and each MoE layer's expert-load skew."""
+    data = load_trace_or_statistics(trace)
     meta = data.meta
     out.print(f"[bold]{trace}[/bold]  model {meta.model}  phase {meta.phase}")
     out.print(
-        f"tokens {data.num_tokens}  documents {data.num_documents}  MoE layers {data.num_layers}  "
+        f"tokens {data.num_tokens}  documents {data.num_documents}  MoE layers {len(meta.layer_ids)}  "
         f"experts {meta.num_experts}  top-k {meta.top_k}"
+        + ("  (statistics, expert load only)" if isinstance(data, Statistics) and data.load_only else "")
     )
     if meta.source:
         out.print(f"source: {meta.source}  licence: {meta.license or 'unknown'}")
-    load = expert_load(data)
+    load = data.load if isinstance(data, Statistics) else expert_load(data)
     table = Table(title="expert load per MoE layer")
     for column in ("layer", "max/mean", "max/min", "Gini", "top-10% share", "dead experts"):
         table.add_column(column, justify="right")
@@ -169,7 +103,7 @@ def stats(trace: TraceArg):
 @app.command()
 @user_errors
 def plan(
-    trace: Annotated[Path, typer.Argument(help="Calibration (fit) trace: directory or .npz.")],
+    trace: StatsInputArg,
     devices: Annotated[int, typer.Option(help="Number of expert-parallel devices D.")],
     out_path: Annotated[Path, typer.Option("--out", help="Placement YAML to write.")],
     solver: Annotated[str, typer.Option(help=f"One of: {', '.join(SOLVERS)}.")] = "greedy-capped",
@@ -185,13 +119,20 @@ def plan(
 ):
     """Solve a placement for every MoE layer and write the placement YAML."""
     parse_solvers(solver)
-    fit = load_trace(trace)
+    source = load_trace_or_statistics(trace)
     held = load_trace(holdout) if holdout is not None else None
-    topology = Topology(fit.meta.num_experts, devices)
+    topology = Topology(source.meta.num_experts, devices)
     options = SolverOptions(load_tolerance=load_tolerance, seed=seed, time_limit=time_limit)
-    statistics = compute_statistics(fit, resamples=resamples, seed=seed)
-    with progress_bar(f"{solver}, D={devices}", fit.num_layers) as advance, layer_executor(jobs) as pool:
-        placement = plan_layers(statistics, topology, solver, options, fit.provenance(), advance, pool)
+    if isinstance(source, Statistics):
+        statistics = source  # resampled with the seed and count it was made with
+    else:
+        statistics = compute_statistics(source, resamples=resamples, seed=seed)
+    with (
+        named(trace),
+        progress_bar(f"{solver}, D={devices}", statistics.num_layers) as advance,
+        layer_executor(jobs) as pool,
+    ):
+        placement = plan_layers(statistics, topology, solver, options, source.provenance(), advance, pool)
     relaxed = [layer.layer_id for layer in placement.layers if layer.solver_report.get("cap_relaxed")]
     if relaxed:
         err.print(
@@ -199,7 +140,7 @@ def plan(
             "load; their cap is what frequency-balanced packing reaches (see solver_report.load_cap)"
         )
     if held is not None:
-        with _named(holdout):
+        with named(holdout):
             summary = validate_placement(placement, held).summary()
         placement = dataclasses.replace(placement, validation=summary)
         print_summary(summary)
@@ -215,7 +156,8 @@ def validate(
     fit: Annotated[
         Path | None,
         typer.Option(
-            help="Refit the frequency baseline on this trace instead of the calibration load in the file."
+            help="Refit the frequency baseline on this trace or statistics file instead of the "
+            "calibration load recorded in the placement file."
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
@@ -236,11 +178,11 @@ def validate(
     held = load_trace(holdout)
     baseline_load = None
     if fit is not None:
-        fit_trace = load_trace(fit)
-        with _named(fit):
-            check_compatible(placement, fit_trace)
-        baseline_load = expert_load(fit_trace)
-    with _named(holdout):
+        fit_source = load_trace_or_statistics(fit)
+        with named(fit):
+            check_compatible(placement, fit_source.meta)
+        baseline_load = fit_source.load if isinstance(fit_source, Statistics) else expert_load(fit_source)
+    with named(holdout):
         validation = validate_placement(placement, held, baseline_load)
     summary = validation.summary()
     failures = gate_failures(summary, max_load_ratio, min_reduction)
@@ -310,15 +252,6 @@ def demo(
     run_demo(out_dir, load_tolerance, time_limit, jobs, out, progress_bar)
 
 
-@contextlib.contextmanager
-def _named(path: Path):
-    """Prefix a ``MoeplaceError`` raised inside with ``path``."""
-    try:
-        yield
-    except MoeplaceError as exc:
-        raise MoeplaceError(f"{path}: {exc}") from None
-
-
 def print_layers(layers: list[dict]) -> None:
     table = Table(title=f"held-out, per MoE layer (baseline: {BASELINE})")
     columns = ("layer", "dev/token", "baseline", "reduction", "load-CV", "baseline", "max/mean", "baseline")
@@ -353,7 +286,3 @@ def print_summary(summary: dict) -> None:
         f"lower bound {summary['dev_per_token_lower_bound']}, balance floor {summary['balance_floor']:.3f}",
         highlight=False,
     )
-
-
-if __name__ == "__main__":
-    app()

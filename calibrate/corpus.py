@@ -1,0 +1,62 @@
+"""Calibration corpora: the representative traffic a model is run on.
+
+Two forms, chosen by file name:
+
+- ``*.jsonl``: one JSON object per line with a ``text`` field and an optional label in ``domain``
+  or ``label`` (else the file name); each line is one document.
+- anything else: plain UTF-8 text, one document per block of lines separated by blank lines,
+  labelled with the file name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from moeplace.errors import MoeplaceError, file_error
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    text: str
+    label: str
+
+
+def read_corpus(paths: Sequence[str | Path]) -> list[Document]:
+    """All documents of all ``paths``, in order. Raises ``MoeplaceError`` naming a bad file or line."""
+    documents = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise file_error(path, "no such corpus file")
+        try:
+            documents.extend(_read_jsonl(path) if path.suffix == ".jsonl" else _read_text(path))
+        except UnicodeDecodeError as exc:
+            raise file_error(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not documents:
+        raise MoeplaceError(f"no documents in {', '.join(map(str, paths))}")
+    return documents
+
+
+def _read_text(path: Path) -> Iterator[Document]:
+    for block in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")):
+        if block.strip():
+            yield Document(block.strip(), path.stem)
+
+
+def _read_jsonl(path: Path) -> Iterator[Document]:
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise file_error(path, f"line {number}: not JSON ({exc.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise file_error(path, f"line {number}: needs a string field 'text'")
+            label = record.get("domain", record.get("label", path.stem))
+            if record["text"].strip():
+                yield Document(record["text"], str(label))

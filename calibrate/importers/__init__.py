@@ -1,0 +1,30 @@
+"""Importers: routing recorded by serving engines, turned into moeplace traces or statistics.
+
+Each importer takes the source files and ``ImportOptions`` and returns either
+``(TraceMeta, documents)`` (documents: iterable of ``(ids [t, L, k], label)``) or ``Statistics``
+when the source holds expert load only. Adding a format: one module, one line in ``IMPORTERS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from moeplace.calibrate.importers import npz, sglang, vllm
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportOptions:
+    """What a source may not say about itself: the model's name, expert count, top-k, layer ids."""
+
+    model: str | None = None
+    num_experts: int | None = None
+    top_k: int | None = None
+    layer_ids: tuple[int, ...] | None = None
+
+
+IMPORTERS = {
+    "sglang": sglang.read_per_token,
+    "sglang-stat": sglang.read_stat,
+    "vllm": vllm.read_routed_experts,
+    "npz": npz.read_interchange,
+}

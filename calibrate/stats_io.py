@@ -1,0 +1,87 @@
+"""Statistics files (``.npz``, no pickle) and loading "a trace or statistics" for planning.
+
+Layout: ``stats_meta_json`` (format ``moeplace-statistics``, version, trace metadata, token and
+document counts, resample seed), ``load`` int64 ``[L, N]``, ``load_resamples`` int64 ``[L, B, N]``
+and, unless the source recorded expert load only, ``coact`` int64 ``[L, N, N]``.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from moeplace.atomic import atomic_path
+from moeplace.calibrate.stats import Statistics
+from moeplace.calibrate.trace import Trace, TraceMeta
+from moeplace.calibrate.trace_io import load_trace
+from moeplace.errors import MoeplaceError, file_error
+
+FORMAT = "moeplace-statistics"
+VERSION = 1
+
+
+def save_statistics(stats: Statistics, path: str | Path) -> None:
+    """Write ``stats`` atomically as a compressed ``.npz``."""
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "num_tokens": stats.num_tokens,
+        "num_documents": stats.num_documents,
+        "resample_seed": stats.resample_seed,
+    }
+    arrays = {"load": stats.load, "load_resamples": stats.load_resamples}
+    if stats.coact is not None:
+        arrays["coact"] = stats.coact
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, stats_meta_json=np.array(json.dumps(header | stats.meta.to_dict())), **arrays)
+
+
+def is_statistics_file(path: Path) -> bool:
+    """True for a moeplace statistics ``.npz`` (by content, not by name)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "stats_meta_json.npy" in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def load_statistics(path: str | Path) -> Statistics:
+    """Load and check a statistics file; ``MoeplaceError`` naming the file for any problem."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(str(z["stats_meta_json"]))
+            if header.get("format") != FORMAT or header.get("version") != VERSION:
+                raise MoeplaceError(f"not a {FORMAT} version {VERSION} file")
+            meta = TraceMeta.from_dict(header)
+            load, resamples = z["load"].astype(np.int64), z["load_resamples"].astype(np.int64)
+            coact = z["coact"].astype(np.int64) if "coact" in z.files else None
+        n, num_layers = meta.num_experts, len(meta.layer_ids)
+        if load.shape != (num_layers, n) or resamples.ndim != 3 or resamples.shape[::2] != (num_layers, n):
+            raise MoeplaceError(f"load arrays do not match {num_layers} layers x {n} experts")
+        if coact is not None and coact.shape != (num_layers, n, n):
+            raise MoeplaceError(f"coact has shape {coact.shape}, expected {(num_layers, n, n)}")
+        if load.min(initial=0) < 0 or (coact is not None and coact.min(initial=0) < 0):
+            raise MoeplaceError("negative counts")
+        return Statistics(
+            meta,
+            load,
+            coact,
+            resamples,
+            int(header["num_tokens"]),
+            int(header["num_documents"]),
+            int(header["resample_seed"]),
+        )
+    except MoeplaceError as exc:
+        raise file_error(path, str(exc)) from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise file_error(path, f"unreadable statistics ({exc})") from None
+
+
+def load_trace_or_statistics(path: str | Path) -> Trace | Statistics:
+    """A statistics file if ``path`` is one, else a trace (directory or interchange ``.npz``)."""
+    path = Path(path)
+    return load_statistics(path) if path.is_file() and is_statistics_file(path) else load_trace(path)

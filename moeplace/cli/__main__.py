@@ -1,0 +1,3 @@
+from moeplace.cli import app
+
+app()

@@ -1,0 +1,144 @@
+"""The ``moeplace`` Typer app and what its commands share: errors, progress, options, parsing.
+
+Exit codes: 0 success, 1 a validation gate failed, 2 bad input (one line on stderr naming the
+file and the problem).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from moeplace.errors import MoeplaceError
+from moeplace.planner.solvers import SOLVERS
+
+app = typer.Typer(
+    help="Plan expert placement for sharded MoE inference: fewer devices per token, balanced load.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+CORES = os.cpu_count() or 1
+
+TraceArg = Annotated[
+    Path, typer.Argument(help="Routing trace: a moeplace trace directory or an interchange .npz.")
+]
+SeedOpt = Annotated[int, typer.Option(min=0, help="Seed for the split, resampling and randomized solvers.")]
+ToleranceOpt = Annotated[
+    float,
+    typer.Option(min=0.0, help="eps: capped solvers keep every device's load <= (1 + eps) x mean load."),
+]
+TimeLimitOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.01,
+        help="ortools: CP-SAT budget per layer in deterministic seconds (reproducible; wall time "
+        "varies with the machine and is often several times more).",
+    ),
+]
+JobsOpt = Annotated[
+    int, typer.Option(min=1, help="Processes solving layers in parallel (default: all cores).")
+]
+ResamplesOpt = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        max=32,
+        help="Bootstrap resamples of the calibration documents the load cap must also hold on "
+        "(0: calibration trace only). Keeps held-out load near the cap.",
+    ),
+]
+
+
+def user_errors(command):
+    """Turn ``MoeplaceError`` into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except MoeplaceError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def named(path: Path):
+    """Prefix a ``MoeplaceError`` raised inside with ``path``."""
+    try:
+        yield
+    except MoeplaceError as exc:
+        raise MoeplaceError(f"{path}: {exc}") from None
+
+
+class _Rate(ProgressColumn):
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed or 0:,.0f} {self.unit}/s")
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int, unit: str = "layers"):
+    """A progress bar on stderr with rate and time left; yields ``advance(n=1)``."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(unit),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n=1: progress.advance(task, n)
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    """``"2,4,8"`` -> [2, 4, 8]; ``"1-4"`` ranges allowed."""
+    values = []
+    try:
+        for part in (x.strip() for x in text.split(",")):
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                values.extend(range(int(lo), int(hi) + 1))
+            elif part:
+                values.append(int(part))
+    except ValueError:
+        raise MoeplaceError(f"{what} must be comma-separated integers or ranges, got {text!r}") from None
+    if not values:
+        raise MoeplaceError(f"{what} is empty")
+    return values
+
+
+def parse_solvers(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in names if x not in SOLVERS]
+    if unknown or not names:
+        raise MoeplaceError(
+            f"unknown solver(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SOLVERS)}"
+        )
+    return names

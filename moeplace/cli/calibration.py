@@ -1,0 +1,174 @@
+"""Calibration commands: calibrate (capture from a model), import (engine recordings), merge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from moeplace.calibrate.corpus import read_corpus
+from moeplace.calibrate.importers import IMPORTERS, ImportOptions
+from moeplace.calibrate.merge import merged_meta, trace_documents
+from moeplace.calibrate.stats import DEFAULT_RESAMPLES, Statistics, compute_statistics
+from moeplace.calibrate.stats_io import load_trace_or_statistics, save_statistics
+from moeplace.calibrate.trace import Trace
+from moeplace.calibrate.trace_io import trace_writer
+from moeplace.cli.app import ResamplesOpt, SeedOpt, app, named, out, parse_ints, progress_bar, user_errors
+from moeplace.errors import MoeplaceError
+
+OutTrace = Annotated[
+    Path,
+    typer.Option("--out", help="Trace to write: a directory, or an interchange file if it ends in .npz."),
+]
+
+
+@app.command()
+@user_errors
+def calibrate(
+    model: Annotated[str, typer.Argument(help="Hugging Face model id or a local folder (save_pretrained).")],
+    corpus: Annotated[
+        list[Path],
+        typer.Option(
+            help="Corpus file(s): plain text, one document per blank-line-separated block, or JSONL "
+            "with 'text' and an optional 'domain' label. `--corpus a.txt b.jsonl` or repeat the option."
+        ),
+    ],
+    out_path: OutTrace,
+    more_corpus: Annotated[list[Path] | None, typer.Argument(hidden=True)] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Stop after this many tokens.")] = None,
+    max_length: Annotated[
+        int, typer.Option(min=1, help="Longest sequence per forward pass; longer documents run as windows.")
+    ] = 2048,
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")] = 8,
+    device: Annotated[
+        str, typer.Option(help="cpu, cuda, cuda:N, ... or auto (spread over all GPUs).")
+    ] = "cpu",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+):
+    """Run a Hugging Face MoE model on a corpus and record the experts its routers choose."""
+    try:
+        from moeplace.calibrate import capture
+    except ImportError:
+        raise MoeplaceError(
+            "calibrate needs torch and transformers: pip install 'moeplace[calibrate]'"
+        ) from None
+    files = [*corpus, *(more_corpus or [])]
+    documents = read_corpus(files)
+    network, tokenizer = capture.load_model(model, device, dtype)
+    token_ids = capture.tokenize(tokenizer, documents)
+    total = sum(ids.shape[0] for ids in token_ids)
+    total = min(total, max_tokens) if max_tokens else total
+    meta = capture.trace_meta(network, model, [str(f) for f in files], max_length)
+    with progress_bar("calibrating", total, unit="tok") as advance, trace_writer(out_path, meta) as writer:
+        capture.capture_routing(
+            network,
+            documents,
+            token_ids,
+            writer,
+            max_length=max_length,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            on_tokens=advance,
+        )
+    out.print(
+        f"{writer.num_tokens} tokens, {len(writer.lengths)} documents, {len(meta.layer_ids)} MoE layers "
+        f"({meta.num_experts} experts, top-{meta.top_k}) -> {out_path}"
+    )
+
+
+@app.command("import")
+@user_errors
+def import_(
+    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help=f"One of: {', '.join(IMPORTERS)}.")],
+    sources: Annotated[list[Path], typer.Argument(help="Recorded files (SGLang: one .pt per rank).")],
+    out_path: Annotated[
+        Path,
+        typer.Option("--out", help="Trace to write (directory or .npz); statistics .npz for sglang-stat."),
+    ],
+    model: Annotated[str | None, typer.Option(help="Model name to record (dumps may not say).")] = None,
+    num_experts: Annotated[
+        int | None, typer.Option(min=1, help="Routed experts per layer (required for vllm).")
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option(min=1, help="Experts per token (required for sglang-stat).")
+    ] = None,
+    layer_ids: Annotated[
+        str | None, typer.Option(help="vllm: the model's layer index of each MoE layer, e.g. 1-26.")
+    ] = None,
+):
+    """Turn routing recorded by a serving engine into a moeplace trace (or load-only statistics).
+
+    sglang: --expert-distribution-recorder-mode per_token dumps; sglang-stat: stat dumps (expert
+    load only); vllm: JSONL of request outputs with routed_experts; npz: interchange traces.
+    """
+    if fmt not in IMPORTERS:
+        raise MoeplaceError(f"unknown import format {fmt!r}; choose from {', '.join(IMPORTERS)}")
+    layers = tuple(parse_ints(layer_ids, "--layer-ids")) if layer_ids else None
+    options = ImportOptions(model=model, num_experts=num_experts, top_k=top_k, layer_ids=layers)
+    result = IMPORTERS[fmt](sources, options)
+    if isinstance(result, Statistics):
+        _require_npz(out_path, "statistics")
+        save_statistics(result, out_path)
+        layers = len(result.meta.layer_ids)
+        out.print(f"expert load of {layers} MoE layers (load only: no co-activation) -> {out_path}")
+        return
+    meta, documents = result
+    with trace_writer(out_path, meta) as writer:
+        for ids, label in documents:
+            writer.add(ids, label)
+    out.print(
+        f"{writer.num_tokens} tokens, {len(writer.lengths)} documents, {len(meta.layer_ids)} MoE layers "
+        f"({meta.num_experts} experts, top-{meta.top_k}) -> {out_path}"
+    )
+
+
+@app.command()
+@user_errors
+def merge(
+    inputs: Annotated[list[Path], typer.Argument(help="Traces and/or statistics files of one model.")],
+    out_path: Annotated[
+        Path, typer.Option("--out", help="Merged trace, or statistics .npz if any input is statistics.")
+    ],
+    resamples: ResamplesOpt = DEFAULT_RESAMPLES,
+    seed: SeedOpt = 0,
+):
+    """Merge routing recorded on several machines or GPUs into one trace (or statistics).
+
+    Traces concatenate document by document. If any input is a statistics file, every trace is
+    turned into statistics too (with --resamples and --seed, which must match the statistics
+    inputs) and all are summed: exactly the statistics of the concatenated trace.
+    """
+    if len(inputs) < 2:
+        raise MoeplaceError("merge needs at least two inputs")
+    sources = [load_trace_or_statistics(path) for path in inputs]
+    traces = [source for source in sources if isinstance(source, Trace)]
+    if len(traces) == len(sources):
+        meta = merged_meta(traces, inputs)
+        with trace_writer(out_path, meta) as writer:
+            for trace in traces:
+                for ids, label in trace_documents(trace):
+                    writer.add(ids, label)
+        documents = len(writer.lengths)
+        out.print(
+            f"{writer.num_tokens} tokens, {documents} documents from {len(inputs)} traces -> {out_path}"
+        )
+        return
+    _require_npz(out_path, "merged statistics")
+    as_stats = [
+        source
+        if isinstance(source, Statistics)
+        else compute_statistics(source, resamples=resamples, seed=seed)
+        for source in sources
+    ]
+    merged = as_stats[0]
+    for path, stats in zip(inputs[1:], as_stats[1:], strict=True):
+        with named(path):
+            merged = merged + stats
+    save_statistics(merged, out_path)
+    out.print(f"statistics of {merged.num_tokens} tokens from {len(inputs)} inputs -> {out_path}")
+
+
+def _require_npz(path: Path, what: str) -> None:
+    if path.suffix != ".npz":
+        raise MoeplaceError(f"{path}: {what} are written as .npz; name the output *.npz")
