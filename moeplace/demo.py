@@ -53,14 +53,12 @@ def run_demo(
     print(markdown_table(comparison.rows))
     console.print(
         f"gate on {gated} (max/mean <= {max_load}, reduction >= {min_reduction:.0%}): "
-        + ("passed" if not failures else "FAILED: " + "; ".join(failures)),
-        highlight=False,
+        + ("passed" if not failures else "FAILED: " + "; ".join(failures))
     )
     console.print(f"split:      {out_dir / 'fit.npz'}, {out_dir / 'holdout.npz'}")
     console.print(f"placements: {out_dir / 'placements'} ({len(comparison.placements)} files)")
     console.print(f"comparison: {paths['md']}, {paths['csv']}, {paths['png']}")
     console.print(
         f"next: moeplace validate {gated} {out_dir / 'holdout.npz'} "
-        f"--max-load-ratio {max_load} --min-reduction {min_reduction}",
-        highlight=False,
+        f"--max-load-ratio {max_load} --min-reduction {min_reduction}"
     )

@@ -213,3 +213,9 @@ def test_baseline_refit_needs_a_matching_fit_trace(planned, split_files, tmp_pat
     save_trace(random_trace(), tmp_path / "other.npz")
     result = run("validate", planned, split_files[1], "--fit", tmp_path / "other.npz")
     assert result.exit_code == 2 and "other.npz" in result.stderr and "16 experts" in result.stderr
+
+
+def test_messages_print_brackets_verbatim(tmp_path):
+    weird = tmp_path / "[bold]trace[x].npz"
+    result = run("stats", weird)
+    assert result.exit_code == 2 and "[bold]trace[x].npz" in result.stderr

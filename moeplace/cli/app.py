@@ -34,8 +34,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# No markup: messages carry user text (paths, model names, "[tokens, k]") that must print as is.
+out = Console(soft_wrap=True, markup=False, highlight=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+
+
+def tagged(tag: str, style: str, message: str) -> Text:
+    """``tag`` in ``style``, then the message verbatim."""
+    return Text.assemble((tag, style), " ", message)
+
+
 CORES = os.cpu_count() or 1
 
 TraceArg = Annotated[
@@ -76,7 +84,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except MoeplaceError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err.print(tagged("error:", "red", str(exc)))
             raise typer.Exit(2) from None
 
     return wrapper

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from moeplace.calibrate.split import split_documents
 from moeplace.calibrate.stats import DEFAULT_RESAMPLES, Statistics, compute_statistics, expert_load, load_skew
@@ -29,6 +30,7 @@ from moeplace.cli.app import (
     parse_ints,
     parse_solvers,
     progress_bar,
+    tagged,
     user_errors,
 )
 from moeplace.planner.placement import load_placement, save_placement
@@ -75,7 +77,7 @@ def stats(trace: StatsInputArg):
     """Describe a trace or statistics file: size, model, and each MoE layer's expert-load skew."""
     data = load_trace_or_statistics(trace)
     meta = data.meta
-    out.print(f"[bold]{trace}[/bold]  model {meta.model}  phase {meta.phase}")
+    out.print(Text.assemble((str(trace), "bold"), f"  model {meta.model}  phase {meta.phase}"))
     out.print(
         f"tokens {data.num_tokens}  documents {data.num_documents}  MoE layers {len(meta.layer_ids)}  "
         f"experts {meta.num_experts}  top-k {meta.top_k}"
@@ -136,8 +138,12 @@ def plan(
     relaxed = [layer.layer_id for layer in placement.layers if layer.solver_report.get("cap_relaxed")]
     if relaxed:
         err.print(
-            f"[yellow]note:[/yellow] layers {relaxed}: no equal-count placement meets (1 + eps) x mean "
-            "load; their cap is what frequency-balanced packing reaches (see solver_report.load_cap)"
+            tagged(
+                "note:",
+                "yellow",
+                f"layers {relaxed}: no equal-count placement meets (1 + eps) x mean load; their cap is "
+                "what frequency-balanced packing reaches (see solver_report.load_cap)",
+            )
         )
     if held is not None:
         with named(holdout):
@@ -188,7 +194,7 @@ def validate(
     failures = gate_failures(summary, max_load_ratio, min_reduction)
     if summary["holdout"]["fingerprint"] == placement.calibration.get("fingerprint"):
         err.print(
-            "[yellow]warning:[/yellow] the held-out trace is the calibration trace: figures are in-sample"
+            tagged("warning:", "yellow", "the held-out trace is the calibration trace: figures are in-sample")
         )
     if as_json:
         print(
@@ -199,9 +205,9 @@ def validate(
     else:
         print_layers(validation.layers())
         print_summary(summary)
-        out.print("[green]PASSED[/green]" if not failures else "[red]FAILED[/red]")
+        out.print(Text("PASSED", "green") if not failures else Text("FAILED", "red"))
     for failure in failures:
-        err.print(f"[red]gate failed:[/red] {failure}", highlight=False)
+        err.print(tagged("gate failed:", "red", failure))
     if failures:
         raise typer.Exit(1)
 
@@ -274,15 +280,16 @@ def print_layers(layers: list[dict]) -> None:
 def print_summary(summary: dict) -> None:
     base = summary["baseline"]
     out.print(
-        f"held-out ({summary['holdout']['tokens']} tokens, mean over layers): "
-        f"dev/token {summary['dev_per_token']:.3f} vs {BASELINE} {base['dev_per_token']:.3f} "
-        f"([bold]{summary['reduction']:+.1%}[/bold]); max/mean load {summary['max_mean_load']:.3f} "
-        f"(worst layer {summary['worst_layer_max_mean_load']:.3f}) vs {base['max_mean_load']:.3f}; "
-        f"load-CV {summary['load_cv']:.3f} vs {base['load_cv']:.3f}",
-        highlight=False,
+        Text.assemble(
+            f"held-out ({summary['holdout']['tokens']} tokens, mean over layers): "
+            f"dev/token {summary['dev_per_token']:.3f} vs {BASELINE} {base['dev_per_token']:.3f} (",
+            (f"{summary['reduction']:+.1%}", "bold"),
+            f"); max/mean load {summary['max_mean_load']:.3f} "
+            f"(worst layer {summary['worst_layer_max_mean_load']:.3f}) vs {base['max_mean_load']:.3f}; "
+            f"load-CV {summary['load_cv']:.3f} vs {base['load_cv']:.3f}",
+        )
     )
     out.print(
         f"for scale: random placement {summary['random_expected_dev_per_token']:.3f} dev/token, "
-        f"lower bound {summary['dev_per_token_lower_bound']}, balance floor {summary['balance_floor']:.3f}",
-        highlight=False,
+        f"lower bound {summary['dev_per_token_lower_bound']}, balance floor {summary['balance_floor']:.3f}"
     )
