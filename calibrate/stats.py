@@ -26,6 +26,41 @@ _POISSON1_CDF = np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, n + 1)) for n in 
 
 
 @dataclasses.dataclass(frozen=True)
+class TopkSets:
+    """The distinct expert sets tokens selected at one layer, and how many tokens chose each.
+
+    ``sets``: int16 ``[H, k]``, each row sorted ascending (-1 padding first); ``counts``: int64 ``[H]``.
+    These are the hyperedges of the placement problem: total fan-out is exactly
+    ``sum_h counts[h] * distinct devices of sets[h]``.
+    """
+
+    sets: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def of_tokens(cls, ids: np.ndarray) -> TopkSets:
+        """From token ids ``[t, k]`` (tokens with no expert are left out)."""
+        rows = np.sort(ids, axis=1)
+        rows = rows[(rows >= 0).any(axis=1)].astype(np.int16)
+        if not rows.shape[0]:
+            return cls(np.zeros((0, ids.shape[1]), np.int16), np.zeros(0, np.int64))
+        sets, counts = np.unique(rows, axis=0, return_counts=True)
+        return cls(sets, counts.astype(np.int64))
+
+    @classmethod
+    def merged(cls, parts: list[TopkSets]) -> TopkSets:
+        """The union of ``parts``, counts summed (exact under any sharding)."""
+        stacked = np.concatenate([p.sets for p in parts])
+        sets, inverse = np.unique(stacked, axis=0, return_inverse=True)
+        counts = np.zeros(sets.shape[0], np.int64)
+        np.add.at(counts, inverse.reshape(-1), np.concatenate([p.counts for p in parts]))
+        return cls(sets, counts)
+
+    def __eq__(self, other) -> bool:
+        return np.array_equal(self.sets, other.sets) and np.array_equal(self.counts, other.counts)
+
+
+@dataclasses.dataclass(frozen=True)
 class LayerStats:
     """One MoE layer's statistics, the input of every solver.
 
@@ -34,11 +69,13 @@ class LayerStats:
         coact: int64 ``[N, N]`` tokens that selected both experts; symmetric, zero diagonal.
             None when the source recorded expert load only (an SGLang ``stat`` dump).
         load_resamples: int64 ``[B, N]`` expert load under B bootstrap resamples of the documents.
+        topk_sets: the distinct top-k sets with token counts (None for load-only sources).
     """
 
     load: np.ndarray
     coact: np.ndarray | None
     load_resamples: np.ndarray
+    topk_sets: TopkSets | None = None
 
     @property
     def num_experts(self) -> int:
@@ -49,7 +86,8 @@ class LayerStats:
 class Statistics:
     """Statistics of a whole trace: ``load [L, N]``, ``coact [L, N, N]``, ``load_resamples [L, B, N]``.
 
-    ``coact`` is None for load-only sources; ``load_resamples`` then has B = 0.
+    ``coact`` and ``topk_sets`` (one ``TopkSets`` per layer) are None for load-only sources;
+    ``load_resamples`` then has B = 0.
     """
 
     meta: TraceMeta
@@ -59,6 +97,7 @@ class Statistics:
     num_tokens: int
     num_documents: int
     resample_seed: int
+    topk_sets: tuple[TopkSets, ...] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -71,7 +110,8 @@ class Statistics:
     def layer(self, index: int) -> LayerStats:
         """Statistics of MoE layer ``index`` (position in ``meta.layer_ids``, not the model's index)."""
         coact = None if self.coact is None else self.coact[index]
-        return LayerStats(self.load[index], coact, self.load_resamples[index])
+        sets = None if self.topk_sets is None else self.topk_sets[index]
+        return LayerStats(self.load[index], coact, self.load_resamples[index], sets)
 
     def provenance(self) -> dict:
         """What a placement file records about the statistics it was planned from."""
@@ -79,6 +119,9 @@ class Statistics:
         for array in (self.load, self.coact, self.load_resamples):
             if array is not None:
                 h.update(np.ascontiguousarray(array, dtype="<i8").tobytes())
+        for sets in self.topk_sets or ():
+            h.update(np.ascontiguousarray(sets.sets, dtype="<i2").tobytes())
+            h.update(np.ascontiguousarray(sets.counts, dtype="<i8").tobytes())
         return {
             "fingerprint": "sha256:" + h.hexdigest(),
             "tokens": self.num_tokens,
@@ -100,6 +143,9 @@ class Statistics:
             self,
             load=self.load + other.load,
             coact=None if self.load_only or other.load_only else self.coact + other.coact,
+            topk_sets=None
+            if self.topk_sets is None or other.topk_sets is None
+            else tuple(TopkSets.merged([a, b]) for a, b in zip(self.topk_sets, other.topk_sets, strict=True)),
             load_resamples=self.load_resamples + other.load_resamples,
             num_tokens=self.num_tokens + other.num_tokens,
             num_documents=self.num_documents + other.num_documents,
@@ -112,7 +158,8 @@ def compute_statistics(
     """Accumulate per-layer statistics of ``trace``, reading it a chunk of documents at a time.
 
     Vectorized over tokens: per layer and chunk, one ``bincount`` for loads, one over the
-    ``k(k-1)/2`` expert pairs of every token, and one per (document, expert) for the resamples.
+    ``k(k-1)/2`` expert pairs of every token, one per (document, expert) for the resamples, and
+    one ``unique`` over the sorted top-k rows for the distinct sets.
     """
     if not 0 <= resamples <= MAX_RESAMPLES:
         raise MoeplaceError(f"resamples must be between 0 and {MAX_RESAMPLES}, got {resamples}")
@@ -120,6 +167,7 @@ def compute_statistics(
     load = np.zeros((num_layers, n), np.int64)
     pairs = np.zeros((num_layers, n * n), np.int64)
     load_resamples = np.zeros((num_layers, resamples, n), np.int64)
+    set_parts: list[list[TopkSets]] = [[] for _ in range(num_layers)]
     first_slot, second_slot = np.triu_indices(k, 1)
     offsets = trace.doc_offsets
     for first, end in trace.document_chunks(chunk_tokens):
@@ -133,6 +181,7 @@ def compute_statistics(
             a, b = x[:, first_slot], x[:, second_slot]
             both = (a >= 0) & (b >= 0)
             pairs[layer] += np.bincount((a * n + b)[both], minlength=n * n)
+            set_parts[layer].append(TopkSets.of_tokens(x))
             if resamples:
                 doc = np.broadcast_to(doc_of_token[:, None], x.shape)[valid]
                 per_doc = np.bincount(doc * n + x[valid], minlength=(end - first) * n)
@@ -146,6 +195,7 @@ def compute_statistics(
         num_tokens=trace.num_tokens,
         num_documents=trace.num_documents,
         resample_seed=seed,
+        topk_sets=tuple(TopkSets.merged(parts) for parts in set_parts),
     )
 
 

@@ -7,6 +7,7 @@ and, unless the source recorded expert load only, ``coact`` int64 ``[L, N, N]``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import zipfile
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from moeplace.atomic import atomic_path
-from moeplace.calibrate.stats import Statistics
+from moeplace.calibrate.stats import Statistics, TopkSets
 from moeplace.calibrate.trace import Trace, TraceMeta
 from moeplace.calibrate.trace_io import load_trace
 from moeplace.errors import MoeplaceError, file_error
@@ -35,6 +36,10 @@ def save_statistics(stats: Statistics, path: str | Path) -> None:
     arrays = {"load": stats.load, "load_resamples": stats.load_resamples}
     if stats.coact is not None:
         arrays["coact"] = stats.coact
+    if stats.topk_sets is not None:
+        arrays["set_offsets"] = np.cumsum([0] + [s.counts.shape[0] for s in stats.topk_sets])
+        arrays["sets"] = np.concatenate([s.sets for s in stats.topk_sets])
+        arrays["set_counts"] = np.concatenate([s.counts for s in stats.topk_sets])
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, stats_meta_json=np.array(json.dumps(header | stats.meta.to_dict())), **arrays)
 
@@ -59,6 +64,15 @@ def load_statistics(path: str | Path) -> Statistics:
             meta = TraceMeta.from_dict(header)
             load, resamples = z["load"].astype(np.int64), z["load_resamples"].astype(np.int64)
             coact = z["coact"].astype(np.int64) if "coact" in z.files else None
+            topk_sets = None
+            if "sets" in z.files:
+                bounds, sets, counts = z["set_offsets"], z["sets"].astype(np.int16), z["set_counts"]
+                if bounds.shape != (len(meta.layer_ids) + 1,) or sets.shape[0] != counts.shape[0]:
+                    raise MoeplaceError("top-k set arrays do not match the layers")
+                topk_sets = tuple(
+                    TopkSets(sets[lo:hi], counts[lo:hi].astype(np.int64))
+                    for lo, hi in itertools.pairwise(bounds.tolist())
+                )
         n, num_layers = meta.num_experts, len(meta.layer_ids)
         if load.shape != (num_layers, n) or resamples.ndim != 3 or resamples.shape[::2] != (num_layers, n):
             raise MoeplaceError(f"load arrays do not match {num_layers} layers x {n} experts")
@@ -74,6 +88,7 @@ def load_statistics(path: str | Path) -> Statistics:
             int(header["num_tokens"]),
             int(header["num_documents"]),
             int(header["resample_seed"]),
+            topk_sets,
         )
     except MoeplaceError as exc:
         raise file_error(path, str(exc)) from None

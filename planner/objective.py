@@ -1,4 +1,4 @@
-"""The pairwise proxy objective that the greedy and CP-SAT solvers maximize."""
+"""Placement objectives: exact fan-out (what users pay for) and the pairwise proxy."""
 
 from __future__ import annotations
 
@@ -13,3 +13,22 @@ def colocated_weight(coact: np.ndarray, expert_to_device: np.ndarray) -> int:
     """
     same = expert_to_device[:, None] == expert_to_device[None, :]
     return int(np.triu(np.where(same, coact, 0), 1).sum())
+
+
+def token_devices(topk_ids: np.ndarray, expert_to_device: np.ndarray) -> np.ndarray:
+    """Device of each selected expert, int64 ``[T, k]``; ``-1`` where the slot has no expert."""
+    ids = np.asarray(topk_ids, dtype=np.int64)
+    return np.where(ids >= 0, expert_to_device[np.maximum(ids, 0)], -1)
+
+
+def devices_per_token(topk_ids: np.ndarray, expert_to_device: np.ndarray) -> np.ndarray:
+    """Distinct devices each token is dispatched to, int64 ``[T]`` (0 for a token with no expert)."""
+    ordered = np.sort(token_devices(topk_ids, expert_to_device), axis=1)
+    new = ordered >= 0
+    new[:, 1:] &= ordered[:, 1:] != ordered[:, :-1]
+    return new.sum(axis=1)
+
+
+def fanout(topk_sets, expert_to_device: np.ndarray) -> int:
+    """Exact objective: token-weighted distinct devices, sum_h counts[h] * devices(sets[h])."""
+    return int(devices_per_token(topk_sets.sets, expert_to_device) @ topk_sets.counts)

@@ -7,10 +7,14 @@ import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 
-from moeplace.calibrate.stats import Statistics
+from moeplace.calibrate.stats import LayerStats, Statistics
 from moeplace.errors import MoeplaceError
+from moeplace.planner.bounds import fanout_lower_bounds
+from moeplace.planner.objective import fanout
 from moeplace.planner.placement import LayerPlacement, Placement, yaml_safe
-from moeplace.planner.solvers import LOAD_ONLY_SOLVERS, SOLVERS, SolverOptions
+from moeplace.planner.solvers import LOAD_ONLY_SOLVERS, REFINED, SOLVERS, Solution, SolverOptions
+from moeplace.planner.solvers.caps import load_caps
+from moeplace.planner.solvers.refine import local_search
 from moeplace.planner.topology import Topology
 
 
@@ -41,16 +45,15 @@ def plan(
         raise MoeplaceError(
             f"topology has {topology.num_experts} experts, statistics {stats.meta.num_experts}"
         )
-    solve = SOLVERS[solver]
     layers = [stats.layer(i) for i in range(stats.num_layers)]
     if executor is None:
         solutions = []
         for layer in layers:
-            solutions.append(solve(layer, topology, options))
+            solutions.append(solve_layer(solver, layer, topology, options))
             if on_layer is not None:
                 on_layer()
     else:
-        futures = [executor.submit(solve, layer, topology, options) for layer in layers]
+        futures = [executor.submit(solve_layer, solver, layer, topology, options) for layer in layers]
         for _ in as_completed(futures):
             if on_layer is not None:
                 on_layer()
@@ -66,6 +69,8 @@ def plan(
             "load_resamples": int(stats.load_resamples.shape[1]),
             "seed": options.seed,
             "time_limit": options.time_limit,
+            "search_steps": options.search_steps,
+            "refine": options.refine,
         },
         calibration=calibration,
         layers=tuple(
@@ -73,6 +78,28 @@ def plan(
             for i, (layer_id, solution) in enumerate(zip(stats.meta.layer_ids, solutions, strict=True))
         ),
     )
+
+
+def solve_layer(solver: str, stats: LayerStats, topology: Topology, options: SolverOptions) -> Solution:
+    """One layer: the solver, the exact local search after it if asked, and the fit fan-out beside
+    its lower bounds (when the statistics have top-k sets)."""
+    solution = SOLVERS[solver](stats, topology, options)
+    placement, info = solution.expert_to_device, dict(solution.info)
+    if options.refine and solver not in REFINED:
+        caps = load_caps(stats, topology, options.load_tolerance)
+        placement, info["refine"] = local_search(stats, topology, caps, placement, options)
+    if stats.topk_sets is not None:
+        tokens = int(stats.topk_sets.counts.sum())
+        fit = fanout(stats.topk_sets, placement)
+        bound = fanout_lower_bounds(
+            stats, topology, info.get("bound_colocated_coactivation"), info.get("bound_fanout")
+        )["best"]
+        info |= {
+            "fit_dev_per_token": fit / tokens,
+            "lower_bound_dev_per_token": bound / tokens,
+            "bound_gap": 1.0 - bound / fit if fit else 0.0,
+        }
+    return Solution(placement, info)
 
 
 @contextlib.contextmanager

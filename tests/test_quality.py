@@ -10,8 +10,9 @@ from moeplace.validators.compare import compare
 @pytest.fixture(scope="module")
 def rows(real_split):
     fit, held = real_split
-    options = SolverOptions(load_tolerance=0.10, seed=0, time_limit=0.5)
-    result = compare(fit, held, [4, 8], ["frequency", "greedy", "greedy-capped", "ortools"], options, 16)
+    options = SolverOptions(load_tolerance=0.10, seed=0, time_limit=0.5, search_steps=300)
+    solvers = ["frequency", "greedy", "greedy-capped", "ortools", "refine"]
+    result = compare(fit, held, [4, 8], solvers, [0.10], options, 16)
     return {(row["devices"], row["solver"]): row for row in result.rows}
 
 
@@ -36,3 +37,11 @@ def test_uncapped_greedy_cuts_more_but_overloads_devices(rows, devices):
     assert greedy["reduction"] > capped["reduction"]
     assert greedy["max_mean_load"] > 1.3 > capped["max_mean_load"]
     assert rows[devices, "frequency"]["max_mean_load"] < 1.1
+
+
+@pytest.mark.parametrize("devices", [4, 8])
+def test_exact_search_beats_greedy_capped_on_held_out_at_balanced_load(rows, devices):
+    row, capped = rows[devices, "refine"], rows[devices, "greedy-capped"]
+    assert row["dev_per_token"] < capped["dev_per_token"] - 0.01
+    assert row["fit_dev_per_token"] < capped["fit_dev_per_token"]
+    assert row["max_mean_load"] <= 1.15

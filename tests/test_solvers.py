@@ -7,7 +7,7 @@ from conftest import make_trace
 from moeplace.calibrate.stats import LayerStats, compute_statistics
 from moeplace.errors import MoeplaceError
 from moeplace.planner.objective import colocated_weight
-from moeplace.planner.solvers import SOLVERS, SolverOptions, frequency_placement
+from moeplace.planner.solvers import DEFAULT_SOLVERS, SOLVERS, SolverOptions, frequency_placement
 from moeplace.planner.solvers.caps import device_loads, load_caps
 from moeplace.planner.topology import Topology
 
@@ -15,7 +15,7 @@ CAPPED = ("greedy-capped", "ortools")
 FAST = SolverOptions(load_tolerance=0.1, seed=0, time_limit=0.3)
 
 
-@pytest.mark.parametrize("solver", list(SOLVERS))
+@pytest.mark.parametrize("solver", DEFAULT_SOLVERS)
 @pytest.mark.parametrize("devices", [1, 2, 4, 8, 32])
 def test_every_expert_placed_once_with_equal_counts(real_stats, solver, devices):
     topology = Topology(32, devices)
@@ -66,7 +66,7 @@ def test_uncapped_greedy_pays_in_balance(real_stats):
     )
 
 
-@pytest.mark.parametrize("solver", list(SOLVERS))
+@pytest.mark.parametrize("solver", DEFAULT_SOLVERS)
 def test_solvers_are_deterministic(real_stats, solver):
     first = SOLVERS[solver](real_stats.layer(7), Topology(32, 4), FAST)
     second = SOLVERS[solver](real_stats.layer(7), Topology(32, 4), FAST)

@@ -1,4 +1,13 @@
-"""Solver x device-count comparison: fit on one split, score on the other; table, CSV, plot."""
+"""Solver x device count x load tolerance: fit on one split, score on the other; table and CSV.
+
+Each row holds the held-out figures (dev/token, reduction vs frequency, load-CV, max/mean load),
+the fit figures beside the best lower bound (how far the search could still be from optimal), and,
+with ``oracle``, the same solver fit on the held-out trace itself (how much is lost to
+generalization rather than search). The oracle must also keep the load cap on the held-out data,
+which a placement fit elsewhere is only judged on, so its max/mean is shown beside it. Rows another
+row beats on both held-out dev/token and max/mean load at the same device count are marked as
+dominated.
+"""
 
 from __future__ import annotations
 
@@ -10,33 +19,44 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 
+import numpy as np
+
 from moeplace.atomic import write_bytes, write_text
 from moeplace.calibrate.stats import compute_statistics
 from moeplace.calibrate.trace import Trace
 from moeplace.planner.placement import Placement
 from moeplace.planner.plan import plan
-from moeplace.planner.solvers import BASELINE, SolverOptions
+from moeplace.planner.solvers import BASELINE, UNCAPPED, SolverOptions
 from moeplace.planner.topology import Topology
+from moeplace.validators.plots import devices_png, frontier_png
 from moeplace.validators.report import validate
 
 COLUMNS = {  # CSV name -> Markdown header
     "devices": "D",
     "solver": "solver",
+    "load_tolerance": "eps",
     "dev_per_token": "dev/token",
     "reduction": f"reduction vs {BASELINE}",
     "load_cv": "load-CV",
     "max_mean_load": "max/mean load",
     "worst_layer_max_mean_load": "worst layer max/mean",
+    "fit_dev_per_token": "fit dev/token",
+    "lower_bound_dev_per_token": "lower bound",
+    "bound_gap": "bound gap",
+    "oracle_dev_per_token": "oracle dev/token",
+    "oracle_max_mean_load": "oracle max/mean",
+    "oracle_gap": "oracle gap",
+    "dominated_by": "dominated by",
     "seconds": "plan time (s)",
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """``rows``: one dict per (devices, solver), keys ``COLUMNS``; ``placements``: the same, validated."""
+    """``rows``: one dict per (devices, solver, tolerance); ``placements``: the same, validated."""
 
     rows: list[dict]
-    placements: dict[tuple[int, str], Placement]
+    placements: dict[tuple[int, str, float | None], Placement]
     title: str
 
 
@@ -45,101 +65,122 @@ def compare(
     holdout: Trace,
     devices: Sequence[int],
     solvers: Sequence[str],
+    tolerances: Sequence[float],
     options: SolverOptions,
     resamples: int,
+    oracle: bool = False,
     on_layer: Callable[[], None] | None = None,
     executor: Executor | None = None,
 ) -> Comparison:
-    """Plan ``fit`` with every solver at every device count and validate each on ``holdout``."""
+    """Plan ``fit`` with every solver, device count and tolerance; validate each on ``holdout``.
+
+    Solvers that ignore the load cap (``frequency``, ``random``, ``greedy``) run once per device
+    count, unless ``options.refine`` puts the capped local search after them.
+    """
     stats = compute_statistics(fit, resamples=resamples, seed=options.seed)
-    calibration = fit.provenance()
+    held_stats = compute_statistics(holdout, resamples=resamples, seed=options.seed) if oracle else None
     topologies = [Topology(fit.meta.num_experts, d) for d in devices]  # fail early on a bad count
     rows, placements = [], {}
     for topology in topologies:
         for solver in solvers:
-            start = time.perf_counter()
-            placement = plan(stats, topology, solver, options, calibration, on_layer, executor)
-            seconds = time.perf_counter() - start
-            summary = validate(placement, holdout).summary()
-            placement = dataclasses.replace(placement, validation=summary)
-            placements[topology.num_devices, solver] = placement
-            rows.append(
-                {"devices": topology.num_devices, "solver": solver, "seconds": round(seconds, 2)}
-                | {k: summary[k] for k in COLUMNS if k in summary}
-            )
+            for eps in tolerances if options.refine or solver not in UNCAPPED else [None]:
+                run = dataclasses.replace(
+                    options, load_tolerance=eps if eps is not None else options.load_tolerance
+                )
+                start = time.perf_counter()
+                placement = plan(stats, topology, solver, run, fit.provenance(), on_layer, executor)
+                seconds = time.perf_counter() - start
+                summary = validate(placement, holdout).summary()
+                placement = dataclasses.replace(placement, validation=summary)
+                placements[topology.num_devices, solver, eps] = placement
+                row = {"devices": topology.num_devices, "solver": solver, "load_tolerance": eps}
+                row |= {k: summary[k] for k in COLUMNS if k in summary} | fit_figures(placement)
+                if held_stats is not None:
+                    best = plan(held_stats, topology, solver, run, holdout.provenance(), on_layer, executor)
+                    oracle_summary = validate(best, holdout).summary()
+                    row["oracle_dev_per_token"] = oracle_summary["dev_per_token"]
+                    row["oracle_max_mean_load"] = oracle_summary["max_mean_load"]
+                    row["oracle_gap"] = row["dev_per_token"] / row["oracle_dev_per_token"] - 1.0
+                rows.append(row | {"seconds": round(seconds, 2)})
+    mark_dominated(rows)
+    tolerance_text = ", ".join(f"{t:g}" for t in tolerances)
     title = (
         f"{fit.meta.model}: fit on {fit.num_documents} documents ({fit.num_tokens} tokens), "
         f"scored on {holdout.num_documents} held-out documents ({holdout.num_tokens} tokens); "
-        f"load tolerance {options.load_tolerance}"
+        f"load tolerance {tolerance_text}"
     )
     return Comparison(rows, placements, title)
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """The comparison as a Markdown table, devices then solvers in the order given."""
-    lines = ["| " + " | ".join(COLUMNS.values()) + " |", "|" + "---|" * len(COLUMNS)]
+def fit_figures(placement: Placement) -> dict:
+    """Fit dev/token, lower bound and bound gap, means over layers (empty without top-k sets)."""
+    reports = [layer.solver_report for layer in placement.layers]
+    if not all("fit_dev_per_token" in r for r in reports):
+        return {}
+    fit = float(np.mean([r["fit_dev_per_token"] for r in reports]))
+    bound = float(np.mean([r["lower_bound_dev_per_token"] for r in reports]))
+    return {"fit_dev_per_token": fit, "lower_bound_dev_per_token": bound, "bound_gap": 1.0 - bound / fit}
+
+
+def mark_dominated(rows: list[dict]) -> None:
+    """Set ``dominated_by`` on rows another row of the same D beats on held-out dev/token and load."""
     for row in rows:
-        cells = [_fmt(key, row[key]) for key in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+        rivals = [
+            other
+            for other in rows
+            if other["devices"] == row["devices"]
+            and other["dev_per_token"] <= row["dev_per_token"]
+            and other["max_mean_load"] <= row["max_mean_load"]
+            and (
+                other["dev_per_token"] < row["dev_per_token"] or other["max_mean_load"] < row["max_mean_load"]
+            )
+        ]
+        best = min(rivals, key=lambda r: r["dev_per_token"], default=None)
+        row["dominated_by"] = "" if best is None else _label(best)
+
+
+def _label(row: dict) -> str:
+    eps = row["load_tolerance"]
+    return row["solver"] if eps is None else f"{row['solver']} eps={eps:g}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The comparison as a Markdown table; columns no row has are left out."""
+    columns = [
+        key for key in COLUMNS if any(row.get(key) not in (None, "") for row in rows) or key in ("solver",)
+    ]
+    lines = ["| " + " | ".join(COLUMNS[key] for key in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(key, row.get(key)) for key in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def _fmt(key: str, value) -> str:
-    if key == "reduction":
-        return f"{value:+.1%}"
+    if value is None or value == "":
+        return "-"
+    if key in ("reduction", "bound_gap", "oracle_gap"):
+        return f"{value:+.1%}" if key == "reduction" else f"{value:.1%}"
+    if key == "load_tolerance":
+        return f"{value:g}"
     if isinstance(value, float):
-        return f"{value:.3f}" if key != "seconds" else f"{value:.1f}"
+        return f"{value:.1f}" if key == "seconds" else f"{value:.3f}"
     return str(value)
 
 
-def write_comparison(comparison: Comparison, out_dir: Path, load_tolerance: float) -> dict[str, Path]:
-    """Write ``comparison.md``, ``comparison.csv`` and ``comparison.png`` into ``out_dir``."""
+def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
+    """Write ``comparison.md``, ``comparison.csv`` and ``comparison.png`` into ``out_dir``.
+
+    The plot is the balance frontier (held-out dev/token against max/mean load, one panel per
+    device count) when several tolerances were compared, else both figures against device count.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: out_dir / f"comparison.{kind}" for kind in ("md", "csv", "png")}
     write_text(paths["md"], f"{comparison.title}\n\n{markdown_table(comparison.rows)}")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(comparison.rows)
     write_text(paths["csv"], buffer.getvalue())
-    write_bytes(paths["png"], plot_png(comparison, load_tolerance))
+    tolerances = {row["load_tolerance"] for row in comparison.rows} - {None}
+    plot = frontier_png if len(tolerances) > 1 else devices_png
+    write_bytes(paths["png"], plot(comparison.rows, comparison.title))
     return paths
-
-
-def plot_png(comparison: Comparison, load_tolerance: float) -> bytes:
-    """Two panels against device count, one line per solver: dev/token and max/mean load."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    for solver in dict.fromkeys(row["solver"] for row in comparison.rows):
-        mine = [row for row in comparison.rows if row["solver"] == solver]
-        d = [row["devices"] for row in mine]
-        style = {"marker": "o", "linewidth": 2.5 if solver == BASELINE else 1.5, "label": solver}
-        left.plot(d, [row["dev_per_token"] for row in mine], **style)
-        right.plot(d, [row["max_mean_load"] for row in mine], **style)
-    right.axhline(
-        1 + load_tolerance,
-        color="grey",
-        linestyle="--",
-        linewidth=1,
-        label=f"1 + eps = {1 + load_tolerance:g}",
-    )
-    for ax, label in (
-        (left, "held-out devices per token (lower is better)"),
-        (right, "held-out max/mean device load (lower is better)"),
-    ):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({row["devices"] for row in comparison.rows}))
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.set_xlabel("devices (D)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    right.legend(fontsize=8)
-    fig.suptitle(comparison.title, fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    return buffer.getvalue()

@@ -6,19 +6,18 @@ import math
 
 import numpy as np
 
+from moeplace.planner.objective import devices_per_token, token_devices
 
-def token_devices(topk_ids: np.ndarray, expert_to_device: np.ndarray) -> np.ndarray:
-    """Device of each selected expert, int64 ``[T, k]``; ``-1`` where the slot has no expert."""
-    ids = np.asarray(topk_ids, dtype=np.int64)
-    return np.where(ids >= 0, expert_to_device[np.maximum(ids, 0)], -1)
-
-
-def devices_per_token(topk_ids: np.ndarray, expert_to_device: np.ndarray) -> np.ndarray:
-    """Distinct devices each token is dispatched to, int64 ``[T]`` (0 for a token with no expert)."""
-    ordered = np.sort(token_devices(topk_ids, expert_to_device), axis=1)
-    new = ordered >= 0
-    new[:, 1:] &= ordered[:, 1:] != ordered[:, :-1]
-    return new.sum(axis=1)
+__all__ = [
+    "balance_floor",
+    "device_load",
+    "devices_lower_bound",
+    "devices_per_token",
+    "load_cv",
+    "max_mean_load",
+    "random_expected_devices",
+    "token_devices",
+]
 
 
 def device_load(topk_ids: np.ndarray, expert_to_device: np.ndarray, num_devices: int) -> np.ndarray:

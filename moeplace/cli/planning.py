@@ -18,7 +18,9 @@ from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.cli.app import (
     CORES,
     JobsOpt,
+    RefineOpt,
     ResamplesOpt,
+    SearchStepsOpt,
     SeedOpt,
     TimeLimitOpt,
     ToleranceOpt,
@@ -27,6 +29,7 @@ from moeplace.cli.app import (
     err,
     named,
     out,
+    parse_floats,
     parse_ints,
     parse_solvers,
     progress_bar,
@@ -36,10 +39,16 @@ from moeplace.cli.app import (
 from moeplace.planner.placement import load_placement, save_placement
 from moeplace.planner.plan import layer_executor
 from moeplace.planner.plan import plan as plan_layers
-from moeplace.planner.solvers import BASELINE, SOLVERS, SolverOptions
+from moeplace.planner.solvers import (
+    BASELINE,
+    DEFAULT_SOLVERS,
+    SOLVERS,
+    UNCAPPED,
+    SolverOptions,
+)
 from moeplace.planner.topology import Topology
 from moeplace.validators.compare import compare as compare_solvers
-from moeplace.validators.compare import markdown_table, write_comparison
+from moeplace.validators.compare import fit_figures, markdown_table, write_comparison
 from moeplace.validators.report import check_compatible, gate_failures
 from moeplace.validators.report import validate as validate_placement
 
@@ -112,6 +121,8 @@ def plan(
     load_tolerance: ToleranceOpt = 0.05,
     seed: SeedOpt = 0,
     time_limit: TimeLimitOpt = 2.0,
+    search_steps: SearchStepsOpt = 2000,
+    refine: RefineOpt = False,
     resamples: ResamplesOpt = DEFAULT_RESAMPLES,
     holdout: Annotated[
         Path | None,
@@ -124,7 +135,13 @@ def plan(
     source = load_trace_or_statistics(trace)
     held = load_trace(holdout) if holdout is not None else None
     topology = Topology(source.meta.num_experts, devices)
-    options = SolverOptions(load_tolerance=load_tolerance, seed=seed, time_limit=time_limit)
+    options = SolverOptions(
+        load_tolerance=load_tolerance,
+        seed=seed,
+        time_limit=time_limit,
+        search_steps=search_steps,
+        refine=refine,
+    )
     if isinstance(source, Statistics):
         statistics = source  # resampled with the seed and count it was made with
     else:
@@ -144,6 +161,13 @@ def plan(
                 f"layers {relaxed}: no equal-count placement meets (1 + eps) x mean load; their cap is "
                 "what frequency-balanced packing reaches (see solver_report.load_cap)",
             )
+        )
+    fit = fit_figures(placement)
+    if fit:
+        out.print(
+            f"calibration (mean over layers): dev/token {fit['fit_dev_per_token']:.3f}, best lower bound "
+            f"{fit['lower_bound_dev_per_token']:.3f} (bound gap {fit['bound_gap']:.1%}; per layer in "
+            "solver_report)"
         )
     if held is not None:
         with named(holdout):
@@ -218,22 +242,40 @@ def compare(
     trace: TraceArg,
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for comparison.md, .csv and .png.")],
     devices: Annotated[str, typer.Option(help="Device counts, comma-separated.")] = "2,4,8",
-    solvers: Annotated[str, typer.Option(help="Solvers, comma-separated.")] = ",".join(SOLVERS),
+    solvers: Annotated[
+        str, typer.Option(help=f"Solvers, comma-separated (any of: {', '.join(SOLVERS)}).")
+    ] = ",".join(DEFAULT_SOLVERS),
     holdout: Annotated[float, typer.Option(help="Share of documents held out for scoring.")] = 0.5,
     seed: SeedOpt = 0,
-    load_tolerance: ToleranceOpt = 0.05,
+    load_tolerance: Annotated[
+        str,
+        typer.Option(
+            help="eps for the capped solvers; several, comma-separated (0,0.02,0.05,0.1,0.2), "
+            "draw the balance frontier."
+        ),
+    ] = "0.05",
     time_limit: TimeLimitOpt = 2.0,
+    search_steps: SearchStepsOpt = 2000,
+    refine: RefineOpt = False,
     resamples: ResamplesOpt = DEFAULT_RESAMPLES,
+    oracle: Annotated[
+        bool,
+        typer.Option(help="Also fit each solver on the held-out trace itself: search vs generalization."),
+    ] = False,
     jobs: JobsOpt = CORES,
 ):
-    """Every solver at every device count: fit on one split of the documents, score on the other."""
+    """Every solver at every device count (and load tolerance): fit on one split, score on the other."""
     device_counts, names = parse_ints(devices, "--devices"), parse_solvers(solvers)
+    tolerances = parse_floats(load_tolerance, "--load-tolerance")
     fit, held = split_documents(load_trace(trace), holdout, seed)
-    options = SolverOptions(load_tolerance=load_tolerance, seed=seed, time_limit=time_limit)
-    total = len(device_counts) * len(names) * fit.num_layers
+    options = SolverOptions(seed=seed, time_limit=time_limit, search_steps=search_steps, refine=refine)
+    runs = sum(len(tolerances) if refine or name not in UNCAPPED else 1 for name in names)
+    total = len(device_counts) * runs * fit.num_layers * (2 if oracle else 1)
     with progress_bar("planning", total) as advance, layer_executor(jobs) as pool:
-        comparison = compare_solvers(fit, held, device_counts, names, options, resamples, advance, pool)
-    paths = write_comparison(comparison, out_dir, load_tolerance)
+        comparison = compare_solvers(
+            fit, held, device_counts, names, tolerances, options, resamples, oracle, advance, pool
+        )
+    paths = write_comparison(comparison, out_dir)
     out.print(comparison.title)
     print(markdown_table(comparison.rows))
     out.print("written: " + ", ".join(str(p) for p in paths.values()))
@@ -247,6 +289,7 @@ def demo(
     ),
     load_tolerance: ToleranceOpt = 0.10,
     time_limit: TimeLimitOpt = 0.5,
+    search_steps: SearchStepsOpt = 200,
     jobs: JobsOpt = CORES,
 ):
     """Run the whole job on a real trace shipped with moeplace (gpt-oss-20b decode routing).
@@ -255,7 +298,7 @@ def demo(
     """
     from moeplace.demo import run_demo
 
-    run_demo(out_dir, load_tolerance, time_limit, jobs, out, progress_bar)
+    run_demo(out_dir, load_tolerance, time_limit, search_steps, jobs, out, progress_bar)
 
 
 def print_layers(layers: list[dict]) -> None:

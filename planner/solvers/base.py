@@ -22,12 +22,16 @@ class SolverOptions:
     Attributes:
         load_tolerance: eps; capped solvers keep every device's load <= (1 + eps) x mean load.
         seed: for solvers with randomness (``random``, CP-SAT's search).
-        time_limit: CP-SAT's limit per layer, in deterministic seconds (reproducible, about wall seconds).
+        time_limit: CP-SAT's budget per layer, in deterministic seconds (reproducible).
+        search_steps: tabu-search swaps of the exact local search, per layer.
+        refine: run the exact local search after the solver (``refine`` and ``hypergraph`` always do).
     """
 
     load_tolerance: float = 0.05
     seed: int = 0
     time_limit: float = 2.0
+    search_steps: int = 2000
+    refine: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

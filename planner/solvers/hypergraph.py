@@ -1,0 +1,81 @@
+"""``hypergraph``: Mt-KaHyPar on the exact objective, then the exact local search under the cap.
+
+Each distinct top-k set is a hyperedge weighted by its tokens; Mt-KaHyPar's connectivity-minus-one
+(km1) objective is then exactly the total fan-out minus the tokens. It balances one node weight
+only, so it partitions into equal expert counts (node weight 1, no imbalance) and knows nothing of
+load: each partition is swap-repaired to the load caps. Several seeds (deterministic preset, one
+thread) and the ``greedy-capped`` placement are tried as starts; the best, after descent, goes
+through the full exact local search of ``refine``.
+"""
+
+from __future__ import annotations
+
+import mtkahypar
+import numpy as np
+
+from moeplace.calibrate.stats import LayerStats, TopkSets
+from moeplace.errors import MoeplaceError
+from moeplace.planner.objective import fanout
+from moeplace.planner.solvers.base import Solution, SolverOptions
+from moeplace.planner.solvers.caps import load_caps
+from moeplace.planner.solvers.greedy import agglomerate
+from moeplace.planner.solvers.refine import MAX_STEPS_PER_EXPERT, SwapSearch, local_search
+from moeplace.planner.topology import Topology
+
+SEEDS = 4
+_initializer = None  # Mt-KaHyPar's thread pool, once per process
+
+
+def partition(topk_sets: TopkSets, topology: Topology, seed: int) -> np.ndarray | None:
+    """Mt-KaHyPar km1 partition into equal expert counts, int64 ``[N]``; None if unbalanced."""
+    global _initializer
+    if _initializer is None:
+        _initializer = mtkahypar.initialize(1, False)
+    context = _initializer.context_from_preset(mtkahypar.PresetType.DETERMINISTIC)
+    context.logging = False
+    context.set_partitioning_parameters(topology.num_devices, 0.0, mtkahypar.Objective.KM1)
+    mtkahypar.set_seed(seed)
+    edges = [[int(e) for e in row if e >= 0] for row in topk_sets.sets]
+    keep = [i for i, edge in enumerate(edges) if len(edge) > 1]  # single experts never cost a cut
+    hypergraph = _initializer.create_hypergraph(
+        context,
+        topology.num_experts,
+        len(keep),
+        [edges[i] for i in keep],
+        [1] * topology.num_experts,
+        [int(topk_sets.counts[i]) for i in keep],
+    )
+    placement = np.asarray(hypergraph.partition(context).get_partition(), dtype=np.int64)
+    counts = np.bincount(placement, minlength=topology.num_devices)
+    return placement if np.all(counts == topology.slots_per_device) else None
+
+
+def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solution:
+    if stats.topk_sets is None:
+        raise MoeplaceError(
+            "hypergraph needs the distinct top-k sets of a per-token trace; these statistics have none"
+        )
+    caps = load_caps(stats, topology, options.load_tolerance)
+    search = SwapSearch.build(stats.topk_sets, topology, caps)
+    starts = {"greedy-capped": agglomerate(stats.coact, topology, caps.scenario_load, caps.cap)}
+    if topology.num_devices > 1:
+        for i in range(SEEDS):
+            placement = partition(stats.topk_sets, topology, options.seed * SEEDS + i)
+            if placement is not None:
+                starts[f"mt-kahypar seed {options.seed * SEEDS + i}"] = placement
+    descended = {}
+    for name, start in starts.items():
+        placement, _, feasible = search.run(start, MAX_STEPS_PER_EXPERT * topology.num_experts)
+        if feasible:
+            descended[name] = (fanout(stats.topk_sets, placement), placement)
+    best = min(descended, key=lambda name: descended[name][0])  # greedy-capped is always feasible
+    placement, report = local_search(stats, topology, caps, descended[best][1], options)
+    return Solution(
+        placement,
+        caps.info()
+        | report
+        | {
+            "start": best,
+            "fanout_of_starts": {name: value for name, (value, _) in descended.items()},
+        },
+    )

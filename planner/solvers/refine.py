@@ -1,0 +1,226 @@
+"""``refine``: local search on the exact fan-out under a hard load cap; also usable after any solver.
+
+The objective is what users pay for: sum over the calibration tokens' distinct top-k sets h of
+``counts[h] x (devices h touches)``. A swap of experts a (device A) and b (device B) changes only
+the sets containing a or b, so its effect has a closed form, computed for all N^2 swaps at once:
+
+    delta(a, b) = -leave[a] + join[a, B] - leave[b] + join[b, A] + both[a, b]
+
+with ``leave[e]`` the weight of sets that lose a device when e leaves it (e is its set's only
+expert there), ``join[e, X]`` the weight of sets that gain one when e arrives on X (none of the
+set is there yet), and ``both[a, b]`` correcting sets holding a and b, which a swap leaves alone.
+
+The swap descent has two phases: while some device is over its cap in some load scenario (a
+start from an uncapped solver), take the swap that most reduces the total overload; then take the
+best strictly improving swap that keeps every device under its cap, until none is left. Slots are
+always full (N/D experts per device), so swaps are the only slot-preserving moves.
+
+A descent stops at the first local optimum, so the local search goes on with a tabu search: each
+step takes the best swap that keeps every cap even when it worsens the fan-out, but may not move
+an expert moved within the last few steps (its tenure, drawn at random) unless the swap beats the
+best placement seen. It keeps that best placement; measured on the shared traces it finds 1-5%
+lower fit fan-out than the descent, and lower than random restarts (kicks) in about the same
+time. Then device pairs are re-split exactly (``exact_pairs``). Deterministic: ties go to the lowest expert
+pair, tenures come from ``numpy.random.default_rng(seed)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+from scipy import sparse
+
+from moeplace.calibrate.stats import LayerStats, TopkSets
+from moeplace.errors import MoeplaceError
+from moeplace.planner.objective import fanout
+from moeplace.planner.solvers.base import Solution, SolverOptions
+from moeplace.planner.solvers.caps import LoadCaps, device_loads, load_caps
+from moeplace.planner.solvers.exact_pairs import resplit_pair
+from moeplace.planner.solvers.greedy import agglomerate
+from moeplace.planner.topology import Topology
+
+MAX_STEPS_PER_EXPERT = 50  # a safety bound; searches end at a local optimum long before
+
+
+@dataclasses.dataclass
+class SwapSearch:
+    """Incidence of experts in top-k sets, and the load scenarios the cap applies to."""
+
+    topology: Topology
+    caps: LoadCaps
+    weight: np.ndarray  # [H] tokens per set
+    set_of_pin: np.ndarray  # [P] set of each (set, expert) incidence
+    expert_of_pin: np.ndarray  # [P] expert of each incidence
+    incidence: sparse.csr_matrix  # [N, H] 1 where the expert is in the set
+
+    @classmethod
+    def build(cls, topk_sets: TopkSets, topology: Topology, caps: LoadCaps) -> SwapSearch:
+        set_of_pin, slot = np.nonzero(topk_sets.sets >= 0)
+        expert_of_pin = topk_sets.sets[set_of_pin, slot].astype(np.int64)
+        shape = (topology.num_experts, topk_sets.sets.shape[0])
+        incidence = sparse.csr_matrix(
+            (np.ones(set_of_pin.shape[0]), (expert_of_pin, set_of_pin)), shape=shape
+        )
+        return cls(topology, caps, topk_sets.counts.astype(np.float64), set_of_pin, expert_of_pin, incidence)
+
+    def swap_deltas(self, device: np.ndarray) -> np.ndarray:
+        """Exact change of total fan-out for every swap (a, b), float ``[N, N]``."""
+        num_devices = self.topology.num_devices
+        per_set = np.bincount(
+            self.set_of_pin * num_devices + device[self.expert_of_pin],
+            minlength=self.weight.shape[0] * num_devices,
+        ).reshape(-1, num_devices)  # [H, D] experts of each set on each device
+        alone = per_set[self.set_of_pin, device[self.expert_of_pin]] == 1  # [P]
+        leave = np.bincount(
+            self.expert_of_pin,
+            weights=self.weight[self.set_of_pin] * alone,
+            minlength=self.topology.num_experts,
+        )
+        absent = self.weight[:, None] * (per_set == 0)  # [H, D]
+        join = np.asarray(self.incidence @ absent)  # [N, D]
+        lonely = sparse.csr_matrix(
+            (self.weight[self.set_of_pin] * alone, (self.expert_of_pin, self.set_of_pin)),
+            shape=self.incidence.shape,
+        )
+        shared = (lonely @ self.incidence.T).toarray()  # [a, b]: sets with both, where a is alone
+        join_other = join[:, device]  # [a, b] -> join[a, device of b]
+        return -leave[:, None] - leave[None, :] + join_other + join_other.T + shared + shared.T
+
+    def swap_loads(self, device: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Loads of a's and b's devices after swapping a and b: two ``[K, N, N]`` arrays."""
+        scenario = self.caps.scenario_load.astype(np.float64)  # [K, N]
+        now = device_loads(device, self.caps.scenario_load, self.topology.num_devices)  # [K, D]
+        change = scenario[:, None, :] - scenario[:, :, None]  # [K, a, b]: load of b minus load of a
+        return now[:, device][:, :, None] + change, now[:, device][:, None, :] - change
+
+    def overload(self, load: np.ndarray) -> np.ndarray:
+        """Load above the cap, relative to the cap, summed over scenarios (any leading shape)."""
+        cap = self.caps.cap.reshape(-1, *([1] * (load.ndim - 1))).astype(np.float64)
+        return (np.maximum(load - cap, 0.0) / np.maximum(cap, 1.0)).sum(axis=0)
+
+    def run(self, device: np.ndarray, max_steps: int) -> tuple[np.ndarray, int, bool]:
+        """Search from ``device`` [N]. Returns (placement, swaps made, every cap met)."""
+        device = device.copy()
+        n = self.topology.num_experts
+        upper = np.triu(np.ones((n, n), bool), 1)
+        cap = self.caps.cap[:, None, None]
+        for step in range(max_steps):
+            movable = upper & (device[:, None] != device[None, :])
+            delta = self.swap_deltas(device)
+            load_a, load_b = self.swap_loads(device)
+            over = self.overload(device_loads(device, self.caps.scenario_load, self.topology.num_devices))
+            if over.sum() > 0:  # repair first: the swap that most reduces overload, then fan-out
+                gain = (
+                    self.overload(load_a)
+                    + self.overload(load_b)
+                    - over[device][:, None]
+                    - over[device][None, :]
+                )
+                candidates = np.flatnonzero(movable & (gain < -1e-12))
+                order = np.lexsort((delta.flat[candidates], gain.flat[candidates]))
+            else:  # improve: the best strictly better swap that keeps every device under its cap
+                fits = (load_a <= cap).all(axis=0) & (load_b <= cap).all(axis=0)
+                candidates = np.flatnonzero(movable & fits & (delta < -1e-9))
+                order = np.argsort(delta.flat[candidates], kind="stable")
+            if not candidates.size:
+                return device, step, over.sum() == 0
+            a, b = divmod(int(candidates[order[0]]), n)
+            device[a], device[b] = device[b], device[a]
+        over = self.overload(device_loads(device, self.caps.scenario_load, self.topology.num_devices))
+        return device, max_steps, over.sum() == 0
+
+    def tabu(self, device: np.ndarray, steps: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        """Tabu search from a placement within every cap: ``steps`` swaps, each within every cap.
+
+        Returns the best placement seen and its fan-out change from ``device`` (<= 0).
+        """
+        device, best = device.copy(), device.copy()
+        n = self.topology.num_experts
+        low, high = max(1, n // 32), max(2, n // 8)  # tenure range, in steps
+        upper = np.triu(np.ones((n, n), bool), 1)
+        cap = self.caps.cap[:, None, None]
+        tabu_until = np.zeros(n, np.int64)
+        change = best_change = 0.0
+        for step in range(steps):
+            delta = self.swap_deltas(device)
+            load_a, load_b = self.swap_loads(device)
+            fits = upper & (device[:, None] != device[None, :])
+            fits &= (load_a <= cap).all(axis=0) & (load_b <= cap).all(axis=0)
+            free = tabu_until <= step
+            allowed = fits & ((free[:, None] & free[None, :]) | (change + delta < best_change - 1e-9))
+            if not allowed.any():
+                break
+            a, b = divmod(int(np.argmin(np.where(allowed, delta, np.inf))), n)
+            device[a], device[b] = device[b], device[a]
+            change += delta[a, b]
+            tabu_until[[a, b]] = step + rng.integers(low, high + 1, size=2)
+            if change < best_change - 1e-9:
+                best, best_change = device.copy(), change
+        return best, best_change
+
+
+def local_search(
+    stats: LayerStats, topology: Topology, caps: LoadCaps, start: np.ndarray, options: SolverOptions
+) -> tuple[np.ndarray, dict]:
+    """Exact local search from ``start``: swap descent, tabu search, then exact pair re-splits.
+
+    Every accepted result lowers the fit fan-out and keeps every device under its cap (once the
+    descent has repaired a start that was over it). Returns the placement and a report.
+    """
+    if stats.topk_sets is None:
+        raise MoeplaceError(
+            "refine needs the distinct top-k sets of a per-token trace; these statistics have none"
+        )
+    sets = stats.topk_sets
+    search = SwapSearch.build(sets, topology, caps)
+    steps = MAX_STEPS_PER_EXPERT * topology.num_experts
+    report = {"fanout_start": fanout(sets, start)}
+    placement, swaps, feasible = search.run(start.astype(np.int64), steps)
+    if not feasible:
+        return placement, report | {"cap_met": False, "swaps": swaps, "fanout": fanout(sets, placement)}
+    descended = fanout(sets, placement)
+    placement, _ = search.tabu(placement, options.search_steps, np.random.default_rng(options.seed))
+    tabu = fanout(sets, placement)
+    placement = _pair_descent(sets, caps, search, placement, options.time_limit, steps)
+    return placement, report | {
+        "cap_met": True,
+        "swaps": swaps,
+        "fanout_descent": descended,
+        "fanout_tabu": tabu,
+        "fanout": fanout(sets, placement),
+    }
+
+
+def _pair_descent(sets, caps, search, placement, budget, steps) -> np.ndarray:
+    """Re-split device pairs exactly (then swap-descend) until no pair can improve.
+
+    A pair is re-split only if one of its devices changed since the pair was last solved;
+    ``budget``: CP-SAT deterministic seconds for the pairs too large to enumerate, all told.
+    """
+    pairs = list(itertools.combinations(range(search.topology.num_devices), 2))
+    solved = {}  # pair -> the two devices' experts when it was last solved
+    while True:
+        improved = False
+        for a, b in pairs:
+            key = (tuple(np.flatnonzero(placement == a)), tuple(np.flatnonzero(placement == b)))
+            if solved.get((a, b)) == key:
+                continue
+            better, used = resplit_pair(sets, caps, placement, a, b, budget)
+            budget = max(budget - used, 0.0)
+            if better is None:
+                solved[a, b] = key
+            else:
+                placement, improved = better, True
+        if not improved:
+            return placement
+        placement, _, _ = search.run(placement, steps)
+
+
+def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solution:
+    """``greedy-capped``, then the exact local search."""
+    caps = load_caps(stats, topology, options.load_tolerance)
+    start = agglomerate(stats.coact, topology, caps.scenario_load, caps.cap)
+    placement, report = local_search(stats, topology, caps, start, options)
+    return Solution(placement, caps.info() | report)

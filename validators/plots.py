@@ -1,0 +1,91 @@
+"""Comparison plots (PNG bytes): figures against device count, and the balance frontier."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+
+from moeplace.planner.solvers import BASELINE
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig, title: str) -> bytes:
+    fig.suptitle(textwrap.fill(title, 150), fontsize=8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def _solvers(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(row["solver"] for row in rows))
+
+
+def devices_png(rows: list[dict], title: str) -> bytes:
+    """Held-out dev/token and max/mean load against device count, one line per solver."""
+    import matplotlib.ticker
+
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for solver in _solvers(rows):
+        mine = [row for row in rows if row["solver"] == solver]
+        d = [row["devices"] for row in mine]
+        style = {"marker": "o", "linewidth": 2.5 if solver == BASELINE else 1.5, "label": solver}
+        left.plot(d, [row["dev_per_token"] for row in mine], **style)
+        right.plot(d, [row["max_mean_load"] for row in mine], **style)
+    tolerances = {row["load_tolerance"] for row in rows} - {None}
+    for eps in tolerances:
+        right.axhline(1 + eps, color="grey", linestyle="--", linewidth=1, label=f"1 + eps = {1 + eps:g}")
+    for ax, label in (
+        (left, "held-out devices per token (lower is better)"),
+        (right, "held-out max/mean device load (lower is better)"),
+    ):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({row["devices"] for row in rows}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("devices (D)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    return _png(fig, title)
+
+
+def frontier_png(rows: list[dict], title: str) -> bytes:
+    """Held-out dev/token against held-out max/mean load, one panel per device count; each capped
+    solver is a line through its load tolerances (labelled), load-only solvers are single points."""
+    plt = _pyplot()
+    devices = sorted({row["devices"] for row in rows})
+    fig, axes = plt.subplots(
+        1, len(devices), figsize=(5.2 * len(devices), 4.4), constrained_layout=True, squeeze=False
+    )
+    for ax, d in zip(axes[0], devices, strict=True):
+        for solver in _solvers(rows):
+            mine = sorted(
+                (row for row in rows if row["devices"] == d and row["solver"] == solver),
+                key=lambda row: row["load_tolerance"] or 0.0,
+            )
+            x, y = [row["max_mean_load"] for row in mine], [row["dev_per_token"] for row in mine]
+            ax.plot(x, y, marker="o", linewidth=2.5 if solver == BASELINE else 1.5, label=solver)
+            for row in mine:
+                if row["load_tolerance"] is not None:
+                    ax.annotate(
+                        f"{row['load_tolerance']:g}",
+                        (row["max_mean_load"], row["dev_per_token"]),
+                        fontsize=6,
+                        xytext=(3, 3),
+                        textcoords="offset points",
+                    )
+        ax.set_title(f"D = {d}", fontsize=9)
+        ax.set_xlabel("held-out max/mean device load")
+        ax.set_ylabel("held-out devices per token")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    return _png(fig, title + "  (labels: load tolerance eps; lower left is better)")
