@@ -59,7 +59,7 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
             "status": status,
             "refine_fanout": hint.info["fanout"],
             "fanout": fanout(sets, placement),
-            "bound_fanout": bound + constant,
+            "bound_fanout": None if bound is None else bound + constant,
             "deterministic_time": round(used, 3),
         },
     )
@@ -72,11 +72,11 @@ def _solve_model(
     caps: LoadCaps,
     hint: np.ndarray,
     options: SolverOptions,
-) -> tuple[str, np.ndarray, int, float]:
+) -> tuple[str, np.ndarray, int | None, float]:
     """CP-SAT over sets ``members`` int ``[H, k]`` (-1 padded) with tokens ``weights`` ``[H]``.
 
     Returns (status name, expert_to_device int64 ``[N]``, proven lower bound on these sets' total
-    fan-out, deterministic seconds used). Without a solution in time, the hint and a trivial bound.
+    fan-out, deterministic seconds used). Without a solution in time, the hint and no bound.
     """
     n, num_devices, slots = topology.num_experts, topology.num_devices, topology.slots_per_device
     model = cp_model.CpModel()
@@ -110,9 +110,8 @@ def _solve_model(
     solver.parameters.random_seed = options.seed
     solver.parameters.max_deterministic_time = max(options.time_limit, 1e-3)
     status = solver.solve(model)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        bound = int(np.ceil((members >= 0).sum(axis=1) / slots) @ weights)  # the slots bound
-        return solver.status_name(status), hint.astype(np.int64), bound, solver.deterministic_time
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):  # no bound beyond the planner's own
+        return solver.status_name(status), hint.astype(np.int64), None, solver.deterministic_time
     placement = np.array(
         [next(d for d, v in enumerate(x[e]) if v is not None and solver.value(v)) for e in range(n)]
     )

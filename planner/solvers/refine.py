@@ -95,6 +95,11 @@ class SwapSearch:
         change = scenario[:, None, :] - scenario[:, :, None]  # [K, a, b]: load of b minus load of a
         return now[:, device][:, :, None] + change, now[:, device][:, None, :] - change
 
+    def within_caps(self, load_a: np.ndarray, load_b: np.ndarray) -> np.ndarray:
+        """``[N, N]`` True where, after swapping a and b (``swap_loads``), both devices keep every cap."""
+        cap = self.caps.cap[:, None, None]
+        return (load_a <= cap).all(axis=0) & (load_b <= cap).all(axis=0)
+
     def overload(self, load: np.ndarray) -> np.ndarray:
         """Load above the cap, relative to the cap, summed over scenarios (any leading shape)."""
         cap = self.caps.cap.reshape(-1, *([1] * (load.ndim - 1))).astype(np.float64)
@@ -105,7 +110,6 @@ class SwapSearch:
         device = device.copy()
         n = self.topology.num_experts
         upper = np.triu(np.ones((n, n), bool), 1)
-        cap = self.caps.cap[:, None, None]
         for step in range(max_steps):
             movable = upper & (device[:, None] != device[None, :])
             delta = self.swap_deltas(device)
@@ -121,7 +125,7 @@ class SwapSearch:
                 candidates = np.flatnonzero(movable & (gain < -1e-12))
                 order = np.lexsort((delta.flat[candidates], gain.flat[candidates]))
             else:  # improve: the best strictly better swap that keeps every device under its cap
-                fits = (load_a <= cap).all(axis=0) & (load_b <= cap).all(axis=0)
+                fits = self.within_caps(load_a, load_b)
                 candidates = np.flatnonzero(movable & fits & (delta < -1e-9))
                 order = np.argsort(delta.flat[candidates], kind="stable")
             if not candidates.size:
@@ -140,14 +144,12 @@ class SwapSearch:
         n = self.topology.num_experts
         low, high = max(1, n // 32), max(2, n // 8)  # tenure range, in steps
         upper = np.triu(np.ones((n, n), bool), 1)
-        cap = self.caps.cap[:, None, None]
         tabu_until = np.zeros(n, np.int64)
         change = best_change = 0.0
         for step in range(steps):
             delta = self.swap_deltas(device)
             load_a, load_b = self.swap_loads(device)
-            fits = upper & (device[:, None] != device[None, :])
-            fits &= (load_a <= cap).all(axis=0) & (load_b <= cap).all(axis=0)
+            fits = upper & (device[:, None] != device[None, :]) & self.within_caps(load_a, load_b)
             free = tabu_until <= step
             allowed = fits & ((free[:, None] & free[None, :]) | (change + delta < best_change - 1e-9))
             if not allowed.any():
