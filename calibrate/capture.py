@@ -129,6 +129,7 @@ def trace_meta(model: torch.nn.Module, name: str, corpus: Sequence[str], max_len
         num_experts=int(routers[0][1].num_experts),
         top_k=int(routers[0][1].top_k),
         layer_ids=tuple(layer_id for layer_id, _ in routers),
+        num_hidden_layers=getattr(model.config, "num_hidden_layers", None),
         phase="prefill",
         source=f"moeplace calibrate on {', '.join(corpus)}",
         note=f"documents longer than {max_length} tokens run as consecutive windows without earlier context",

@@ -16,7 +16,11 @@ NO_EXPERT = -1  # padding marker in topk_ids: the slot selected no expert
 
 @dataclasses.dataclass(frozen=True)
 class TraceMeta:
-    """What a trace was recorded from. ``layer_ids[i]`` is the model's layer index of MoE layer i."""
+    """What a trace was recorded from. ``layer_ids[i]`` is the model's layer index of MoE layer i.
+
+    ``num_hidden_layers`` counts all the model's layers, dense ones included (engines such as SGLang
+    want a placement row for each); ``None`` when the source did not say.
+    """
 
     model: str
     num_experts: int
@@ -26,10 +30,13 @@ class TraceMeta:
     source: str = ""
     license: str = ""
     note: str = ""
+    num_hidden_layers: int | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["layer_ids"] = list(self.layer_ids)
+        if self.num_hidden_layers is None:  # absent, not null: fingerprints of older traces stay
+            del d["num_hidden_layers"]
         return d
 
     @classmethod
@@ -47,6 +54,11 @@ class TraceMeta:
                 top_k=_as_int(d["top_k"], "top_k"),
                 layer_ids=tuple(_as_int(x, "layer_ids") for x in d["layer_ids"]),
                 **{f: str(d[f]) for f in ("phase", "source", "license", "note") if f in d},
+                num_hidden_layers=(
+                    None
+                    if d.get("num_hidden_layers") is None
+                    else _as_int(d["num_hidden_layers"], "num_hidden_layers")
+                ),
             )
         except TypeError as exc:
             raise MoeplaceError(f"bad metadata: {exc}") from None
@@ -57,6 +69,11 @@ class TraceMeta:
             )
         if len(set(meta.layer_ids)) != len(meta.layer_ids):
             raise MoeplaceError(f"metadata layer_ids repeat a layer: {list(meta.layer_ids)}")
+        if meta.num_hidden_layers is not None and meta.num_hidden_layers <= max(meta.layer_ids, default=-1):
+            raise MoeplaceError(
+                f"metadata num_hidden_layers={meta.num_hidden_layers}, "
+                f"but MoE layer {max(meta.layer_ids)} exists"
+            )
         return meta
 
 

@@ -23,7 +23,12 @@ def token_devices(topk_ids: np.ndarray, expert_to_device: np.ndarray) -> np.ndar
 
 def devices_per_token(topk_ids: np.ndarray, expert_to_device: np.ndarray) -> np.ndarray:
     """Distinct devices each token is dispatched to, int64 ``[T]`` (0 for a token with no expert)."""
-    ordered = np.sort(token_devices(topk_ids, expert_to_device), axis=1)
+    return distinct_per_row(token_devices(topk_ids, expert_to_device))
+
+
+def distinct_per_row(values: np.ndarray) -> np.ndarray:
+    """Distinct non-negative values in each row of ``values`` int ``[T, k]``, int64 ``[T]``."""
+    ordered = np.sort(values, axis=1)
     new = ordered >= 0
     new[:, 1:] &= ordered[:, 1:] != ordered[:, :-1]
     return new.sum(axis=1)

@@ -7,7 +7,9 @@ Schema (version 1)::
     model: openai/gpt-oss-20b
     num_experts: 32
     top_k: 4
+    num_hidden_layers: 24        # optional: all the model's layers, dense ones included
     num_devices: 4
+    num_nodes: 2                 # optional: devices in nodes of num_devices / num_nodes (default 1)
     experts_per_device: 8
     solver: greedy-capped
     options: {load_tolerance: 0.1, load_resamples: 16, seed: 0, time_limit: 10.0}
@@ -18,6 +20,9 @@ Schema (version 1)::
       expert_to_device: [2, 0, 3, ...]     # device of logical expert e, N entries
       calibration_load: [1203, 88, ...]    # activations of expert e in the calibration trace
       solver_report: {...}       # what the solver said (cap, objective, CP-SAT status and bound)
+      physical_to_logical: [...] # only with redundant_slots R > 0: expert in each of the N + R slots,
+                                 # slot p on device p // ((N + R) / D); expert_to_device is then
+                                 # the device of each expert's first slot
 
 The calibration load lets ``moeplace validate`` refit the frequency baseline on any held-out trace.
 """
@@ -41,12 +46,14 @@ VERSION = 1
 
 @dataclasses.dataclass(frozen=True)
 class LayerPlacement:
-    """One MoE layer: ``expert_to_device`` int64 ``[N]``, ``calibration_load`` int64 ``[N]``."""
+    """One MoE layer: ``expert_to_device`` int64 ``[N]``, ``calibration_load`` int64 ``[N]``, and
+    with replicas ``physical_to_logical`` int64 ``[N + R]`` (else None)."""
 
     layer_id: int
     expert_to_device: np.ndarray
     calibration_load: np.ndarray
     solver_report: dict[str, Any] = dataclasses.field(default_factory=dict)
+    physical_to_logical: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +69,16 @@ class Placement:
     calibration: dict[str, Any]
     layers: tuple[LayerPlacement, ...]
     validation: dict[str, Any] | None = None
+    num_hidden_layers: int | None = None
+    num_nodes: int = 1
+    redundant_slots: int = 0
 
     def __post_init__(self):
         verify_placement(self)
 
     @property
     def topology(self) -> Topology:
-        return Topology(self.num_experts, self.num_devices)
+        return Topology(self.num_experts, self.num_devices, self.num_nodes, self.redundant_slots)
 
     @property
     def layer_ids(self) -> tuple[int, ...]:
@@ -84,15 +94,26 @@ class Placement:
         """int64 ``[L, N]``."""
         return np.stack([layer.calibration_load for layer in self.layers])
 
+    @property
+    def physical_to_logical(self) -> np.ndarray:
+        """int64 ``[L, P]``: the logical expert in physical slot p, which lives on device
+        ``p // slots_per_device``; without replicas, a device's experts in ascending id order."""
+        if self.redundant_slots:
+            return np.stack([layer.physical_to_logical for layer in self.layers])
+        return np.argsort(self.expert_to_device, axis=1, kind="stable")
+
 
 def verify_placement(placement: Placement) -> None:
     """Raise ``MoeplaceError`` unless every expert of every layer sits on one device and slots match."""
-    topology = Topology(placement.num_experts, placement.num_devices)
+    topology = placement.topology
     if not placement.layers:
         raise MoeplaceError("placement has no layers")
     ids = placement.layer_ids
     if len(set(ids)) != len(ids):
         raise MoeplaceError(f"layer indices repeat: {list(ids)}")
+    hidden = placement.num_hidden_layers
+    if hidden is not None and hidden <= max(ids):
+        raise MoeplaceError(f"num_hidden_layers is {hidden}, but layer {max(ids)} is an MoE layer")
     n, slots = topology.num_experts, topology.slots_per_device
     for layer in placement.layers:
         where = f"layer {layer.layer_id}"
@@ -101,12 +122,35 @@ def verify_placement(placement: Placement) -> None:
             raise MoeplaceError(f"{where}: expert_to_device has {e2d.shape[0]} entries, need {n}")
         if e2d.min() < 0 or e2d.max() >= placement.num_devices:
             raise MoeplaceError(f"{where}: a device outside 0..{placement.num_devices - 1}")
+        if placement.redundant_slots:
+            _verify_slots(layer, topology)
+            continue
         counts = np.bincount(e2d, minlength=placement.num_devices)
         if np.any(counts != slots):
             device = int(np.argmax(counts != slots))
             raise MoeplaceError(f"{where}: device {device} holds {counts[device]} experts, need {slots}")
         if load.shape != (n,) or load.min() < 0:
             raise MoeplaceError(f"{where}: calibration_load needs {n} non-negative counts")
+
+
+def _verify_slots(layer: LayerPlacement, topology: Topology) -> None:
+    """With replicas: every expert in some slot, expert_to_device = the device of its first slot.
+
+    Two slots of one expert on one device are legal (EPLB's packing can do it), only wasteful."""
+    where, slots = f"layer {layer.layer_id}", layer.physical_to_logical
+    n = topology.num_experts
+    if slots is None or slots.shape != (topology.num_physical,):
+        raise MoeplaceError(f"{where}: physical_to_logical needs {topology.num_physical} entries")
+    if slots.min() < 0 or slots.max() >= n:
+        raise MoeplaceError(f"{where}: physical_to_logical holds ids outside 0..{n - 1}")
+    missing = np.setdiff1d(np.arange(n), slots)
+    if missing.size:
+        raise MoeplaceError(f"{where}: expert {missing[0]} has no slot")
+    device = np.arange(slots.shape[0]) // topology.slots_per_device
+    first = np.full(n, -1)
+    first[slots[::-1]] = device[::-1]
+    if np.any(first != layer.expert_to_device):
+        raise MoeplaceError(f"{where}: expert_to_device is not the device of each expert's first slot")
 
 
 def save_placement(placement: Placement, path: str | Path) -> None:
@@ -117,8 +161,11 @@ def save_placement(placement: Placement, path: str | Path) -> None:
         "model": placement.model,
         "num_experts": placement.num_experts,
         "top_k": placement.top_k,
+        **({} if placement.num_hidden_layers is None else {"num_hidden_layers": placement.num_hidden_layers}),
         "num_devices": placement.num_devices,
-        "experts_per_device": placement.num_experts // placement.num_devices,
+        **({} if placement.num_nodes == 1 else {"num_nodes": placement.num_nodes}),
+        **({"redundant_slots": placement.redundant_slots} if placement.redundant_slots else {}),
+        "experts_per_device": placement.topology.slots_per_device,
         "solver": placement.solver,
         "options": placement.options,
         "calibration": placement.calibration,
@@ -132,6 +179,11 @@ def save_placement(placement: Placement, path: str | Path) -> None:
             "calibration_load": _Flow(layer.calibration_load.tolist()),
             "solver_report": layer.solver_report,
         }
+        | (
+            {"physical_to_logical": _Flow(layer.physical_to_logical.tolist())}
+            if layer.physical_to_logical is not None
+            else {}
+        )
         for layer in placement.layers
     ]
     write_text(path, yaml.dump(yaml_safe(doc), Dumper=_Dumper, sort_keys=False, width=100))
@@ -175,6 +227,13 @@ def _from_doc(doc: Any) -> Placement:
             raise MoeplaceError(f"field {name!r} missing or not a {kind.__name__}")
     if doc.get("validation") is not None and not isinstance(doc["validation"], dict):
         raise MoeplaceError("field 'validation' is not a mapping")
+    hidden = doc.get("num_hidden_layers")
+    if hidden is not None and (not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1):
+        raise MoeplaceError(f"num_hidden_layers must be a positive integer, got {hidden!r}")
+    nodes, redundant = doc.get("num_nodes", 1), doc.get("redundant_slots", 0)
+    for name, value in (("num_nodes", nodes), ("redundant_slots", redundant)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise MoeplaceError(f"{name} must be an integer, got {value!r}")
     layers = []
     for i, entry in enumerate(doc["layers"]):
         if not isinstance(entry, dict) or not isinstance(entry.get("layer"), int):
@@ -189,12 +248,22 @@ def _from_doc(doc: Any) -> Placement:
                     entry.get("calibration_load"), f"layer {entry['layer']}: calibration_load"
                 ),
                 solver_report=entry.get("solver_report") or {},
+                physical_to_logical=(
+                    _int_array(
+                        entry.get("physical_to_logical"), f"layer {entry['layer']}: physical_to_logical"
+                    )
+                    if redundant
+                    else None
+                ),
             )
         )
     return Placement(
         **{name: doc[name] for name in fields if name != "layers"},
         layers=tuple(layers),
         validation=doc.get("validation"),
+        num_hidden_layers=hidden,
+        num_nodes=nodes,
+        redundant_slots=redundant,
     )
 
 

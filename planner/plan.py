@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
@@ -12,7 +13,8 @@ from moeplace.errors import MoeplaceError
 from moeplace.planner.bounds import fanout_lower_bounds
 from moeplace.planner.objective import fanout
 from moeplace.planner.placement import LayerPlacement, Placement, yaml_safe
-from moeplace.planner.solvers import LOAD_ONLY_SOLVERS, REFINED, SOLVERS, Solution, SolverOptions
+from moeplace.planner.replicas import add_replicas, replica_counts
+from moeplace.planner.solvers import LOAD_ONLY_SOLVERS, REFINED, REPLICATING, SOLVERS, Solution, SolverOptions
 from moeplace.planner.solvers.caps import load_caps
 from moeplace.planner.solvers.refine import local_search
 from moeplace.planner.topology import Topology
@@ -62,7 +64,10 @@ def plan(
         model=stats.meta.model,
         num_experts=stats.meta.num_experts,
         top_k=stats.meta.top_k,
+        num_hidden_layers=stats.meta.num_hidden_layers,
         num_devices=topology.num_devices,
+        num_nodes=topology.num_nodes,
+        redundant_slots=topology.redundant_slots,
         solver=solver,
         options={
             "load_tolerance": options.load_tolerance,
@@ -71,18 +76,47 @@ def plan(
             "time_limit": options.time_limit,
             "search_steps": options.search_steps,
             "refine": options.refine,
+            **({"node_cost": options.node_cost} if topology.num_nodes > 1 else {}),
         },
         calibration=calibration,
         layers=tuple(
-            LayerPlacement(layer_id, solution.expert_to_device, stats.load[i], yaml_safe(solution.info))
+            LayerPlacement(
+                layer_id,
+                solution.expert_to_device,
+                stats.load[i],
+                yaml_safe(solution.info),
+                solution.physical_to_logical,
+            )
             for i, (layer_id, solution) in enumerate(zip(stats.meta.layer_ids, solutions, strict=True))
         ),
     )
 
 
+# Fit figures of a placement without replicas; the replica report has its own.
+FIT_FIGURES = ("fit_dev_per_token", "lower_bound_dev_per_token", "bound_gap")
+
+
 def solve_layer(solver: str, stats: LayerStats, topology: Topology, options: SolverOptions) -> Solution:
     """One layer: the solver, the exact local search after it if asked, and the fit fan-out beside
-    its lower bounds (when the statistics have top-k sets)."""
+    its lower bounds (when the statistics have top-k sets); then replicas, if the topology has
+    redundant slots and the solver does not place them itself."""
+    if topology.redundant_slots and solver in REPLICATING:
+        return SOLVERS[solver](stats, topology, options)
+    if topology.redundant_slots:
+        if stats.topk_sets is None:
+            raise MoeplaceError(
+                f"placing replicas after {solver!r} needs the top-k sets of a per-token trace; "
+                f"use --solver {' or '.join(REPLICATING)} with load-only statistics"
+            )
+        # the primaries are placed for the load each will keep once its replicas take their share
+        copies = replica_counts(stats.load, topology)
+        shared = dataclasses.replace(
+            stats, load=stats.load // copies, load_resamples=stats.load_resamples // copies[None, :]
+        )
+        solution = solve_layer(solver, shared, topology.without_replicas, options)
+        slots, report = add_replicas(stats, topology, solution.expert_to_device, options)
+        info = {key: value for key, value in solution.info.items() if key not in FIT_FIGURES}
+        return Solution.from_slots(slots, topology, info | {"replicas": report})
     solution = SOLVERS[solver](stats, topology, options)
     placement, info = solution.expert_to_device, dict(solution.info)
     if options.refine and solver not in REFINED:

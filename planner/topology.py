@@ -1,18 +1,27 @@
-"""Where experts can go: D devices with an equal number of expert slots each."""
+"""Where experts can go: D devices with an equal number of expert slots each, in M nodes."""
 
 from __future__ import annotations
 
 import dataclasses
+
+import numpy as np
 
 from moeplace.errors import MoeplaceError
 
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
-    """``num_devices`` devices sharing ``num_experts`` experts, ``slots_per_device`` on each."""
+    """``num_devices`` devices sharing ``num_experts`` experts, ``slots_per_device`` on each.
+
+    The devices sit in ``num_nodes`` nodes of ``num_devices / num_nodes`` each, numbered node-major
+    (device d on node ``d // devices_per_node``), as ranks are in expert-parallel launchers.
+    ``redundant_slots`` R extra slots hold replicas of hot experts: ``(N + R) / D`` slots a device.
+    """
 
     num_experts: int
     num_devices: int
+    num_nodes: int = 1
+    redundant_slots: int = 0
 
     def __post_init__(self):
         n, d = self.num_experts, self.num_devices
@@ -22,7 +31,32 @@ class Topology:
             raise MoeplaceError(f"--devices {d} exceeds the {n} experts: a device would hold none")
         if n % d:
             raise MoeplaceError(f"--devices {d} does not divide the {n} experts into equal slots per device")
+        if self.num_nodes < 1 or d % self.num_nodes:
+            raise MoeplaceError(f"--nodes {self.num_nodes} must be at least 1 and divide the {d} devices")
+        if self.redundant_slots < 0 or self.redundant_slots % d:
+            raise MoeplaceError(
+                f"--redundant-slots {self.redundant_slots} must be >= 0 and a multiple of the {d} devices "
+                "(every device holds the same number of slots)"
+            )
+
+    @property
+    def num_physical(self) -> int:
+        """Physical expert slots P = N + R."""
+        return self.num_experts + self.redundant_slots
 
     @property
     def slots_per_device(self) -> int:
-        return self.num_experts // self.num_devices
+        return self.num_physical // self.num_devices
+
+    @property
+    def without_replicas(self) -> Topology:
+        return Topology(self.num_experts, self.num_devices, self.num_nodes)
+
+    @property
+    def devices_per_node(self) -> int:
+        return self.num_devices // self.num_nodes
+
+    @property
+    def node_of_device(self) -> np.ndarray:
+        """int64 ``[D]``: the node of each device."""
+        return np.arange(self.num_devices) // self.devices_per_node

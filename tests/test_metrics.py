@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import make_trace
+from moeplace.planner.topology import Topology
 from moeplace.validators.metrics import (
     balance_floor,
     device_load,
@@ -55,7 +56,7 @@ def test_score_averages_over_layers_and_ignores_empty_tokens():
     ids = np.array([[[0, 1], [0, 2]], [[2, 3], [1, 3]], [[-1, -1], [0, 1]]])  # [T=3, L=2, k=2]
     trace = make_trace(ids, [1, 2], num_experts=4)
     placement = np.array([[0, 0, 1, 1], [0, 1, 0, 1]])
-    score = score_placement(placement, trace, 2)
+    score = score_placement(np.argsort(placement, axis=1, kind="stable"), trace, Topology(4, 2))
     np.testing.assert_allclose(score.dev_per_token, [1.0, 4 / 3])  # layer 0: token 3 has no expert
     np.testing.assert_array_equal(score.device_load, [[2, 2], [3, 3]])
     assert score.summary()["dev_per_token"] == pytest.approx((1 + 4 / 3) / 2)

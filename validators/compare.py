@@ -40,6 +40,7 @@ COLUMNS = {  # CSV name -> Markdown header
     "load_cv": "load-CV",
     "max_mean_load": "max/mean load",
     "worst_layer_max_mean_load": "worst layer max/mean",
+    "node_per_token": "nodes/token",
     "fit_dev_per_token": "fit dev/token",
     "lower_bound_dev_per_token": "lower bound",
     "bound_gap": "bound gap",
@@ -71,15 +72,21 @@ def compare(
     oracle: bool = False,
     on_layer: Callable[[], None] | None = None,
     executor: Executor | None = None,
+    nodes: int = 1,
+    redundant_slots: int = 0,
 ) -> Comparison:
     """Plan ``fit`` with every solver, device count and tolerance; validate each on ``holdout``.
+
+    With ``nodes`` > 1 the devices sit in that many nodes and rows report nodes/token too; with
+    ``redundant_slots`` R > 0 every placement holds R replicas (scored with the dispatch policy).
 
     Solvers that ignore the load cap (``frequency``, ``random``, ``greedy``) run once per device
     count, unless ``options.refine`` puts the capped local search after them.
     """
     stats = compute_statistics(fit, resamples=resamples, seed=options.seed)
     held_stats = compute_statistics(holdout, resamples=resamples, seed=options.seed) if oracle else None
-    topologies = [Topology(fit.meta.num_experts, d) for d in devices]  # fail early on a bad count
+    # fail early on a bad count
+    topologies = [Topology(fit.meta.num_experts, d, nodes, redundant_slots) for d in devices]
     rows, placements = [], {}
     for topology in topologies:
         for solver in solvers:
@@ -95,6 +102,8 @@ def compare(
                 placements[topology.num_devices, solver, eps] = placement
                 row = {"devices": topology.num_devices, "solver": solver, "load_tolerance": eps}
                 row |= {k: summary[k] for k in COLUMNS if k in summary} | fit_figures(placement)
+                if nodes == 1:
+                    del row["node_per_token"]
                 if held_stats is not None:
                     best = plan(held_stats, topology, solver, run, holdout.provenance(), on_layer, executor)
                     oracle_summary = validate(best, holdout).summary()
@@ -108,6 +117,8 @@ def compare(
         f"{fit.meta.model}: fit on {fit.num_documents} documents ({fit.num_tokens} tokens), "
         f"scored on {holdout.num_documents} held-out documents ({holdout.num_tokens} tokens); "
         f"load tolerance {tolerance_text}"
+        + (f"; {nodes} nodes, node cost {options.node_cost:g}" if nodes > 1 else "")
+        + (f"; {redundant_slots} redundant slots" if redundant_slots else "")
     )
     return Comparison(rows, placements, title)
 

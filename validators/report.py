@@ -57,9 +57,11 @@ class Validation:
                 {
                     "layer": layer_id,
                     "dev_per_token": s.dev_per_token[i],
+                    "node_per_token": s.node_per_token[i],
                     "load_cv": s.load_cv[i],
                     "max_mean_load": s.max_mean_load[i],
                     "baseline_dev_per_token": b.dev_per_token[i],
+                    "baseline_node_per_token": b.node_per_token[i],
                     "baseline_load_cv": b.load_cv[i],
                     "baseline_max_mean_load": b.max_mean_load[i],
                     "reduction": 1.0 - s.dev_per_token[i] / b.dev_per_token[i],
@@ -91,12 +93,13 @@ def validate(placement: Placement, holdout: Trace, baseline_load: np.ndarray | N
     check_compatible(placement, holdout.meta)
     load = placement.calibration_load if baseline_load is None else baseline_load
     topology = placement.topology
-    baseline = np.stack([frequency_placement(x, topology) for x in load])
+    plain = topology.without_replicas
+    baseline = np.stack([frequency_placement(x, plain) for x in load])
     return Validation(
         placement=placement,
         holdout=holdout,
-        score=score_placement(placement.expert_to_device, holdout, topology.num_devices),
-        baseline=score_placement(baseline, holdout, topology.num_devices),
+        score=score_placement(placement.physical_to_logical, holdout, topology),
+        baseline=score_placement(np.argsort(baseline, axis=1, kind="stable"), holdout, plain),
     )
 
 

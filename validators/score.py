@@ -7,7 +7,10 @@ import dataclasses
 import numpy as np
 
 from moeplace.calibrate.trace import Trace
-from moeplace.validators.metrics import device_load, devices_per_token, load_cv, max_mean_load
+from moeplace.planner.dispatch import dispatch, replica_devices
+from moeplace.planner.objective import distinct_per_row
+from moeplace.planner.topology import Topology
+from moeplace.validators.metrics import load_cv, max_mean_load
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,12 +19,14 @@ class Score:
 
     Attributes:
         dev_per_token: mean distinct devices per token (over tokens with at least one expert).
+        node_per_token: mean distinct nodes per token (cross-node fan-out; 1 with one node).
         load_cv: std / mean of device load.
         max_mean_load: busiest device over mean.
         device_load: int64 ``[L, D]`` activations per device.
     """
 
     dev_per_token: np.ndarray
+    node_per_token: np.ndarray
     load_cv: np.ndarray
     max_mean_load: np.ndarray
     device_load: np.ndarray
@@ -30,29 +35,40 @@ class Score:
         """Means over layers, plus the worst layer's max/mean load."""
         return {
             "dev_per_token": float(self.dev_per_token.mean()),
+            "node_per_token": float(self.node_per_token.mean()),
             "load_cv": float(self.load_cv.mean()),
             "max_mean_load": float(self.max_mean_load.mean()),
             "worst_layer_max_mean_load": float(self.max_mean_load.max()),
         }
 
 
-def score_placement(expert_to_device: np.ndarray, trace: Trace, num_devices: int) -> Score:
-    """Score ``expert_to_device`` (int ``[L, N]``) on every token of ``trace``, a chunk at a time."""
-    num_layers = trace.num_layers
+def score_placement(physical_to_logical: np.ndarray, trace: Trace, topology: Topology) -> Score:
+    """Score a placement, int ``[L, P]`` expert of each physical slot (``Placement.physical_to_logical``),
+    on every token of ``trace``, a chunk at a time; replicas are chosen by the dispatch policy."""
+    num_layers, num_devices = trace.num_layers, topology.num_devices
+    replicas = [
+        replica_devices(row, topology.num_experts, topology.slots_per_device) for row in physical_to_logical
+    ]
     devices = np.zeros(num_layers, np.int64)
+    nodes = np.zeros(num_layers, np.int64)
     routed = np.zeros(num_layers, np.int64)
-    loads = np.zeros((num_layers, num_devices), np.int64)
+    loads = np.zeros((num_layers, num_devices))
     offsets = trace.doc_offsets
     for first, end in trace.document_chunks(1 << 16):
         chunk = np.asarray(trace.topk_ids[offsets[first] : offsets[end]])
         for layer in range(num_layers):
-            ids = chunk[:, layer, :]
-            per_token = devices_per_token(ids, expert_to_device[layer])
+            served = dispatch(
+                chunk[:, layer, :], np.ones(chunk.shape[0]), replicas[layer], num_devices, loads[layer]
+            )
+            per_token = distinct_per_row(served)
             devices[layer] += per_token.sum()
             routed[layer] += np.count_nonzero(per_token)
-            loads[layer] += device_load(ids, expert_to_device[layer], num_devices)
+            node = np.where(served >= 0, topology.node_of_device[np.maximum(served, 0)], -1)
+            nodes[layer] += distinct_per_row(node).sum()
+    loads = loads.round().astype(np.int64)
     return Score(
         dev_per_token=devices / np.maximum(routed, 1),
+        node_per_token=nodes / np.maximum(routed, 1),
         load_cv=np.array([load_cv(x) for x in loads]),
         max_mean_load=np.array([max_mean_load(x) for x in loads]),
         device_load=loads,

@@ -76,6 +76,28 @@ SearchStepsOpt = Annotated[
 RefineOpt = Annotated[
     bool, typer.Option(help="Run the exact local search (refine) after the solver, under the load cap.")
 ]
+NodesOpt = Annotated[
+    int,
+    typer.Option(
+        min=1, help="Nodes M the devices sit in (D/M per node, node-major ranks); reports nodes/token."
+    ),
+]
+NodeCostOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        help="With --nodes: cost of a token's dispatch to one more node, in devices. The exact local "
+        "search (refine, hypergraph, --refine) minimizes dev/token + C x nodes/token.",
+    ),
+]
+RedundantOpt = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="R extra slots for replicas of hot experts ((N + R) / D slots a device; R a multiple of D). "
+        "eplb places them by load; any other solver is followed by co-activation-aware replica placement.",
+    ),
+]
 ResamplesOpt = Annotated[
     int,
     typer.Option(

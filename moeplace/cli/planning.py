@@ -18,6 +18,9 @@ from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.cli.app import (
     CORES,
     JobsOpt,
+    NodeCostOpt,
+    NodesOpt,
+    RedundantOpt,
     RefineOpt,
     ResamplesOpt,
     SearchStepsOpt,
@@ -123,6 +126,9 @@ def plan(
     time_limit: TimeLimitOpt = 2.0,
     search_steps: SearchStepsOpt = 2000,
     refine: RefineOpt = False,
+    nodes: NodesOpt = 1,
+    node_cost: NodeCostOpt = 0.0,
+    redundant_slots: RedundantOpt = 0,
     resamples: ResamplesOpt = DEFAULT_RESAMPLES,
     holdout: Annotated[
         Path | None,
@@ -134,13 +140,14 @@ def plan(
     parse_solvers(solver)
     source = load_trace_or_statistics(trace)
     held = load_trace(holdout) if holdout is not None else None
-    topology = Topology(source.meta.num_experts, devices)
+    topology = Topology(source.meta.num_experts, devices, nodes, redundant_slots)
     options = SolverOptions(
         load_tolerance=load_tolerance,
         seed=seed,
         time_limit=time_limit,
         search_steps=search_steps,
         refine=refine,
+        node_cost=node_cost,
     )
     if isinstance(source, Statistics):
         statistics = source  # resampled with the seed and count it was made with
@@ -257,6 +264,9 @@ def compare(
     time_limit: TimeLimitOpt = 2.0,
     search_steps: SearchStepsOpt = 2000,
     refine: RefineOpt = False,
+    nodes: NodesOpt = 1,
+    node_cost: NodeCostOpt = 0.0,
+    redundant_slots: RedundantOpt = 0,
     resamples: ResamplesOpt = DEFAULT_RESAMPLES,
     oracle: Annotated[
         bool,
@@ -268,12 +278,25 @@ def compare(
     device_counts, names = parse_ints(devices, "--devices"), parse_solvers(solvers)
     tolerances = parse_floats(load_tolerance, "--load-tolerance")
     fit, held = split_documents(load_trace(trace), holdout, seed)
-    options = SolverOptions(seed=seed, time_limit=time_limit, search_steps=search_steps, refine=refine)
+    options = SolverOptions(
+        seed=seed, time_limit=time_limit, search_steps=search_steps, refine=refine, node_cost=node_cost
+    )
     runs = sum(len(tolerances) if refine or name not in UNCAPPED else 1 for name in names)
     total = len(device_counts) * runs * fit.num_layers * (2 if oracle else 1)
     with progress_bar("planning", total) as advance, layer_executor(jobs) as pool:
         comparison = compare_solvers(
-            fit, held, device_counts, names, tolerances, options, resamples, oracle, advance, pool
+            fit,
+            held,
+            device_counts,
+            names,
+            tolerances,
+            options,
+            resamples,
+            oracle,
+            advance,
+            pool,
+            nodes,
+            redundant_slots,
         )
     paths = write_comparison(comparison, out_dir)
     out.print(comparison.title)
@@ -330,6 +353,11 @@ def print_summary(summary: dict) -> None:
             f"); max/mean load {summary['max_mean_load']:.3f} "
             f"(worst layer {summary['worst_layer_max_mean_load']:.3f}) vs {base['max_mean_load']:.3f}; "
             f"load-CV {summary['load_cv']:.3f} vs {base['load_cv']:.3f}",
+            *(
+                [f"; nodes/token {summary['node_per_token']:.3f} vs {base['node_per_token']:.3f}"]
+                if base["node_per_token"] > 1
+                else []
+            ),
         )
     )
     out.print(

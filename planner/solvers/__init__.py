@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from moeplace.planner.solvers import (
     cpsat,
+    eplb,
     exact,
     frequency,
     greedy,
@@ -24,19 +25,23 @@ SOLVERS: dict[str, Solver] = {
     "refine": refine.solve,
     "hypergraph": hypergraph.solve,
     "exact": exact.solve,
+    "eplb": eplb.solve,
 }
 
 BASELINE = "frequency"
-LOAD_ONLY_SOLVERS = ("random", "frequency")  # the solvers that need no co-activation counts
-UNCAPPED = ("random", "frequency", "greedy")  # the solvers that ignore the load tolerance
+LOAD_ONLY_SOLVERS = ("random", "frequency", "eplb")  # the solvers that need no co-activation counts
+UNCAPPED = ("random", "frequency", "greedy", "eplb")  # the solvers that ignore the load tolerance
+REPLICATING = ("eplb",)  # the solvers that place replicas themselves; the others get ``add_replicas``
 REFINED = ("refine", "hypergraph", "exact")  # the solvers that end with the exact local search themselves
-DEFAULT_SOLVERS = tuple(name for name in SOLVERS if name != "exact")  # exact is for small layers only
+# exact is for small layers only; eplb is frequency-balanced packing unless there are replicas
+DEFAULT_SOLVERS = tuple(name for name in SOLVERS if name not in ("exact", "eplb"))
 
 __all__ = [
     "BASELINE",
     "DEFAULT_SOLVERS",
     "LOAD_ONLY_SOLVERS",
     "REFINED",
+    "REPLICATING",
     "SOLVERS",
     "UNCAPPED",
     "Solution",

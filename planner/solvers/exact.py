@@ -44,6 +44,8 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
             f"exact: {multi.shape[0]} distinct top-k sets x {topology.num_devices} devices is too large "
             f"to solve exactly (limit {MAX_SET_DEVICES}); use refine or hypergraph"
         )
+    if options.node_cost and topology.num_nodes > 1:
+        raise MoeplaceError("exact does not model nodes; use refine or hypergraph with --node-cost")
     caps = load_caps(stats, topology, options.load_tolerance)
     hint = refine.solve(stats, topology, options)
     status, placement, bound, used = _solve_model(

@@ -15,7 +15,6 @@ import numpy as np
 
 from moeplace.calibrate.stats import LayerStats, TopkSets
 from moeplace.errors import MoeplaceError
-from moeplace.planner.objective import fanout
 from moeplace.planner.solvers.base import Solution, SolverOptions
 from moeplace.planner.solvers.caps import load_caps
 from moeplace.planner.solvers.greedy import agglomerate
@@ -56,7 +55,7 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
             "hypergraph needs the distinct top-k sets of a per-token trace; these statistics have none"
         )
     caps = load_caps(stats, topology, options.load_tolerance)
-    search = SwapSearch.build(stats.topk_sets, topology, caps)
+    search = SwapSearch.build(stats.topk_sets, topology, caps, options.node_cost)
     starts = {"greedy-capped": agglomerate(stats.coact, topology, caps.scenario_load, caps.cap)}
     if topology.num_devices > 1:
         for i in range(SEEDS):
@@ -67,7 +66,7 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
     for name, start in starts.items():
         placement, _, feasible = search.run(start, MAX_STEPS_PER_EXPERT * topology.num_experts)
         if feasible:
-            descended[name] = (fanout(stats.topk_sets, placement), placement)
+            descended[name] = (search.cost(stats.topk_sets, placement), placement)
     best = min(descended, key=lambda name: descended[name][0])  # greedy-capped is always feasible
     placement, report = local_search(stats, topology, caps, descended[best][1], options)
     return Solution(

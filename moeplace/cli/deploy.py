@@ -1,0 +1,89 @@
+"""``moeplace export`` and ``permute-checkpoint``: a placement in the form a serving engine loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from moeplace.cli.app import app, named, out, user_errors
+from moeplace.deploy.engines import FORMATS, export
+from moeplace.deploy.permute import permute_checkpoint, read_permutation
+from moeplace.errors import MoeplaceError
+from moeplace.planner.placement import load_placement
+
+PlacementArg = Annotated[Path, typer.Argument(help="Placement YAML from `moeplace plan`.")]
+
+
+@app.command("export")
+@user_errors
+def export_command(
+    placement_file: PlacementArg,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="sglang: --init-expert-location JSON (.pt if --out ends in .pt); vllm-ascend: "
+            "expert_map_path JSON; permutation: per-layer expert order for engines with contiguous "
+            "placement (apply it with `moeplace permute-checkpoint`).",
+        ),
+    ],
+    out_file: Annotated[Path, typer.Option("--out", help="File to write (replaced atomically).")],
+    num_hidden_layers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="sglang: the model's layer count, dense layers included (default: from the placement, "
+            "when its trace recorded it).",
+        ),
+    ] = None,
+):
+    """Write a placement in a serving engine's own format, checked against that engine's rules.
+
+    SGLang: launch with --init-expert-location FILE and expert parallelism over as many ranks as
+    the placement has devices (see README).
+    """
+    if fmt not in FORMATS:
+        raise MoeplaceError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    placement = load_placement(placement_file)
+    with named(placement_file):
+        export(placement, fmt, out_file, num_hidden_layers)
+    out.print(
+        f"wrote {out_file}: {fmt}, {len(placement.layers)} MoE layers, {placement.num_experts} experts "
+        f"on {placement.num_devices} devices"
+    )
+
+
+@app.command("permute-checkpoint")
+@user_errors
+def permute_checkpoint_command(
+    src: Annotated[Path, typer.Argument(help="Hugging Face checkpoint directory (safetensors).")],
+    dst: Annotated[Path, typer.Argument(help="Directory for the rewritten checkpoint (written atomically).")],
+    placement_file: Annotated[
+        Path,
+        typer.Option(
+            "--placement",
+            help="Placement YAML from `moeplace plan`, or the JSON of `export --format permutation`.",
+        ),
+    ],
+):
+    """Renumber a checkpoint's experts so contiguous placement (expert j on rank j // (N/D), as in
+    vLLM, Megatron-LM, DeepSpeed) realizes the placement; the model's outputs are unchanged.
+
+    Refuses permutations that would cross DeepSeek's routing groups, and placements with replicas
+    (contiguous engines have none).
+    """
+    if placement_file.suffix == ".json":
+        mapping = read_permutation(placement_file)
+    else:
+        placement = load_placement(placement_file)
+        if placement.redundant_slots:
+            raise MoeplaceError(
+                f"{placement_file}: has {placement.redundant_slots} redundant slots; a checkpoint "
+                "permutation cannot express replicas (export it for SGLang or vllm-ascend instead)"
+            )
+        mapping = dict(zip(placement.layer_ids, placement.physical_to_logical, strict=True))
+    report = permute_checkpoint(src, dst, mapping)
+    tensors = sum(layer["tensors_permuted"] for layer in report["layers"].values())
+    out.print(f"wrote {dst}: experts of {len(mapping)} MoE layers renumbered ({tensors} tensors)")
