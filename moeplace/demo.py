@@ -8,6 +8,7 @@ from pathlib import Path
 from moeplace.calibrate.split import split_documents
 from moeplace.calibrate.stats import DEFAULT_RESAMPLES
 from moeplace.calibrate.trace_io import load_trace, save_trace
+from moeplace.deploy.engines import export
 from moeplace.planner.placement import load_placement, save_placement
 from moeplace.planner.plan import layer_executor
 from moeplace.planner.solvers import DEFAULT_SOLVERS, SolverOptions
@@ -19,6 +20,7 @@ DEVICES = (2, 4, 8)
 # 4 per layer, whatever the layer's size. `moeplace compare` runs it.
 SOLVERS_SHOWN = tuple(name for name in DEFAULT_SOLVERS if name != "hypergraph")
 GATED = ("greedy-capped", 8)  # the placement the demo gates, as a user's CI would
+HIDDEN_LAYERS = 24  # gpt-oss-20b: 24 layers, every one MoE (the interchange trace does not record it)
 
 
 def demo_trace_path() -> Path:
@@ -62,12 +64,15 @@ def run_demo(
             advance,
             pool,
         )
-    for (devices, solver, _), placement in comparison.placements.items():
+    for (devices, solver, *_), placement in comparison.placements.items():
         save_placement(placement, out_dir / "placements" / f"{solver}-D{devices}.yaml")
     paths = write_comparison(comparison, out_dir)
 
     gated = out_dir / "placements" / f"{GATED[0]}-D{GATED[1]}.yaml"
-    summary = validate(load_placement(gated), held).summary()
+    placement = load_placement(gated)
+    summary = validate(placement, held).summary()
+    sglang = out_dir / "sglang-init-expert-location.json"
+    export(placement, "sglang", sglang, num_hidden_layers=HIDDEN_LAYERS)
     max_load, min_reduction = round(1 + load_tolerance + 0.05, 2), 0.10
     failures = gate_failures(summary, max_load, min_reduction)
 
@@ -80,6 +85,7 @@ def run_demo(
     console.print(f"split:      {out_dir / 'fit.npz'}, {out_dir / 'holdout.npz'}")
     console.print(f"placements: {out_dir / 'placements'} ({len(comparison.placements)} files)")
     console.print(f"comparison: {paths['md']}, {paths['csv']}, {paths['png']}")
+    console.print(f"SGLang:     {sglang} (--init-expert-location, --ep-size {GATED[1]})")
     console.print(
         f"next: moeplace validate {gated} {out_dir / 'holdout.npz'} "
         f"--max-load-ratio {max_load} --min-reduction {min_reduction}"

@@ -169,7 +169,10 @@ def test_compare_writes_table_csv_and_plot(tmp_path):
     table = (tmp_path / "comparison.md").read_text()
     assert "| 4 | greedy-capped |" in table and "reduction vs frequency" in table
     rows = (tmp_path / "comparison.csv").read_text().splitlines()
-    assert rows[0].startswith("devices,solver,load_tolerance,dev_per_token,reduction") and len(rows) == 5
+    assert (
+        rows[0].startswith("devices,solver,redundant_slots,load_tolerance,dev_per_token,reduction")
+        and len(rows) == 5
+    )
     assert (tmp_path / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -192,6 +195,11 @@ def test_demo_runs_end_to_end(tmp_path):
         "comparison.png",
     }
     assert "passed" in result.output
+    from test_export import sglang_load  # the SGLang export loads as SGLang loads it
+
+    table = sglang_load(tmp_path / "sglang-init-expert-location.json", 32, ep_size=8)
+    gated = load_placement(tmp_path / "placements" / "greedy-capped-D8.yaml")
+    np.testing.assert_array_equal(table.numpy(), gated.physical_to_logical)
 
 
 def test_console_script_is_installed():

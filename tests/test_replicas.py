@@ -154,3 +154,25 @@ def test_coactivation_replicas_beat_eplb_at_matched_load_on_held_out_documents(r
     ours, eplb = scores["greedy-capped"], scores["eplb"]
     assert ours["max_mean_load"] <= eplb["max_mean_load"] + 0.005
     assert ours["dev_per_token"] < 0.99 * eplb["dev_per_token"]
+
+
+def test_compare_has_rows_per_replica_count_and_reports_nodes(tmp_path):
+    from test_cli import TRACE, run
+
+    result = run(
+        "compare", TRACE, "--devices", "4", "--nodes", "2", "--redundant-slots", "0,4",
+        "--solvers", "frequency,eplb", "--out", tmp_path, "--jobs", 1,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = (tmp_path / "comparison.csv").read_text().splitlines()
+    header, body = (
+        rows[0].split(","),
+        [dict(zip(rows[0].split(","), r.split(","), strict=True)) for r in rows[1:]],
+    )
+    assert [(r["solver"], r["redundant_slots"]) for r in body] == [
+        ("frequency", "0"), ("eplb", "0"), ("frequency", "4"), ("eplb", "4")
+    ]  # fmt: skip
+    assert "node_per_token" in header
+    for row in body:
+        assert 1.0 <= float(row["node_per_token"]) <= min(2.0, float(row["dev_per_token"]))
+    assert "| R |" in (tmp_path / "comparison.md").read_text()

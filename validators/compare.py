@@ -28,12 +28,13 @@ from moeplace.planner.placement import Placement
 from moeplace.planner.plan import plan
 from moeplace.planner.solvers import BASELINE, UNCAPPED, SolverOptions
 from moeplace.planner.topology import Topology
-from moeplace.validators.plots import devices_png, frontier_png
+from moeplace.validators.plots import devices_png, frontier_png, series
 from moeplace.validators.report import validate
 
 COLUMNS = {  # CSV name -> Markdown header
     "devices": "D",
     "solver": "solver",
+    "redundant_slots": "R",
     "load_tolerance": "eps",
     "dev_per_token": "dev/token",
     "reduction": f"reduction vs {BASELINE}",
@@ -73,12 +74,13 @@ def compare(
     on_layer: Callable[[], None] | None = None,
     executor: Executor | None = None,
     nodes: int = 1,
-    redundant_slots: int = 0,
+    redundant_slots: Sequence[int] = (0,),
 ) -> Comparison:
     """Plan ``fit`` with every solver, device count and tolerance; validate each on ``holdout``.
 
     With ``nodes`` > 1 the devices sit in that many nodes and rows report nodes/token too; with
-    ``redundant_slots`` R > 0 every placement holds R replicas (scored with the dispatch policy).
+    each ``redundant_slots`` R > 0 every device count is also planned with R replicas (scored with
+    the dispatch policy), in rows of their own.
 
     Solvers that ignore the load cap (``frequency``, ``random``, ``greedy``) run once per device
     count, unless ``options.refine`` puts the capped local search after them.
@@ -86,7 +88,7 @@ def compare(
     stats = compute_statistics(fit, resamples=resamples, seed=options.seed)
     held_stats = compute_statistics(holdout, resamples=resamples, seed=options.seed) if oracle else None
     # fail early on a bad count
-    topologies = [Topology(fit.meta.num_experts, d, nodes, redundant_slots) for d in devices]
+    topologies = [Topology(fit.meta.num_experts, d, nodes, r) for d in devices for r in redundant_slots]
     rows, placements = [], {}
     for topology in topologies:
         for solver in solvers:
@@ -99,8 +101,10 @@ def compare(
                 seconds = time.perf_counter() - start
                 summary = validate(placement, holdout).summary()
                 placement = dataclasses.replace(placement, validation=summary)
-                placements[topology.num_devices, solver, eps] = placement
+                placements[topology.num_devices, solver, eps, topology.redundant_slots] = placement
                 row = {"devices": topology.num_devices, "solver": solver, "load_tolerance": eps}
+                if any(redundant_slots):
+                    row["redundant_slots"] = topology.redundant_slots
                 row |= {k: summary[k] for k in COLUMNS if k in summary} | fit_figures(placement)
                 if nodes == 1:
                     del row["node_per_token"]
@@ -118,7 +122,7 @@ def compare(
         f"scored on {holdout.num_documents} held-out documents ({holdout.num_tokens} tokens); "
         f"load tolerance {tolerance_text}"
         + (f"; {nodes} nodes, node cost {options.node_cost:g}" if nodes > 1 else "")
-        + (f"; {redundant_slots} redundant slots" if redundant_slots else "")
+        + (f"; R = {', '.join(map(str, redundant_slots))} redundant slots" if any(redundant_slots) else "")
     )
     return Comparison(rows, placements, title)
 
@@ -134,12 +138,14 @@ def fit_figures(placement: Placement) -> dict:
 
 
 def mark_dominated(rows: list[dict]) -> None:
-    """Set ``dominated_by`` on rows another row of the same D beats on held-out dev/token and load."""
+    """Set ``dominated_by`` on rows another row of the same D (and R) beats on held-out dev/token
+    and load."""
     for row in rows:
         rivals = [
             other
             for other in rows
-            if other["devices"] == row["devices"]
+            if (other["devices"], other.get("redundant_slots"))
+            == (row["devices"], row.get("redundant_slots"))
             and other["dev_per_token"] <= row["dev_per_token"]
             and other["max_mean_load"] <= row["max_mean_load"]
             and (
@@ -152,7 +158,7 @@ def mark_dominated(rows: list[dict]) -> None:
 
 def _label(row: dict) -> str:
     eps = row["load_tolerance"]
-    return row["solver"] if eps is None else f"{row['solver']} eps={eps:g}"
+    return series(row) if eps is None else f"{series(row)} eps={eps:g}"
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -25,8 +25,13 @@ def _png(fig, title: str) -> bytes:
     return buffer.getvalue()
 
 
+def series(row: dict) -> str:
+    """The line a row belongs to: its solver, and its replicas if it has any."""
+    return row["solver"] + (f" +{row['redundant_slots']} replicas" if row.get("redundant_slots") else "")
+
+
 def _solvers(rows: list[dict]) -> list[str]:
-    return list(dict.fromkeys(row["solver"] for row in rows))
+    return list(dict.fromkeys(series(row) for row in rows))
 
 
 def devices_png(rows: list[dict], title: str) -> bytes:
@@ -36,7 +41,7 @@ def devices_png(rows: list[dict], title: str) -> bytes:
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for solver in _solvers(rows):
-        mine = [row for row in rows if row["solver"] == solver]
+        mine = [row for row in rows if series(row) == solver]
         d = [row["devices"] for row in mine]
         style = {"marker": "o", "linewidth": 2.5 if solver == BASELINE else 1.5, "label": solver}
         left.plot(d, [row["dev_per_token"] for row in mine], **style)
@@ -69,7 +74,7 @@ def frontier_png(rows: list[dict], title: str) -> bytes:
     for ax, d in zip(axes[0], devices, strict=True):
         for solver in _solvers(rows):
             mine = sorted(
-                (row for row in rows if row["devices"] == d and row["solver"] == solver),
+                (row for row in rows if row["devices"] == d and series(row) == solver),
                 key=lambda row: row["load_tolerance"] or 0.0,
             )
             x, y = [row["max_mean_load"] for row in mine], [row["dev_per_token"] for row in mine]

@@ -266,7 +266,13 @@ def compare(
     refine: RefineOpt = False,
     nodes: NodesOpt = 1,
     node_cost: NodeCostOpt = 0.0,
-    redundant_slots: RedundantOpt = 0,
+    redundant_slots: Annotated[
+        str,
+        typer.Option(
+            help="Redundant slots R for replicas, comma-separated (0,8: rows without and with 8 "
+            "replicas; each a multiple of D). eplb places them by load, the others by co-activation.",
+        ),
+    ] = "0",
     resamples: ResamplesOpt = DEFAULT_RESAMPLES,
     oracle: Annotated[
         bool,
@@ -296,7 +302,7 @@ def compare(
             advance,
             pool,
             nodes,
-            redundant_slots,
+            parse_ints(redundant_slots, "--redundant-slots"),
         )
     paths = write_comparison(comparison, out_dir)
     out.print(comparison.title)
