@@ -8,7 +8,7 @@ import textwrap
 from moeplace.planner.solvers import BASELINE
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,11 +17,11 @@ def _pyplot():
     return plt
 
 
-def _png(fig, title: str) -> bytes:
+def png(fig, title: str) -> bytes:
     fig.suptitle(textwrap.fill(title, 150), fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -38,7 +38,7 @@ def devices_png(rows: list[dict], title: str) -> bytes:
     """Held-out dev/token and max/mean load against device count, one line per solver."""
     import matplotlib.ticker
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for solver in _solvers(rows):
         mine = [row for row in rows if series(row) == solver]
@@ -60,13 +60,13 @@ def devices_png(rows: list[dict], title: str) -> bytes:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     right.legend(fontsize=8)
-    return _png(fig, title)
+    return png(fig, title)
 
 
 def frontier_png(rows: list[dict], title: str) -> bytes:
     """Held-out dev/token against held-out max/mean load, one panel per device count; each capped
     solver is a line through its load tolerances (labelled), load-only solvers are single points."""
-    plt = _pyplot()
+    plt = pyplot()
     devices = sorted({row["devices"] for row in rows})
     fig, axes = plt.subplots(
         1, len(devices), figsize=(5.2 * len(devices), 4.4), constrained_layout=True, squeeze=False
@@ -93,4 +93,4 @@ def frontier_png(rows: list[dict], title: str) -> bytes:
         ax.set_ylabel("held-out devices per token")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
-    return _png(fig, title + "  (labels: load tolerance eps; lower left is better)")
+    return png(fig, title + "  (labels: load tolerance eps; lower left is better)")

@@ -1,0 +1,56 @@
+"""``moeplace diagnose``: does a trace's routing have locality worth exploiting, and which lever fits?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from moeplace.calibrate.trace_io import load_trace
+from moeplace.cli.app import SeedOpt, TraceArg, app, named, out, parse_ints, progress_bar, user_errors
+from moeplace.validators.locality.diagnose import Settings, diagnose
+from moeplace.validators.locality.report import write_report
+
+
+@app.command("diagnose")
+@user_errors
+def diagnose_command(
+    trace: TraceArg,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Directory for report.md, report.json and the plots.")
+    ] = Path("moeplace-diagnose"),
+    groups: Annotated[int, typer.Option(min=1, help="Co-activation groups G for the clustering gain.")] = 8,
+    budgets: Annotated[
+        str | None, typer.Option(help="Prefetch budgets B, comma-separated (default: k, 2k, 3k, 4k).")
+    ] = None,
+    capacities: Annotated[
+        str | None, typer.Option(help="Cache capacities C, comma-separated (default: k, 2k, 3k, 4k).")
+    ] = None,
+    segment_lengths: Annotated[
+        str, typer.Option(help="Segment lengths for SRP and SCH, comma-separated.")
+    ] = "1,2,4,8,16,32,64",
+    sch_cache: Annotated[
+        int, typer.Option(min=0, help="SCH cache size (default 0: 2k, about twice the active experts).")
+    ] = 0,
+    devices: Annotated[int, typer.Option(min=1, help="Devices D of the quick held-out static plan.")] = 8,
+    seed: SeedOpt = 0,
+):
+    """Measure routing locality per layer and say which lever fits: static placement, a dynamic
+    expert cache, or prefetch. Writes a Markdown + JSON report and plots."""
+    data = load_trace(trace)
+    settings = Settings(
+        groups=groups,
+        budgets=tuple(parse_ints(budgets, "--budgets")) if budgets else (),
+        capacities=tuple(parse_ints(capacities, "--capacities")) if capacities else (),
+        segment_lengths=tuple(parse_ints(segment_lengths, "--segment-lengths")),
+        sch_cache=sch_cache,
+        devices=devices,
+        seed=seed,
+    )
+    with named(trace), progress_bar("diagnosing", data.num_layers) as advance:
+        report = diagnose(data, settings, advance)
+    paths = write_report(report, out_dir)
+    for lever, text in report["overall"]["verdict"].items():
+        out.print(f"{lever.replace('_', ' ')}: {text}")
+    out.print("written: " + ", ".join(str(p) for p in paths.values()))

@@ -1,0 +1,1 @@
+"""Locality diagnostics of a routing trace: co-activation structure, prefetch, caching, consistency."""
