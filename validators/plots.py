@@ -18,7 +18,7 @@ def pyplot():
 
 
 def png(fig, title: str) -> bytes:
-    fig.suptitle(textwrap.fill(title, 150), fontsize=8)
+    fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 15)), fontsize=8)  # ~15 characters an inch
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
     pyplot().close(fig)
