@@ -44,17 +44,17 @@ class TopkSets:
         rows = rows[(rows >= 0).any(axis=1)].astype(np.int16)
         if not rows.shape[0]:
             return cls(np.zeros((0, ids.shape[1]), np.int16), np.zeros(0, np.int64))
-        sets, counts = np.unique(rows, axis=0, return_counts=True)
-        return cls(sets, counts.astype(np.int64))
+        sets, inverse = unique_rows(rows)
+        return cls(sets, np.bincount(inverse, minlength=sets.shape[0]).astype(np.int64))
 
     @classmethod
     def merged(cls, parts: list[TopkSets]) -> TopkSets:
         """The union of ``parts``, counts summed (exact under any sharding)."""
-        stacked = np.concatenate([p.sets for p in parts])
-        sets, inverse = np.unique(stacked, axis=0, return_inverse=True)
-        counts = np.zeros(sets.shape[0], np.int64)
-        np.add.at(counts, inverse.reshape(-1), np.concatenate([p.counts for p in parts]))
-        return cls(sets, counts)
+        sets, inverse = unique_rows(np.concatenate([p.sets for p in parts]))
+        counts = np.bincount(
+            inverse, weights=np.concatenate([p.counts for p in parts]), minlength=sets.shape[0]
+        )
+        return cls(sets, counts.astype(np.int64))
 
     def __eq__(self, other) -> bool:
         return np.array_equal(self.sets, other.sets) and np.array_equal(self.counts, other.counts)
@@ -150,6 +150,30 @@ class Statistics:
             num_tokens=self.num_tokens + other.num_tokens,
             num_documents=self.num_documents + other.num_documents,
         )
+
+
+def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(rows, axis=0, return_inverse=True)`` for int16 ``[H, k]`` rows, several times faster.
+
+    Each row is read as a number in base 2^16 (digits shifted to be non-negative), a few digits to
+    a uint64 key, and the rows are sorted by those keys: the same lexicographic order, exactly.
+    """
+    digits = rows.astype(np.int64) + 32768  # 0 .. 65535
+    keys = []
+    for start in range(0, rows.shape[1], 3):  # three 16-bit digits fit a uint64 key
+        key = np.zeros(rows.shape[0], np.uint64)
+        for column in range(start, min(start + 3, rows.shape[1])):
+            key = (key << np.uint64(16)) | digits[:, column].astype(np.uint64)
+        keys.append(key)
+    order = np.lexsort(keys[::-1])
+    ordered = [key[order] for key in keys]
+    new = np.ones(rows.shape[0], bool)
+    if rows.shape[0]:
+        new[1:] = np.any([key[1:] != key[:-1] for key in ordered], axis=0)
+    group = np.cumsum(new) - 1
+    inverse = np.empty(rows.shape[0], np.int64)
+    inverse[order] = group
+    return rows[order[new]], inverse
 
 
 def compute_statistics(

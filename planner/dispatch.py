@@ -45,11 +45,19 @@ def dispatch(
     """
     ids = np.asarray(topk_ids, dtype=np.int64)
     valid = ids >= 0
+    weights = np.asarray(weights, dtype=np.float64)
+    load = np.zeros(num_devices) if load is None else load
+    if replicas.shape[1] == 1:  # no replicas: a plain lookup
+        chosen = np.where(valid, replicas[np.maximum(ids, 0), 0], -1)
+        load += np.bincount(
+            chosen[valid],
+            weights=np.broadcast_to(weights[:, None], chosen.shape)[valid],
+            minlength=num_devices,
+        )
+        return chosen
     options = np.where(valid[..., None], replicas[np.maximum(ids, 0)], -1)  # [T, k, R]
     many = (options >= 0).sum(axis=-1) > 1  # [T, k] needs a choice
     chosen = np.where(valid & ~many, options[..., 0], -1)
-    weights = np.asarray(weights, dtype=np.float64)
-    load = np.zeros(num_devices) if load is None else load
     fixed = chosen >= 0
     load += np.bincount(
         chosen[fixed], weights=np.broadcast_to(weights[:, None], chosen.shape)[fixed], minlength=num_devices

@@ -63,8 +63,11 @@ def score_placement(physical_to_logical: np.ndarray, trace: Trace, topology: Top
             per_token = distinct_per_row(served)
             devices[layer] += per_token.sum()
             routed[layer] += np.count_nonzero(per_token)
-            node = np.where(served >= 0, topology.node_of_device[np.maximum(served, 0)], -1)
-            nodes[layer] += distinct_per_row(node).sum()
+            if topology.num_nodes == 1:  # every routed token touches the one node
+                nodes[layer] += np.count_nonzero(per_token)
+            else:
+                node = np.where(served >= 0, topology.node_of_device[np.maximum(served, 0)], -1)
+                nodes[layer] += distinct_per_row(node).sum()
     loads = loads.round().astype(np.int64)
     return Score(
         dev_per_token=devices / np.maximum(routed, 1),
