@@ -211,6 +211,10 @@ def compute_statistics(
                 per_doc = np.bincount(doc * n + x[valid], minlength=(end - first) * n)
                 load_resamples[layer] += weights.T @ per_doc.reshape(end - first, n)
     upper = pairs.reshape(num_layers, n, n)
+    topk_sets = []
+    for layer in range(num_layers):  # free each layer's parts once merged: at scale they are GiBs
+        topk_sets.append(TopkSets.merged(set_parts[layer]))
+        set_parts[layer] = []
     return Statistics(
         meta=trace.meta,
         load=load,
@@ -219,7 +223,7 @@ def compute_statistics(
         num_tokens=trace.num_tokens,
         num_documents=trace.num_documents,
         resample_seed=seed,
-        topk_sets=tuple(TopkSets.merged(parts) for parts in set_parts),
+        topk_sets=tuple(topk_sets),
     )
 
 
