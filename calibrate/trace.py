@@ -167,20 +167,26 @@ def check_trace(trace: Trace) -> None:
         )
     if topk.shape[2] != meta.top_k:
         raise MoeplaceError(f"topk_ids has {topk.shape[2]} slots per token but top_k={meta.top_k}")
-    offsets = trace.doc_offsets
-    if offsets.ndim != 1 or offsets.shape[0] < 2 or offsets.dtype.kind not in "iu":
-        raise MoeplaceError(f"doc_offsets must be integers [documents+1], got {offsets.shape}")
-    if offsets[0] != 0 or offsets[-1] != topk.shape[0] or np.any(np.diff(offsets) < 0):
-        raise MoeplaceError(
-            f"doc_offsets must rise from 0 to the token count {topk.shape[0]}; "
-            f"got {offsets[0]} .. {offsets[-1]}"
-        )
+    offsets = check_doc_offsets(trace.doc_offsets, topk.shape[0])
     if trace.doc_labels.shape != (offsets.shape[0] - 1,):
         raise MoeplaceError(
             f"{trace.doc_labels.shape[0]} document labels for {offsets.shape[0] - 1} documents"
         )
     for first, end in trace.document_chunks(1 << 16):
         check_ids(np.asarray(topk[offsets[first] : offsets[end]]), meta.num_experts, int(offsets[first]))
+
+
+def check_doc_offsets(doc_offsets, num_tokens: int) -> np.ndarray:
+    """``doc_offsets`` as int64 ``[D+1]`` rising from 0 to ``num_tokens``, else ``MoeplaceError``."""
+    offsets = np.asarray(doc_offsets)
+    if offsets.ndim != 1 or offsets.shape[0] < 2 or offsets.dtype.kind not in "iu":
+        raise MoeplaceError(f"doc_offsets must be integers [documents+1], got {offsets.shape}")
+    offsets = offsets.astype(np.int64, copy=False)
+    if offsets[0] != 0 or offsets[-1] != num_tokens or np.any(np.diff(offsets) < 0):
+        raise MoeplaceError(
+            f"doc_offsets must rise from 0 to the token count {num_tokens}; got {offsets[0]} .. {offsets[-1]}"
+        )
+    return offsets
 
 
 def check_ids(ids: np.ndarray, num_experts: int, first_token: int = 0) -> None:

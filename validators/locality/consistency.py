@@ -54,6 +54,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from moeplace.calibrate.trace import NO_EXPERT, check_doc_offsets, check_ids
 from moeplace.errors import MoeplaceError
 
 __all__ = [
@@ -64,7 +65,6 @@ __all__ = [
     "segment_starts",
 ]
 
-NO_EXPERT = -1  # empty top-k slot
 _BLOCK_ELEMENTS = 1 << 21  # token x expert counts held at once while scanning a trace
 
 
@@ -81,32 +81,12 @@ def _positive_int(value, name: str) -> int:
     return number
 
 
-def _check_offsets(doc_offsets, num_tokens: int) -> np.ndarray:
-    """``doc_offsets`` as int64 ``[D+1]`` rising from 0 to ``num_tokens``, else ``MoeplaceError``."""
-    offsets = np.asarray(doc_offsets)
-    if offsets.ndim != 1 or offsets.shape[0] < 2 or offsets.dtype.kind not in "iu":
-        raise MoeplaceError(f"doc_offsets must be integers [documents+1], got shape {offsets.shape}")
-    offsets = offsets.astype(np.int64)
-    if offsets[0] != 0 or offsets[-1] != num_tokens or np.any(np.diff(offsets) < 0):
-        raise MoeplaceError(
-            f"doc_offsets must rise from 0 to the token count {num_tokens}; got {offsets[0]} .. {offsets[-1]}"
-        )
-    return offsets
-
-
 def _check_ids(topk_ids, num_experts: int) -> np.ndarray:
     """``topk_ids`` as an integer ``[T, k]`` array with ids in ``[-1, N)``, no expert twice in a token."""
     ids = np.asarray(topk_ids)
     if ids.ndim != 2 or ids.dtype.kind not in "iu":
         raise MoeplaceError(f"topk_ids must be integers [tokens, top_k], got {ids.dtype} {ids.shape}")
-    bad = (ids < NO_EXPERT) | (ids >= num_experts)
-    if bad.any():
-        token = int(np.argwhere(bad)[0][0])
-        raise MoeplaceError(f"token {token} has expert id {int(ids[bad][0])}, outside [0, {num_experts})")
-    ordered = np.sort(ids, axis=1)
-    repeat = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] != NO_EXPERT)
-    if repeat.any():
-        raise MoeplaceError(f"token {int(np.argwhere(repeat)[0][0])} selects one expert twice")
+    check_ids(ids[:, None, :], num_experts)  # the trace's own check, on one layer
     return ids
 
 
@@ -159,7 +139,7 @@ def _prepare(topk_ids, doc_offsets, num_experts, segment_length, stride):
     n = _positive_int(num_experts, "num_experts")
     m = _positive_int(segment_length, "segment_length")
     ids = _check_ids(topk_ids, n)
-    offsets = _check_offsets(doc_offsets, ids.shape[0])
+    offsets = check_doc_offsets(doc_offsets, ids.shape[0])
     starts = segment_starts(offsets, m, stride)
     if starts.shape[0] == 0:
         raise MoeplaceError(f"no document has segment_length={m} tokens")
