@@ -18,8 +18,13 @@ import numpy as np
 def replica_devices(physical_to_logical: np.ndarray, num_experts: int, slots_per_device: int) -> np.ndarray:
     """Devices holding each expert, int64 ``[N, R_max]`` ascending and distinct, ``-1`` padded."""
     device = np.arange(physical_to_logical.shape[0]) // slots_per_device
-    order = np.lexsort((device, physical_to_logical))
-    experts, devices = physical_to_logical[order], device[order]
+    return replica_table(physical_to_logical, device, num_experts)
+
+
+def replica_table(experts: np.ndarray, devices: np.ndarray, num_experts: int) -> np.ndarray:
+    """``replica_devices`` from (expert, device) pairs ``[P]`` each (every expert in one at least)."""
+    order = np.lexsort((devices, experts))
+    experts, devices = experts[order], devices[order]
     keep = np.ones(experts.shape[0], bool)  # two slots of one expert on one device serve as one
     keep[1:] = (experts[1:] != experts[:-1]) | (devices[1:] != devices[:-1])
     experts, devices = experts[keep], devices[keep]

@@ -17,8 +17,8 @@ from scipy import sparse
 from scipy.sparse.csgraph import maximum_bipartite_matching
 
 from moeplace.calibrate.stats import LayerStats
-from moeplace.planner.dispatch import dispatch
-from moeplace.planner.objective import distinct_per_row
+from moeplace.planner.dispatch import dispatch, replica_table
+from moeplace.planner.objective import distinct_per_row, token_devices
 from moeplace.planner.solvers.base import SolverOptions
 from moeplace.planner.solvers.eplb import replicate_experts
 from moeplace.planner.topology import Topology
@@ -84,12 +84,9 @@ def _room_for(experts: np.ndarray, table: np.ndarray, free: np.ndarray) -> bool:
 
 
 def _distinct(table: np.ndarray) -> np.ndarray:
-    """``table`` [N, C] of devices per expert with repeats (and -1) moved to the end as -1."""
-    ordered = np.sort(np.where(table >= 0, table, np.iinfo(np.int64).max), axis=1)
-    repeat = np.zeros_like(ordered, bool)
-    repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
-    ordered = np.where(repeat | (ordered == np.iinfo(np.int64).max), -1, ordered)
-    return _compact(ordered)
+    """The dispatch table (``replica_table``) of ``table`` [N, C]: each expert's devices, -1 unused."""
+    expert, column = np.nonzero(table >= 0)
+    return replica_table(expert, table[expert, column], table.shape[0])
 
 
 def _evaluate(sets, weight, table, topology, node_cost) -> tuple[float, float]:
@@ -98,8 +95,7 @@ def _evaluate(sets, weight, table, topology, node_cost) -> tuple[float, float]:
     devices = dispatch(sets, weight, _distinct(table), topology.num_devices, load)
     cost = weight @ distinct_per_row(devices)
     if node_cost and topology.num_nodes > 1:
-        nodes = np.where(devices >= 0, topology.node_of_device[np.maximum(devices, 0)], -1)
-        cost += node_cost * (weight @ distinct_per_row(nodes))
+        cost += node_cost * (weight @ distinct_per_row(token_devices(devices, topology.node_of_device)))
     return float(cost), float(load.max())
 
 
@@ -109,9 +105,3 @@ def _slots(table: np.ndarray, topology: Topology) -> np.ndarray:
     device = table[table >= 0]
     order = np.lexsort((expert, device))
     return expert[order].astype(np.int64)
-
-
-def _compact(table: np.ndarray) -> np.ndarray:
-    """Each row's non-negative entries first, in order, then -1."""
-    order = np.argsort(table < 0, axis=1, kind="stable")
-    return np.take_along_axis(table, order, axis=1)

@@ -55,10 +55,11 @@ COLUMNS = {  # CSV name -> Markdown header
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """``rows``: one dict per (devices, solver, tolerance); ``placements``: the same, validated."""
+    """``rows``: one dict per (devices, solver, tolerance, redundant slots); ``placements``: the
+    same, validated, keyed ``(devices, solver, tolerance or None, redundant slots)``."""
 
     rows: list[dict]
-    placements: dict[tuple[int, str, float | None], Placement]
+    placements: dict[tuple[int, str, float | None, int], Placement]
     title: str
 
 
@@ -82,8 +83,8 @@ def compare(
     each ``redundant_slots`` R > 0 every device count is also planned with R replicas (scored with
     the dispatch policy), in rows of their own.
 
-    Solvers that ignore the load cap (``frequency``, ``random``, ``greedy``) run once per device
-    count, unless ``options.refine`` puts the capped local search after them.
+    Solvers that ignore the load cap (``UNCAPPED``: ``random``, ``frequency``, ``greedy``, ``eplb``)
+    run once per device count, unless ``options.refine`` puts the capped local search after them.
     """
     stats = compute_statistics(fit, resamples=resamples, seed=options.seed)
     held_stats = compute_statistics(holdout, resamples=resamples, seed=options.seed) if oracle else None

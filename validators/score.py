@@ -8,7 +8,7 @@ import numpy as np
 
 from moeplace.calibrate.trace import Trace
 from moeplace.planner.dispatch import dispatch, replica_devices
-from moeplace.planner.objective import distinct_per_row
+from moeplace.planner.objective import distinct_per_row, token_devices
 from moeplace.planner.topology import Topology
 from moeplace.validators.metrics import load_cv, max_mean_load
 
@@ -66,8 +66,7 @@ def score_placement(physical_to_logical: np.ndarray, trace: Trace, topology: Top
             if topology.num_nodes == 1:  # every routed token touches the one node
                 nodes[layer] += np.count_nonzero(per_token)
             else:
-                node = np.where(served >= 0, topology.node_of_device[np.maximum(served, 0)], -1)
-                nodes[layer] += distinct_per_row(node).sum()
+                nodes[layer] += distinct_per_row(token_devices(served, topology.node_of_device)).sum()
     loads = loads.round().astype(np.int64)
     return Score(
         dev_per_token=devices / np.maximum(routed, 1),
