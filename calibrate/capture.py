@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "auto"):
 
     if dtype not in DTYPES:
         raise MoeplaceError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if name_or_path.startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().is_dir():
+        raise MoeplaceError(f"{name_or_path}: no such model folder")  # a path, not a hub id: say so
     kwargs = {"dtype": DTYPES[dtype]} | ({"device_map": "auto"} if device == "auto" else {})
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the dropped LM head is reported as "unexpected"

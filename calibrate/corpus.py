@@ -36,7 +36,7 @@ def read_corpus(paths: Sequence[str | Path]) -> list[Document]:
         except UnicodeDecodeError as exc:
             raise file_error(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not documents:
-        raise MoeplaceError(f"no documents in {', '.join(map(str, paths))}")
+        raise MoeplaceError(f"{', '.join(map(str, paths))}: no documents (empty corpus)")
     return documents
 
 

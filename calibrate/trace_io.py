@@ -183,7 +183,16 @@ def _read_dir(path: Path) -> Trace:
         file = path / f"{name}.npy"
         if not file.exists():
             raise MoeplaceError(f"missing {file.name}")
-        arrays[name] = np.load(file, mmap_mode="r" if name == "topk_ids" else None, allow_pickle=False)
+        try:
+            arrays[name] = np.load(file, mmap_mode="r" if name == "topk_ids" else None, allow_pickle=False)
+        except ValueError as exc:
+            if "allow_pickle" in str(exc) or "Python objects" in str(exc):
+                raise MoeplaceError(
+                    f"{file.name} is not a plain .npy array (pickled or corrupt); not unpickling it"
+                ) from None
+            raise MoeplaceError(f"{file.name} unreadable ({exc})") from None
+        except (OSError, EOFError) as exc:
+            raise MoeplaceError(f"{file.name} unreadable ({type(exc).__name__}: {exc})") from None
     trace = Trace(meta=TraceMeta.from_dict(header), **arrays)
     if header.get("num_tokens") != trace.num_tokens:
         raise MoeplaceError(
@@ -198,8 +207,10 @@ def _read_npz(path: Path) -> Trace:
         if missing:
             raise MoeplaceError(f"interchange .npz lacks {', '.join(missing)}")
         topk, offsets = z["topk_ids"], z["doc_offsets"]
-        labels = z["doc_labels"] if "doc_labels" in z.files else np.full(len(offsets) - 1, "")
+        labels = z["doc_labels"] if "doc_labels" in z.files else np.full(max(len(offsets) - 1, 0), "")
         meta = TraceMeta.from_dict(json.loads(str(z["meta_json"])))
+    if offsets.dtype.kind not in "iu":
+        raise MoeplaceError(f"doc_offsets has dtype {offsets.dtype}; expected integers")
     return Trace(_as_int16(topk), offsets.astype(np.int64, copy=False), labels.astype(str), meta)
 
 
@@ -209,6 +220,7 @@ def _as_int16(ids: np.ndarray) -> np.ndarray:
         return ids
     if ids.dtype.kind not in "iu":
         raise MoeplaceError(f"topk_ids has dtype {ids.dtype}; expected integers")
-    if ids.size and (ids.min() < -1 or ids.max() > np.iinfo(np.int16).max):
-        raise MoeplaceError(f"topk_ids has ids outside [-1, 32767]: {ids.min()} .. {ids.max()}")
+    info = np.iinfo(np.int16)  # past the cast's range ids would wrap; inside it check_ids says which token
+    if ids.size and (ids.min() < info.min or ids.max() > info.max):
+        raise MoeplaceError(f"topk_ids has ids outside int16: {ids.min()} .. {ids.max()}")
     return ids.astype(np.int16)

@@ -20,7 +20,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On any exception the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_file(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give outputs the usual permissions
     os.close(fd)
@@ -31,6 +31,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_output_file(path: str | os.PathLike) -> None:
+    """Raise ``MoeplaceError`` unless ``path`` can become a file: not a directory, and its folder
+    exists or can be made. Commands call it before long work, so a typo fails in seconds."""
+    path = Path(path)
+    if path.is_dir():
+        raise file_error(path, "is a directory; give a file path for this output")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise file_error(path, f"cannot create its folder ({exc.strerror or exc})") from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
@@ -14,8 +15,16 @@ from moeplace.planner.bounds import fanout_lower_bounds
 from moeplace.planner.objective import fanout
 from moeplace.planner.placement import LayerPlacement, Placement, yaml_safe
 from moeplace.planner.replicas import add_replicas, replica_counts
-from moeplace.planner.solvers import LOAD_ONLY_SOLVERS, REFINED, REPLICATING, SOLVERS, Solution, SolverOptions
-from moeplace.planner.solvers.caps import load_caps
+from moeplace.planner.solvers import (
+    LOAD_ONLY_SOLVERS,
+    REFINED,
+    REPLICATING,
+    SOLVERS,
+    UNCAPPED,
+    Solution,
+    SolverOptions,
+)
+from moeplace.planner.solvers.caps import balance_floor, load_caps
 from moeplace.planner.solvers.refine import local_search
 from moeplace.planner.topology import Topology
 
@@ -47,6 +56,8 @@ def plan(
         raise MoeplaceError(
             f"topology has {topology.num_experts} experts, statistics {stats.meta.num_experts}"
         )
+    if solver not in UNCAPPED:
+        check_tolerance(stats, topology, options.load_tolerance)
     layers = [stats.layer(i) for i in range(stats.num_layers)]
     if executor is None:
         solutions = []
@@ -90,6 +101,28 @@ def plan(
             for i, (layer_id, solution) in enumerate(zip(stats.meta.layer_ids, solutions, strict=True))
         ),
     )
+
+
+def check_tolerance(stats: Statistics, topology: Topology, tolerance: float) -> None:
+    """Raise ``MoeplaceError`` if some layer's balance floor is above 1 + ``tolerance``: then no
+    placement can keep that layer's calibration load under the cap (its hottest expert alone, or
+    replica, exceeds it), and a capped solver would only be pretending to hold it."""
+    floors = []
+    for load in stats.load:
+        if topology.redundant_slots:  # replicas split a hot expert's load
+            load = load // replica_counts(load, topology)
+        floors.append(balance_floor(load, topology.num_devices))
+    worst = max(range(len(floors)), key=floors.__getitem__)
+    if floors[worst] > 1.0 + tolerance + 1e-9:
+        over = [
+            lid for lid, f in zip(stats.meta.layer_ids, floors, strict=True) if f > 1.0 + tolerance + 1e-9
+        ]
+        raise MoeplaceError(
+            f"load tolerance {tolerance:g} cannot be met at D={topology.num_devices}: the hottest expert "
+            f"of MoE layer {stats.meta.layer_ids[worst]} alone is {floors[worst]:.3f} x the mean device "
+            f"load (its balance floor; {len(over)} layer(s) above 1 + eps); use --load-tolerance >= "
+            f"{math.ceil((floors[worst] - 1.0) * 1000) / 1000:.3f}, redundant slots, or fewer devices"
+        )
 
 
 # Fit figures of a placement without replicas; the replica report has its own.

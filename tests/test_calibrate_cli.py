@@ -133,8 +133,16 @@ def test_calibrate_errors_are_one_line(tmp_path, model_dir):
     no_model = run(
         "calibrate", tmp_path / "no-model", "--corpus", tmp_path / "c.txt", "--out", tmp_path / "t"
     )
-    assert no_model.exit_code == 2 and "cannot load the model" in no_model.stderr
+    assert no_model.exit_code == 2 and "no-model: no such model folder" in no_model.stderr
     assert len(no_model.stderr.strip().splitlines()) == 1 and not (tmp_path / "t").exists()
+    (tmp_path / "bad-model").mkdir()
+    (tmp_path / "bad-model" / "config.json").write_text("{")
+    bad = run("calibrate", tmp_path / "bad-model", "--corpus", tmp_path / "c.txt", "--out", tmp_path / "t")
+    assert bad.exit_code == 2 and "bad-model: cannot load the model" in bad.stderr
+    (tmp_path / "empty.txt").write_text("\n\n")
+    empty = run("calibrate", model_dir, "--corpus", tmp_path / "empty.txt", "--out", tmp_path / "t")
+    assert empty.exit_code == 2 and "empty.txt: no documents" in empty.stderr
+    assert len(bad.stderr.strip().splitlines()) == len(empty.stderr.strip().splitlines()) == 1
 
 
 def test_corpus_forms(tmp_path):

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from moeplace.planner.objective import devices_per_token, token_devices
+from moeplace.planner.solvers.caps import balance_floor
 
 __all__ = [
     "balance_floor",
@@ -36,12 +37,6 @@ def max_mean_load(load: np.ndarray) -> float:
     """Straggler ratio: busiest device's load over the mean (1 = perfectly even)."""
     mean = load.mean()
     return float(load.max() / mean) if mean else 1.0
-
-
-def balance_floor(expert_load: np.ndarray, num_devices: int) -> float:
-    """Lowest max/mean any one-slot-per-expert placement can reach: hottest expert x D / total."""
-    total = expert_load.sum()
-    return float(max(1.0, expert_load.max() * num_devices / total)) if total else 1.0
 
 
 def random_expected_devices(num_experts: int, num_devices: int, top_k: int) -> float:

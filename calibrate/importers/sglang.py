@@ -43,6 +43,7 @@ def read_per_token(paths: Sequence[Path], options) -> tuple[TraceMeta, list[tupl
             raise file_error(
                 path, "last_physical_to_logical_map must be [layers, physical slots] of ids >= 0"
             )
+        _check_every_expert_placed(to_logical, options.num_experts, path)
         map_shape = map_shape or to_logical.shape
         if to_logical.shape != map_shape:
             raise file_error(
@@ -135,6 +136,20 @@ def read_stat(paths: Sequence[Path], options) -> Statistics:
     )
     tokens = int(load[0].sum() // options.top_k)
     return Statistics(meta, load, None, np.zeros((len(moe_layers), 0, num_experts), np.int64), tokens, 0, 0)
+
+
+def _check_every_expert_placed(to_logical: np.ndarray, num_experts: int | None, path: Path) -> None:
+    """SGLang maps every logical expert to a slot in every layer's row (dense layers get the trivial
+    ``p % N`` row); a map that leaves one out cannot be the map the engine served with."""
+    num_experts = num_experts or int(to_logical.max(initial=0)) + 1
+    for layer, row in enumerate(to_logical):
+        missing = np.setdiff1d(np.arange(num_experts), row)
+        if missing.size:
+            raise file_error(
+                path,
+                f"last_physical_to_logical_map is inconsistent: layer {layer} gives logical expert "
+                f"{int(missing[0])} no physical slot",
+            )
 
 
 def _as_array(value, path: Path, what: str) -> np.ndarray:

@@ -27,11 +27,17 @@ from moeplace.errors import MoeplaceError, file_error
 def read_routed_experts(paths: Sequence[Path], options) -> tuple[TraceMeta, list[tuple[np.ndarray, str]]]:
     if options.num_experts is None:
         raise MoeplaceError("vLLM routed experts do not record the expert count: pass --num-experts")
-    documents, model = [], None
+    documents, origins, model = [], [], None  # origins[i]: (path, line) of documents[i]
     for path in paths:
         if not path.is_file():
             raise file_error(path, "no such file")
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise file_error(path, f"unreadable ({exc})") from None
+        if not text.strip():
+            raise file_error(path, "empty: no requests")
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             where = f"line {number}"
@@ -54,10 +60,15 @@ def read_routed_experts(paths: Sequence[Path], options) -> tuple[TraceMeta, list
             first = [x for x in (prompt, routed[0] if routed else None) if x is not None]
             documents.append((np.concatenate(first), label))
             documents.extend((r, f"{label}/choice{i}") for i, r in enumerate(routed[1:], 1) if r is not None)
-    shapes = {ids.shape[1:] for ids, _ in documents}
-    if len(shapes) != 1:
-        raise MoeplaceError(f"requests disagree on [moe_layers, top_k]: {sorted(shapes)}")
-    num_layers, top_k = shapes.pop()
+            origins.extend([(path, where)] * (len(documents) - len(origins)))
+    num_layers, top_k = documents[0][0].shape[1:]
+    for (ids, _), (path, where) in zip(documents, origins, strict=True):
+        if ids.shape[1:] != (num_layers, top_k):
+            raise file_error(
+                path,
+                f"{where}: routed experts of [moe_layers, top_k] {list(ids.shape[1:])}, earlier requests "
+                f"{[num_layers, top_k]}",
+            )
     layer_ids = options.layer_ids or tuple(range(num_layers))
     if len(layer_ids) != num_layers:
         raise MoeplaceError(

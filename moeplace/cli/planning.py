@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from moeplace.atomic import check_output_file
 from moeplace.calibrate.split import split_documents
 from moeplace.calibrate.stats import DEFAULT_RESAMPLES, Statistics, compute_statistics, expert_load, load_skew
 from moeplace.calibrate.stats_io import load_trace_or_statistics
@@ -138,6 +139,7 @@ def plan(
 ):
     """Solve a placement for every MoE layer and write the placement YAML."""
     parse_solvers(solver)
+    check_output_file(out_path)
     source = load_trace_or_statistics(trace)
     held = load_trace(holdout) if holdout is not None else None
     topology = Topology(source.meta.num_experts, devices, nodes, redundant_slots)

@@ -50,6 +50,15 @@ class LoadCaps:
         return {"load_cap": round(self.cap_ratio, 6), "cap_relaxed": self.relaxed}
 
 
+def balance_floor(expert_load: np.ndarray, num_devices: int) -> float:
+    """Lowest max/mean any one-slot-per-expert placement can reach: hottest expert x D / total.
+
+    The device holding the hottest expert carries at least its load, whatever else it holds.
+    """
+    total = expert_load.sum()
+    return float(max(1.0, expert_load.max() * num_devices / total)) if total else 1.0
+
+
 def device_loads(expert_to_device: np.ndarray, scenario_load: np.ndarray, num_devices: int) -> np.ndarray:
     """Load of each device in each scenario, ``[K, D]``, for expert loads ``[K, N]``."""
     one_hot = np.zeros((expert_to_device.shape[0], num_devices), scenario_load.dtype)
