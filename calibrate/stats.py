@@ -5,21 +5,32 @@ bootstrap resamples of the documents. Load-capped solvers require their cap to h
 resample as well, so a cap met on calibration traffic also holds on unseen traffic from the same
 distribution instead of exploiting the calibration sample's noise. Each document's resample
 weights come from a keyed hash of its content, so they do not depend on how a trace was sharded.
+
+The distinct top-k sets (the hyperedges of the exact fan-out objective) are kept for every token
+of a trace up to ``DEFAULT_SET_TOKENS`` tokens. Past that, with hundreds of experts nearly every
+token is its own set and the table would be as large as the trace, so each distinct set is kept
+with probability ``set_sample_rate`` = tokens budget / tokens, decided by a keyed hash of the set
+itself: the same set is kept or dropped in every shard, so sampled tables still merge exactly.
+Load, co-activation and resamples always count every token.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from moeplace.calibrate.trace import Trace, TraceMeta
+from moeplace.calibrate.trace import Trace, TraceMeta, release_pages
 from moeplace.errors import MoeplaceError
 
 DEFAULT_RESAMPLES = 16
 MAX_RESAMPLES = 32  # one 64-byte BLAKE2b digest per document: 2 bytes per resample
+DEFAULT_SET_TOKENS = 1 << 18  # distinct top-k sets kept for all tokens up to this many (see above)
 
 # Poisson(1) cumulative distribution, to turn a uniform draw into a resample weight.
 _POISSON1_CDF = np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, n + 1)) for n in range(16)])
@@ -38,14 +49,25 @@ class TopkSets:
     counts: np.ndarray
 
     @classmethod
+    def of_rows(cls, rows: np.ndarray) -> TopkSets:
+        """From int16 rows ``[t, k]``, each sorted ascending and holding at least one expert."""
+        if not rows.shape[0]:
+            return cls(np.zeros((0, rows.shape[1]), np.int16), np.zeros(0, np.int64))
+        sets, inverse = unique_rows(rows)
+        return cls(sets, np.bincount(inverse, minlength=sets.shape[0]).astype(np.int64))
+
+    @classmethod
     def of_tokens(cls, ids: np.ndarray) -> TopkSets:
         """From token ids ``[t, k]`` (tokens with no expert are left out)."""
         rows = np.sort(ids, axis=1)
-        rows = rows[(rows >= 0).any(axis=1)].astype(np.int16)
-        if not rows.shape[0]:
-            return cls(np.zeros((0, ids.shape[1]), np.int16), np.zeros(0, np.int64))
-        sets, inverse = unique_rows(rows)
-        return cls(sets, np.bincount(inverse, minlength=sets.shape[0]).astype(np.int64))
+        return cls.of_rows(rows[rows[:, -1] >= 0].astype(np.int16))
+
+    def sampled(self, rate: float, num_experts: int, seed: int) -> TopkSets:
+        """The sets whose keyed hash falls below ``rate`` (all of them at rate 1)."""
+        if rate >= 1.0:
+            return self
+        keep = set_uniforms(self.sets, num_experts, seed) < rate
+        return TopkSets(self.sets[keep], self.counts[keep])
 
     @classmethod
     def merged(cls, parts: list[TopkSets]) -> TopkSets:
@@ -98,6 +120,7 @@ class Statistics:
     num_documents: int
     resample_seed: int
     topk_sets: tuple[TopkSets, ...] | None = None
+    set_sample_rate: float = 1.0
 
     @property
     def num_layers(self) -> int:
@@ -139,33 +162,48 @@ class Statistics:
             or self.load_resamples.shape != other.load_resamples.shape
         ):
             raise MoeplaceError("cannot merge statistics resampled with different seeds or counts")
+        rate = min(self.set_sample_rate, other.set_sample_rate)  # sampled by one hash: nested tables
+        n, seed = self.meta.num_experts, self.resample_seed
         return dataclasses.replace(
             self,
             load=self.load + other.load,
             coact=None if self.load_only or other.load_only else self.coact + other.coact,
             topk_sets=None
             if self.topk_sets is None or other.topk_sets is None
-            else tuple(TopkSets.merged([a, b]) for a, b in zip(self.topk_sets, other.topk_sets, strict=True)),
+            else tuple(
+                TopkSets.merged([a.sampled(rate, n, seed), b.sampled(rate, n, seed)])
+                for a, b in zip(self.topk_sets, other.topk_sets, strict=True)
+            ),
+            set_sample_rate=rate,
             load_resamples=self.load_resamples + other.load_resamples,
             num_tokens=self.num_tokens + other.num_tokens,
             num_documents=self.num_documents + other.num_documents,
         )
 
 
+def row_keys(rows: np.ndarray, bits: int) -> list[np.ndarray]:
+    """int16 rows ``[H, k]`` of ids in ``[-1, 2^bits - 1)`` packed into uint64 keys, first column
+    most significant, ``64 // bits`` columns a key: comparing the keys in order compares the rows."""
+    digits = (rows.astype(np.int64) + 1).astype(np.uint64)  # -1 (padding) .. -> 0 ..
+    per_key = 64 // bits
+    keys = []
+    for start in range(0, rows.shape[1], per_key):
+        key = np.zeros(rows.shape[0], np.uint64)
+        for column in range(start, min(start + per_key, rows.shape[1])):
+            key = (key << np.uint64(bits)) | digits[:, column]
+        keys.append(key)
+    return keys
+
+
 def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(rows, axis=0, return_inverse=True)`` for int16 ``[H, k]`` rows, several times faster.
 
-    Each row is read as a number in base 2^16 (digits shifted to be non-negative), a few digits to
-    a uint64 key, and the rows are sorted by those keys: the same lexicographic order, exactly.
+    The rows are packed into as few uint64 keys as their largest id allows and sorted by those
+    keys: the same lexicographic order, exactly.
     """
-    digits = rows.astype(np.int64) + 32768  # 0 .. 65535
-    keys = []
-    for start in range(0, rows.shape[1], 3):  # three 16-bit digits fit a uint64 key
-        key = np.zeros(rows.shape[0], np.uint64)
-        for column in range(start, min(start + 3, rows.shape[1])):
-            key = (key << np.uint64(16)) | digits[:, column].astype(np.uint64)
-        keys.append(key)
-    order = np.lexsort(keys[::-1])
+    bits = max(1, int(rows.max(initial=-1)) + 1).bit_length()
+    keys = row_keys(rows, bits)
+    order = np.argsort(keys[0], kind="stable") if len(keys) == 1 else np.lexsort(keys[::-1])
     ordered = [key[order] for key in keys]
     new = np.ones(rows.shape[0], bool)
     if rows.shape[0]:
@@ -176,55 +214,130 @@ def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows[order[new]], inverse
 
 
+def set_uniforms(rows: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
+    """A uniform in [0, 1) per top-k set (int16 rows ``[H, k]``, sorted), a keyed hash of the set
+    alone (splitmix64 over its packed keys): the same set gets the same number in every shard."""
+    state = np.full(rows.shape[0], _splitmix64(np.uint64(seed) + np.uint64(0x5EED)), np.uint64)
+    for key in row_keys(rows, num_experts.bit_length()):
+        state = _splitmix64(state ^ key)
+    return (state >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _splitmix64(x):
+    """Steele et al.'s splitmix64 finalizer, elementwise on uint64 (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
 def compute_statistics(
-    trace: Trace, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, chunk_tokens: int = 1 << 16
+    trace: Trace,
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    chunk_tokens: int = 1 << 16,
+    set_tokens: int = DEFAULT_SET_TOKENS,
+    threads: int = os.cpu_count() or 1,
 ) -> Statistics:
     """Accumulate per-layer statistics of ``trace``, reading it a chunk of documents at a time.
 
-    Vectorized over tokens: per layer and chunk, one ``bincount`` for loads, one over the
-    ``k(k-1)/2`` expert pairs of every token, one per (document, expert) for the resamples, and
-    one ``unique`` over the sorted top-k rows for the distinct sets.
+    Vectorized over tokens: per layer and chunk, the top-k rows sorted once, then one ``bincount``
+    for loads, one over the ``k(k-1)/2`` expert pairs of every token, and one per (document,
+    expert) for the resamples. Distinct top-k sets are kept for all tokens when the trace has at
+    most ``set_tokens`` of them, else sampled set by set (module docstring) to about that many.
+    Layers are counted on ``threads`` threads (NumPy releases the GIL in its loops); each thread
+    writes its own layers' counts only, so the result does not depend on the thread count.
     """
     if not 0 <= resamples <= MAX_RESAMPLES:
         raise MoeplaceError(f"resamples must be between 0 and {MAX_RESAMPLES}, got {resamples}")
-    n, k, num_layers = trace.meta.num_experts, trace.meta.top_k, trace.num_layers
-    load = np.zeros((num_layers, n), np.int64)
-    pairs = np.zeros((num_layers, n * n), np.int64)
-    load_resamples = np.zeros((num_layers, resamples, n), np.int64)
-    set_parts: list[list[TopkSets]] = [[] for _ in range(num_layers)]
-    first_slot, second_slot = np.triu_indices(k, 1)
+    n, num_layers = trace.meta.num_experts, trace.num_layers
+    rate = 1.0 if trace.num_tokens <= set_tokens else set_tokens / trace.num_tokens
+    counts = _Counts.zeros(num_layers, n, trace.meta.top_k, resamples)
     offsets = trace.doc_offsets
-    for first, end in trace.document_chunks(chunk_tokens):
-        ids = np.asarray(trace.topk_ids[offsets[first] : offsets[end]], dtype=np.int64)  # [t, L, k]
-        doc_of_token = np.repeat(np.arange(end - first), np.diff(offsets[first : end + 1]))
-        weights = document_weights(trace, first, end, resamples, seed)  # [docs, B]
-        for layer in range(num_layers):
-            x = ids[:, layer, :]
-            valid = x >= 0
-            load[layer] += np.bincount(x[valid], minlength=n)
-            a, b = x[:, first_slot], x[:, second_slot]
-            both = (a >= 0) & (b >= 0)
-            pairs[layer] += np.bincount((a * n + b)[both], minlength=n * n)
-            set_parts[layer].append(TopkSets.of_tokens(x))
-            if resamples:
-                doc = np.broadcast_to(doc_of_token[:, None], x.shape)[valid]
-                per_doc = np.bincount(doc * n + x[valid], minlength=(end - first) * n)
-                load_resamples[layer] += weights.T @ per_doc.reshape(end - first, n)
-    upper = pairs.reshape(num_layers, n, n)
-    topk_sets = []
-    for layer in range(num_layers):  # free each layer's parts once merged: at scale they are GiBs
-        topk_sets.append(TopkSets.merged(set_parts[layer]))
-        set_parts[layer] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, num_layers))) as pool:
+        for first, end in trace.document_chunks(chunk_tokens):
+            chunk = np.asarray(trace.topk_ids[offsets[first] : offsets[end]])  # int16 [t, L, k]
+            by_layer = np.ascontiguousarray(chunk.transpose(1, 0, 2))  # [L, t, k]: a layer's rows contiguous
+            by_layer.sort(axis=-1)
+            doc_base = np.repeat(np.arange(end - first) * n, np.diff(offsets[first : end + 1]))[:, None]
+            chunk_counts = functools.partial(
+                counts.add_chunk,
+                by_layer=by_layer,
+                padded=bool(by_layer[..., 0].min(initial=0) < 0),  # sorted: padding comes first
+                doc_base=doc_base,
+                weights=document_weights(trace, first, end, resamples, seed),
+                rate=rate,
+                seed=seed,
+            )
+            list(pool.map(chunk_counts, range(num_layers)))
+            release_pages(trace.topk_ids)
+        topk_sets = tuple(pool.map(counts.topk_sets, range(num_layers)))
+    upper = counts.pairs.reshape(num_layers, n, n)
     return Statistics(
         meta=trace.meta,
-        load=load,
+        load=counts.load,
         coact=upper + upper.transpose(0, 2, 1),
-        load_resamples=load_resamples,
+        load_resamples=counts.load_resamples,
         num_tokens=trace.num_tokens,
         num_documents=trace.num_documents,
         resample_seed=seed,
-        topk_sets=tuple(topk_sets),
+        topk_sets=topk_sets,
+        set_sample_rate=rate,
     )
+
+
+@dataclasses.dataclass
+class _Counts:
+    """Running sums of ``compute_statistics``: ``load [L, N]``, ``pairs [L, N*N]`` (upper triangle),
+    ``load_resamples [L, B, N]``, and per layer the sorted top-k rows kept so far."""
+
+    load: np.ndarray
+    pairs: np.ndarray
+    load_resamples: np.ndarray
+    set_rows: list[list[np.ndarray]]
+    first_slot: np.ndarray
+    second_slot: np.ndarray
+
+    @classmethod
+    def zeros(cls, num_layers: int, n: int, k: int, resamples: int) -> _Counts:
+        return cls(
+            np.zeros((num_layers, n), np.int64),
+            np.zeros((num_layers, n * n), np.int64),
+            np.zeros((num_layers, resamples, n), np.int64),
+            [[] for _ in range(num_layers)],
+            *np.triu_indices(k, 1),
+        )
+
+    def add_chunk(self, layer, *, by_layer, padded, doc_base, weights, rate, seed) -> None:
+        """Add layer ``layer`` of a chunk: rows ``by_layer[layer]`` int16 ``[t, k]`` sorted,
+        ``doc_base`` int ``[t, 1]`` = the token's document in the chunk x N, ``weights [docs, B]``."""
+        n = self.load.shape[1]
+        rows = by_layer[layer]
+        x = rows.astype(np.intp)
+        a, b = x[:, self.first_slot], x[:, self.second_slot]
+        if padded:
+            valid = x >= 0
+            self.load[layer] += np.bincount(x[valid], minlength=n)
+            self.pairs[layer] += np.bincount((a * n + b)[a >= 0], minlength=n * n)  # a < b: b valid too
+            by_doc = (doc_base + x)[valid]
+            rows = rows[rows[:, -1] >= 0]
+        else:  # the common case: every slot chose an expert, no masks
+            self.load[layer] += np.bincount(x.ravel(), minlength=n)
+            self.pairs[layer] += np.bincount((a * n + b).ravel(), minlength=n * n)
+            by_doc = (doc_base + x).ravel()
+        if weights.shape[1]:
+            docs = weights.shape[0]
+            self.load_resamples[layer] += weights.T @ np.bincount(by_doc, minlength=docs * n).reshape(docs, n)
+        if rate < 1.0:
+            rows = rows[set_uniforms(rows, n, seed) < rate]
+        self.set_rows[layer].append(rows)
+
+    def topk_sets(self, layer: int) -> TopkSets:
+        """Layer ``layer``'s distinct sets; frees its rows (at scale they are GiBs)."""
+        rows, self.set_rows[layer] = self.set_rows[layer], []
+        return TopkSets.of_rows(np.concatenate(rows))
 
 
 def document_weights(trace: Trace, first: int, end: int, resamples: int, seed: int) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Statistics files (``.npz``, no pickle) and loading "a trace or statistics" for planning.
 
 Layout: ``stats_meta_json`` (format ``moeplace-statistics``, version, trace metadata, token and
-document counts, resample seed), ``load`` int64 ``[L, N]``, ``load_resamples`` int64 ``[L, B, N]``
-and, unless the source recorded expert load only, ``coact`` int64 ``[L, N, N]``.
+document counts, resample seed, top-k set sample rate), ``load`` int64 ``[L, N]``,
+``load_resamples`` int64 ``[L, B, N]`` and, unless the source recorded expert load only, ``coact``
+int64 ``[L, N, N]`` and the distinct top-k sets of every layer (``sets``, ``set_counts``,
+``set_offsets``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def save_statistics(stats: Statistics, path: str | Path) -> None:
         "num_tokens": stats.num_tokens,
         "num_documents": stats.num_documents,
         "resample_seed": stats.resample_seed,
+        "set_sample_rate": stats.set_sample_rate,
     }
     arrays = {"load": stats.load, "load_resamples": stats.load_resamples}
     if stats.coact is not None:
@@ -89,6 +92,7 @@ def load_statistics(path: str | Path) -> Statistics:
             int(header["num_documents"]),
             int(header["resample_seed"]),
             topk_sets,
+            float(header.get("set_sample_rate", 1.0)),
         )
     except MoeplaceError as exc:
         raise file_error(path, str(exc)) from None

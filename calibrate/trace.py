@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import mmap
 from collections.abc import Iterator
 
 import numpy as np
@@ -148,6 +149,7 @@ class Trace:
         for first, end in self.document_chunks(1 << 18):
             lo, hi = self.doc_offsets[first], self.doc_offsets[end]
             h.update(np.ascontiguousarray(self.topk_ids[lo:hi], dtype="<i2").tobytes())
+            release_pages(self.topk_ids)
         return "sha256:" + h.hexdigest()
 
 
@@ -174,6 +176,16 @@ def check_trace(trace: Trace) -> None:
         )
     for first, end in trace.document_chunks(1 << 16):
         check_ids(np.asarray(topk[offsets[first] : offsets[end]]), meta.num_experts, int(offsets[first]))
+        release_pages(topk)
+
+
+def release_pages(ids: np.ndarray) -> None:
+    """Let go of the pages of a memory-mapped trace array read so far (they stay in the OS page
+    cache); a no-op for arrays in memory. Passes over a trace larger than memory call it after each
+    chunk, so the process's resident memory stays at one chunk, not the whole file."""
+    mapping = ids.base if isinstance(ids, np.memmap) else None
+    if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def check_doc_offsets(doc_offsets, num_tokens: int) -> np.ndarray:

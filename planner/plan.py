@@ -89,7 +89,8 @@ def plan(
             "refine": options.refine,
             **({"node_cost": options.node_cost} if topology.num_nodes > 1 else {}),
         },
-        calibration=calibration,
+        calibration=calibration
+        | ({"set_sample_rate": stats.set_sample_rate} if stats.set_sample_rate < 1 else {}),
         layers=tuple(
             LayerPlacement(
                 layer_id,

@@ -85,6 +85,17 @@ def test_plan_records_held_out_figures(planned):
     assert v["holdout"]["documents"] == 118
 
 
+def test_plan_past_the_set_budget_samples_sets_and_says_so(split_files, tmp_path):
+    out = tmp_path / "p.yaml"
+    args = ("plan", split_files[0], "--devices", 4, "--solver", "refine", "--search-steps", 0, "--jobs", 1)
+    result = run(*args, "--set-tokens", 10_000, "--out", out)
+    assert result.exit_code == 0, result.output
+    rate = load_placement(out).calibration["set_sample_rate"]
+    assert 0.2 < rate < 0.4 and f"top-k sets sampled at rate {rate:.3g}" in result.output
+    exact = run(*args, "--out", tmp_path / "exact.yaml")
+    assert "sampled" not in exact.output and "set_sample_rate" not in (tmp_path / "exact.yaml").read_text()
+
+
 def test_validate_json_and_passing_gate(planned, split_files):
     result = run(
         "validate", planned, split_files[1], "--json", "--max-load-ratio", 1.5, "--min-reduction", 0.05

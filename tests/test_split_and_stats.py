@@ -6,6 +6,7 @@ import pytest
 from conftest import make_trace, random_trace
 from moeplace.calibrate.split import split_documents
 from moeplace.calibrate.stats import compute_statistics, load_skew
+from moeplace.calibrate.stats_io import load_statistics, save_statistics
 from moeplace.errors import MoeplaceError
 
 
@@ -61,6 +62,39 @@ def test_statistics_match_brute_force_with_padding():
         load, coact = brute_force(trace, layer)
         np.testing.assert_array_equal(stats.load[layer], load)
         np.testing.assert_array_equal(stats.coact[layer], coact)
+        chosen = [tuple(sorted(int(e) for e in token if e >= 0)) for token in ids[:, layer]]
+        counted = {
+            tuple(int(e) for e in row if e >= 0): c for row, c in zip(*_sets(stats, layer), strict=True)
+        }
+        assert counted == {s: chosen.count(s) for s in set(chosen)}  # distinct sets, token counts
+
+
+def _sets(stats, layer):
+    return stats.topk_sets[layer].sets.tolist(), stats.topk_sets[layer].counts.tolist()
+
+
+def test_large_traces_keep_whole_sets_sampled_by_a_hash_of_the_set(tmp_path):
+    trace = random_trace(tokens=4000, docs=40, layers=2, experts=64, top_k=6)  # sets nearly all distinct
+    exact, sampled = compute_statistics(trace), compute_statistics(trace, set_tokens=1000)
+    assert (exact.set_sample_rate, sampled.set_sample_rate) == (1.0, 0.25)
+    for name in ("load", "coact", "load_resamples"):  # every token still counted
+        np.testing.assert_array_equal(getattr(sampled, name), getattr(exact, name))
+    for whole, part in zip(exact.topk_sets, sampled.topk_sets, strict=True):
+        counts = dict(zip(map(tuple, whole.sets.tolist()), whole.counts.tolist(), strict=True))
+        assert all(
+            counts[tuple(row)] == c for row, c in zip(part.sets.tolist(), part.counts.tolist(), strict=True)
+        )
+        assert 0.2 < part.counts.sum() / whole.counts.sum() < 0.3
+        assert part == whole.sampled(0.25, 64, seed=0)
+    save_statistics(sampled, tmp_path / "s.npz")
+    loaded = load_statistics(tmp_path / "s.npz")
+    assert loaded.set_sample_rate == 0.25 and loaded.topk_sets == sampled.topk_sets
+    docs = np.arange(40)  # shards sampled at 0.5 each merge to the table at 0.5, which nests the 0.25 one
+    halves = [compute_statistics(trace.select_documents(d), set_tokens=1000) for d in (docs[:20], docs[20:])]
+    merged = halves[0] + halves[1]
+    assert merged.set_sample_rate == 0.5
+    for whole, part, both in zip(exact.topk_sets, sampled.topk_sets, merged.topk_sets, strict=True):
+        assert both == whole.sampled(0.5, 64, seed=0) and both.sampled(0.25, 64, seed=0) == part
 
 
 def test_statistics_merge_exactly(real_trace):
@@ -70,6 +104,7 @@ def test_statistics_merge_exactly(real_trace):
     whole = compute_statistics(real_trace, seed=3)
     for name in ("load", "coact", "load_resamples"):
         np.testing.assert_array_equal(getattr(merged, name), getattr(whole, name))
+    assert merged.topk_sets == whole.topk_sets
     assert (merged.num_tokens, merged.num_documents) == (whole.num_tokens, whole.num_documents)
 
 

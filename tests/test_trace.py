@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import make_trace, random_trace
+from moeplace.calibrate.trace import release_pages
 from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.errors import MoeplaceError
 
@@ -31,6 +32,15 @@ def test_directory_format_is_memory_mapped_and_versioned(tmp_path):
     assert isinstance(load_trace(tmp_path / "t").topk_ids, np.memmap)
     header = json.loads((tmp_path / "t" / "meta.json").read_text())
     assert (header["format"], header["version"]) == ("moeplace-trace", 1)
+
+
+def test_released_pages_read_back_the_same(tmp_path):
+    save_trace(random_trace(tokens=5000), tmp_path / "t")
+    mapped = load_trace(tmp_path / "t").topk_ids  # load_trace has read it all, releasing as it went
+    before = np.array(mapped)
+    release_pages(mapped)  # the process lets go of the pages; a read faults them back in
+    np.testing.assert_array_equal(mapped, before)
+    release_pages(before)  # an array in memory: nothing to release
 
 
 def test_shared_interchange_file_loads(real_trace):

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from moeplace.calibrate.trace import Trace
+from moeplace.calibrate.trace import Trace, release_pages
 from moeplace.planner.dispatch import dispatch, replica_devices
 from moeplace.planner.objective import distinct_per_row, token_devices
 from moeplace.planner.topology import Topology
@@ -67,6 +67,7 @@ def score_placement(physical_to_logical: np.ndarray, trace: Trace, topology: Top
                 nodes[layer] += np.count_nonzero(per_token)
             else:
                 nodes[layer] += distinct_per_row(token_devices(served, topology.node_of_device)).sum()
+        release_pages(trace.topk_ids)
     loads = loads.round().astype(np.int64)
     return Score(
         dev_per_token=devices / np.maximum(routed, 1),

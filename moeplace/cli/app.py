@@ -108,6 +108,16 @@ ResamplesOpt = Annotated[
     ),
 ]
 
+SetTokensOpt = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Keep every token's top-k set (the exact fan-out objective of refine, hypergraph and "
+        "exact) up to this many tokens; past it, a seeded hash sample of the sets of about this size. "
+        "Load and co-activation always count every token.",
+    ),
+]
+
 
 def user_errors(command):
     """Turn ``MoeplaceError`` into one line on stderr and exit code 2."""

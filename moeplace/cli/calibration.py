@@ -10,11 +10,21 @@ import typer
 from moeplace.calibrate.corpus import read_corpus
 from moeplace.calibrate.importers import IMPORTERS, ImportOptions
 from moeplace.calibrate.merge import merged_meta, trace_documents
-from moeplace.calibrate.stats import DEFAULT_RESAMPLES, Statistics, compute_statistics
+from moeplace.calibrate.stats import DEFAULT_RESAMPLES, DEFAULT_SET_TOKENS, Statistics, compute_statistics
 from moeplace.calibrate.stats_io import load_trace_or_statistics, save_statistics
 from moeplace.calibrate.trace import Trace
 from moeplace.calibrate.trace_io import trace_writer
-from moeplace.cli.app import ResamplesOpt, SeedOpt, app, named, out, parse_ints, progress_bar, user_errors
+from moeplace.cli.app import (
+    ResamplesOpt,
+    SeedOpt,
+    SetTokensOpt,
+    app,
+    named,
+    out,
+    parse_ints,
+    progress_bar,
+    user_errors,
+)
 from moeplace.errors import MoeplaceError
 
 OutTrace = Annotated[
@@ -132,6 +142,7 @@ def merge(
     ],
     resamples: ResamplesOpt = DEFAULT_RESAMPLES,
     seed: SeedOpt = 0,
+    set_tokens: SetTokensOpt = DEFAULT_SET_TOKENS,
 ):
     """Merge routing recorded on several machines or GPUs into one trace (or statistics).
 
@@ -158,7 +169,7 @@ def merge(
     as_stats = [
         source
         if isinstance(source, Statistics)
-        else compute_statistics(source, resamples=resamples, seed=seed)
+        else compute_statistics(source, resamples=resamples, seed=seed, set_tokens=set_tokens)
         for source in sources
     ]
     merged = as_stats[0]

@@ -13,7 +13,14 @@ from rich.text import Text
 
 from moeplace.atomic import check_output_file
 from moeplace.calibrate.split import split_documents
-from moeplace.calibrate.stats import DEFAULT_RESAMPLES, Statistics, compute_statistics, expert_load, load_skew
+from moeplace.calibrate.stats import (
+    DEFAULT_RESAMPLES,
+    DEFAULT_SET_TOKENS,
+    Statistics,
+    compute_statistics,
+    expert_load,
+    load_skew,
+)
 from moeplace.calibrate.stats_io import load_trace_or_statistics
 from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.cli.app import (
@@ -26,6 +33,7 @@ from moeplace.cli.app import (
     ResamplesOpt,
     SearchStepsOpt,
     SeedOpt,
+    SetTokensOpt,
     TimeLimitOpt,
     ToleranceOpt,
     TraceArg,
@@ -131,6 +139,7 @@ def plan(
     node_cost: NodeCostOpt = 0.0,
     redundant_slots: RedundantOpt = 0,
     resamples: ResamplesOpt = DEFAULT_RESAMPLES,
+    set_tokens: SetTokensOpt = DEFAULT_SET_TOKENS,
     holdout: Annotated[
         Path | None,
         typer.Option(help="Held-out trace: score the placement on it and record the figures in the file."),
@@ -154,7 +163,7 @@ def plan(
     if isinstance(source, Statistics):
         statistics = source  # resampled with the seed and count it was made with
     else:
-        statistics = compute_statistics(source, resamples=resamples, seed=seed)
+        statistics = compute_statistics(source, resamples=resamples, seed=seed, set_tokens=set_tokens)
     with (
         named(trace),
         progress_bar(f"{solver}, D={devices}", statistics.num_layers) as advance,
@@ -177,6 +186,11 @@ def plan(
             f"calibration (mean over layers): dev/token {fit['fit_dev_per_token']:.3f}, best lower bound "
             f"{fit['lower_bound_dev_per_token']:.3f} (bound gap {fit['bound_gap']:.1%}; per layer in "
             "solver_report)"
+            + (
+                f"; top-k sets sampled at rate {statistics.set_sample_rate:.3g} (load, co-activation: all)"
+                if statistics.set_sample_rate < 1
+                else ""
+            )
         )
     if held is not None:
         with named(holdout):

@@ -99,25 +99,27 @@ def pack_groups(size: np.ndarray, load: np.ndarray, topology: Topology, cap: np.
 
 
 def _pack_in_order(order, size, load, topology, cap, by_relative) -> np.ndarray | None:
-    num_devices = topology.num_devices
-    used = np.zeros(num_devices, np.int64)
-    device_load = np.zeros((num_devices, load.shape[1]))
+    # Called thousands of times per layer by the agglomeration: per group, a handful of array
+    # operations on [D, K] and only the chosen device's key updated.
+    num_devices, num_scenarios = topology.num_devices, load.shape[1]
+    free = np.full(num_devices, topology.slots_per_device, np.int64)
+    headroom = np.broadcast_to(np.asarray(cap, np.float64), (num_devices, num_scenarios)).copy()
+    cap = np.asarray(cap, np.float64)
+    key = np.zeros(num_devices)
     device = np.empty(size.shape[0], np.int64)
     for g in order:  # one step per group (at most N), never per token
-        after = device_load + load[g]
-        fits = (used + size[g] <= topology.slots_per_device) & (after <= cap).all(axis=1)
-        if not fits.any():
+        fits = (free >= size[g]) & (load[g] <= headroom).all(axis=1)
+        d = int(np.where(fits, key, np.inf).argmin())
+        if not fits[d]:
             return None
-        if by_relative:
-            key = np.divide(device_load, cap, out=np.zeros_like(device_load), where=cap > 0).max(
-                axis=1, initial=0.0
-            )
-        else:
-            key = device_load[:, 0] if load.shape[1] else np.zeros(num_devices)
-        d = int(np.flatnonzero(fits)[np.argmin(key[fits])])
         device[g] = d
-        used[d] += size[g]
-        device_load[d] = after[d]
+        free[d] -= size[g]
+        headroom[d] -= load[g]
+        used = cap - headroom[d]  # device d's load in every scenario
+        if by_relative:
+            key[d] = np.divide(used, cap, out=np.zeros(num_scenarios), where=cap > 0).max(initial=0.0)
+        elif num_scenarios:
+            key[d] = used[0]
     return device
 
 
