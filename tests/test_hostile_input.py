@@ -446,3 +446,24 @@ def test_a_plan_killed_mid_write_leaves_the_previous_placement_file(good, tmp_pa
     new = out.read_bytes()  # what the killed run was writing: plans are deterministic
     assert yaml.safe_load(new)["solver"] == "greedy-capped"
     assert partial.read_bytes() == new[: len(new) // 2]
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["plan", "t.npz", "--devices", "4", "--resamples", "99", "--out", "o.yaml"], "'--resamples'"),
+        (["plan", "t.npz", "--devices", "four", "--out", "o.yaml"], "'--devices'"),
+        (["plan", "t.npz", "--out", "o.yaml"], "Missing option '--devices'"),
+        (["bogus"], "No such command 'bogus'"),
+    ],
+)
+def test_usage_errors_of_the_console_script_are_one_line(tmp_path, monkeypatch, capsys, args, problem):
+    from moeplace.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and error.startswith("error: ") and problem in error
+    assert not list(tmp_path.iterdir())

@@ -1,6 +1,27 @@
-"""The ``moeplace`` command line: ``app`` with its commands registered."""
+"""The ``moeplace`` command line: ``app`` with its commands registered, and ``main``, the script."""
+
+import sys
+
+import typer
 
 from moeplace.cli import calibration, deploy, diagnosis, planning  # noqa: F401  (registers the commands)
-from moeplace.cli.app import app
+from moeplace.cli.app import app, err, tagged
 
-__all__ = ["app"]
+__all__ = ["app", "main"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run ``app`` the way every user error is reported: Typer's usage errors too (a bad option
+    value, a missing argument) become one line on stderr and exit code 2, not a framed box."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        code = app(args=args or ["--help"], prog_name="moeplace", standalone_mode=False)
+    except typer.Abort:
+        err.print("Aborted.")
+        sys.exit(1)
+    except typer.TyperException as exc:  # Typer's (vendored) Click usage errors
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        command = getattr(getattr(exc, "ctx", None), "command_path", None) or "moeplace"
+        err.print(tagged("error:", "red", f"{message} (see '{command} --help')"))
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,3 +1,3 @@
-from moeplace.cli import app
+from moeplace.cli import main
 
-app()
+main()
