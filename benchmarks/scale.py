@@ -7,7 +7,8 @@
 Each stage runs in a child process so its peak resident memory is its own. Stages: generate the
 synthetic trace (once; reused from --workdir), accumulate statistics, validate one placement,
 solver wall time per layer at D = 8, 32, 64, 256 (each capped by --solver-timeout), full plans at
-D = 64, and statistics over the streamed trace. Synthetic routing: speed and memory only.
+D = 64, and statistics and validation over the streamed trace. Synthetic routing: speed and memory
+only.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def main() -> None:
         if not big.exists():
             rows.append(child(args, "generate", str(big), str(args.stream_tokens)))
         rows.append(child(args, "statistics", str(big), str(big.with_suffix(".stats.npz"))))
+        rows.append(child(args, "validate", str(big), str(big.with_suffix(".stats.npz"))))
     print(json.dumps(rows, indent=1))
 
 
@@ -129,6 +131,7 @@ def stage_validate(args, path: str, stats_path: str) -> dict:
     seconds = time.perf_counter() - start
     return {
         "stage": "validate",
+        "tokens": trace.num_tokens,
         "seconds": seconds,
         "token_layers_per_s": trace.num_tokens * trace.num_layers / seconds,
     }
