@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -115,17 +116,12 @@ class TraceWriter:
             raise MoeplaceError("no documents were written")
         shape = (self.num_tokens, len(self.meta.layer_ids), self.meta.top_k)
         raw = self.directory / "topk_ids.raw"
-        ids = np.lib.format.open_memmap(self.directory / "topk_ids.npy", mode="w+", dtype="<i2", shape=shape)
-        per_token = shape[1] * shape[2]
-        step = max(1, (1 << 24) // per_token)  # ~32 MB at a time
-        with open(raw, "rb") as f:
-            for start in range(0, shape[0], step):
-                count = min(step, shape[0] - start)
-                ids[start : start + count] = np.fromfile(f, dtype="<i2", count=count * per_token).reshape(
-                    count, *shape[1:]
-                )
-        ids.flush()
-        del ids
+        # the raw file is already the array's data: prefix the .npy header and copy it through with
+        # plain writes (a writable memory map would count the whole file as resident memory)
+        with open(self.directory / "topk_ids.npy", "wb") as out, open(raw, "rb") as f:
+            header = {"descr": "<i2", "fortran_order": False, "shape": shape}
+            np.lib.format.write_array_header_1_0(out, header)
+            shutil.copyfileobj(f, out, 1 << 24)
         raw.unlink()
         offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
         np.save(self.directory / "doc_offsets.npy", offsets, allow_pickle=False)
