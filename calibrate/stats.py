@@ -56,12 +56,6 @@ class TopkSets:
         sets, inverse = unique_rows(rows)
         return cls(sets, np.bincount(inverse, minlength=sets.shape[0]).astype(np.int64))
 
-    @classmethod
-    def of_tokens(cls, ids: np.ndarray) -> TopkSets:
-        """From token ids ``[t, k]`` (tokens with no expert are left out)."""
-        rows = np.sort(ids, axis=1)
-        return cls.of_rows(rows[rows[:, -1] >= 0].astype(np.int16))
-
     def sampled(self, rate: float, num_experts: int, seed: int) -> TopkSets:
         """The sets whose keyed hash falls below ``rate`` (all of them at rate 1)."""
         if rate >= 1.0:

@@ -93,3 +93,17 @@ def test_diagnose_command_writes_the_report(tmp_path):
     for name in ("report.md", "structure.png", "cache.png", "consistency.png"):
         assert (tmp_path / "d" / name).stat().st_size > 0
     assert "## Verdict" in (tmp_path / "d" / "report.md").read_text()
+
+
+def test_quick_plan_raises_the_tolerance_to_the_balance_floor(tmp_path):
+    from test_cli import run
+
+    from moeplace.calibrate.trace_io import save_trace
+
+    rest = 1 + np.argsort(np.random.default_rng(3).random((480, 1, 15)), axis=-1)[..., :3]
+    hot = np.concatenate([np.zeros_like(rest[..., :1]), rest], -1)  # expert 0 on every token: floor 2
+    save_trace(make_trace(hot, [40] * 12, 16), tmp_path / "t.npz")
+    result = run("diagnose", tmp_path / "t.npz", "--out", tmp_path / "d", "--devices", "8")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert report["layers"][0]["placement"]["load_tolerance"] == 1.0

@@ -17,6 +17,7 @@ Per MoE layer, then overall (means over layers):
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -27,6 +28,7 @@ from moeplace.calibrate.trace import Trace
 from moeplace.errors import MoeplaceError
 from moeplace.planner.plan import plan
 from moeplace.planner.solvers import SolverOptions
+from moeplace.planner.solvers.caps import balance_floor
 from moeplace.planner.topology import Topology
 from moeplace.validators.locality.cache import POLICIES, simulate_policies
 from moeplace.validators.locality.consistency import (
@@ -160,14 +162,18 @@ def _cache_figures(result) -> dict:
 
 
 def _quick_plan(trace: Trace, settings: Settings) -> list[dict]:
-    """Per layer: held-out reduction and max/mean of greedy-capped (eps 0.1) vs frequency."""
+    """Per layer: held-out reduction and max/mean of greedy-capped (eps 0.1, or the least a hot
+    expert allows: its balance floor) vs frequency."""
     fit, held = split_documents(trace, holdout=0.5, seed=settings.seed)
     stats = compute_statistics(fit, resamples=16, seed=settings.seed)
     topology = Topology(trace.meta.num_experts, settings.devices)
-    placement = plan(stats, topology, "greedy-capped", SolverOptions(load_tolerance=0.1), {})
+    floor = max(balance_floor(load, settings.devices) for load in stats.load)
+    tolerance = max(0.1, math.ceil((floor - 1.0) * 1000) / 1000)
+    placement = plan(stats, topology, "greedy-capped", SolverOptions(load_tolerance=tolerance), {})
     return [
         {
             "devices": settings.devices,
+            "load_tolerance": tolerance,
             "reduction": row["reduction"],
             "max_mean_load": row["max_mean_load"],
             "baseline_max_mean_load": row["baseline_max_mean_load"],
