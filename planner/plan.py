@@ -9,6 +9,8 @@ import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 
+import numpy as np
+
 from moeplace.calibrate.stats import LayerStats, Statistics
 from moeplace.errors import MoeplaceError
 from moeplace.planner.bounds import fanout_lower_bounds
@@ -104,25 +106,35 @@ def plan(
     )
 
 
-def check_tolerance(stats: Statistics, topology: Topology, tolerance: float) -> None:
-    """Raise ``MoeplaceError`` if some layer's balance floor is above 1 + ``tolerance``: then no
-    placement can keep that layer's calibration load under the cap (its hottest expert alone, or
-    replica, exceeds it), and a capped solver would only be pretending to hold it."""
+def balance_floors(stats: Statistics, topology: Topology) -> np.ndarray:
+    """Per layer ``[L]``, the lowest calibration max/mean load any placement can reach: its hottest
+    expert (or, with redundant slots, hottest replica share) alone on one device."""
     floors = []
     for load in stats.load:
         if topology.redundant_slots:  # replicas split a hot expert's load
             load = load // replica_counts(load, topology)
         floors.append(balance_floor(load, topology.num_devices))
-    worst = max(range(len(floors)), key=floors.__getitem__)
-    if floors[worst] > 1.0 + tolerance + 1e-9:
-        over = [
-            lid for lid, f in zip(stats.meta.layer_ids, floors, strict=True) if f > 1.0 + tolerance + 1e-9
-        ]
+    return np.array(floors)
+
+
+def least_tolerance(stats: Statistics, topology: Topology) -> float:
+    """The smallest eps (rounded up to 0.001) that every layer's balance floor allows."""
+    return math.ceil((balance_floors(stats, topology).max() - 1.0) * 1000) / 1000
+
+
+def check_tolerance(stats: Statistics, topology: Topology, tolerance: float) -> None:
+    """Raise ``MoeplaceError`` if some layer's balance floor is above 1 + ``tolerance``: then no
+    placement can keep that layer's calibration load under the cap (its hottest expert alone, or
+    replica, exceeds it), and a capped solver would only be pretending to hold it."""
+    floors = balance_floors(stats, topology)
+    worst = int(floors.argmax())
+    over = int(np.count_nonzero(floors > 1.0 + tolerance + 1e-9))
+    if over:
         raise MoeplaceError(
             f"load tolerance {tolerance:g} cannot be met at D={topology.num_devices}: the hottest expert "
             f"of MoE layer {stats.meta.layer_ids[worst]} alone is {floors[worst]:.3f} x the mean device "
-            f"load (its balance floor; {len(over)} layer(s) above 1 + eps); use --load-tolerance >= "
-            f"{math.ceil((floors[worst] - 1.0) * 1000) / 1000:.3f}, redundant slots, or fewer devices"
+            f"load (its balance floor; {over} layer(s) above 1 + eps); use --load-tolerance >= "
+            f"{least_tolerance(stats, topology):.3f}, redundant slots, or fewer devices"
         )
 
 

@@ -17,7 +17,6 @@ Per MoE layer, then overall (means over layers):
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -26,9 +25,8 @@ from moeplace.calibrate.split import split_documents
 from moeplace.calibrate.stats import compute_statistics
 from moeplace.calibrate.trace import Trace
 from moeplace.errors import MoeplaceError
-from moeplace.planner.plan import plan
+from moeplace.planner.plan import least_tolerance, plan
 from moeplace.planner.solvers import SolverOptions
-from moeplace.planner.solvers.caps import balance_floor
 from moeplace.planner.topology import Topology
 from moeplace.validators.locality.cache import POLICIES, simulate_policies
 from moeplace.validators.locality.consistency import (
@@ -167,8 +165,7 @@ def _quick_plan(trace: Trace, settings: Settings) -> list[dict]:
     fit, held = split_documents(trace, holdout=0.5, seed=settings.seed)
     stats = compute_statistics(fit, resamples=16, seed=settings.seed)
     topology = Topology(trace.meta.num_experts, settings.devices)
-    floor = max(balance_floor(load, settings.devices) for load in stats.load)
-    tolerance = max(0.1, math.ceil((floor - 1.0) * 1000) / 1000)
+    tolerance = max(0.1, least_tolerance(stats, topology))
     placement = plan(stats, topology, "greedy-capped", SolverOptions(load_tolerance=tolerance), {})
     return [
         {
