@@ -7,7 +7,7 @@ from conftest import make_trace
 from moeplace.calibrate.stats import LayerStats, compute_statistics
 from moeplace.errors import MoeplaceError
 from moeplace.planner.objective import colocated_weight
-from moeplace.planner.solvers import DEFAULT_SOLVERS, SOLVERS, SolverOptions, frequency_placement
+from moeplace.planner.solvers import DEFAULT_SOLVERS, SOLVERS, SolverOptions, frequency_placement, greedy
 from moeplace.planner.solvers.caps import device_loads, load_caps
 from moeplace.planner.topology import Topology
 
@@ -72,6 +72,28 @@ def test_solvers_are_deterministic(real_stats, solver):
     second = SOLVERS[solver](real_stats.layer(7), Topology(32, 4), FAST)
     np.testing.assert_array_equal(first.expert_to_device, second.expert_to_device)
     assert first.info == second.info
+
+
+@pytest.mark.parametrize("devices", [4, 8])
+def test_greedy_skips_only_merges_that_would_fail_again(real_stats, devices, monkeypatch):
+    # A tentative merge that failed is skipped until one of the devices it would repack changes;
+    # retrying every one must give the same placement, with more repacking.
+    topology = Topology(32, devices)
+    packer, repacks = greedy.pack_groups, []
+    monkeypatch.setattr(greedy, "pack_groups", lambda *args: repacks.append(1) or packer(*args))
+
+    def run(layer, caps, retry_failed):
+        repacks.clear()
+        device = greedy.agglomerate(layer.coact, topology, caps.scenario_load, caps.cap, retry_failed)
+        return device, len(repacks)
+
+    for i in range(0, real_stats.num_layers, 6):
+        layer = real_stats.layer(i)
+        caps = load_caps(layer, topology, 0.05)
+        skipping, skipping_repacks = run(layer, caps, retry_failed=False)
+        retrying, retrying_repacks = run(layer, caps, retry_failed=True)
+        np.testing.assert_array_equal(skipping, retrying)
+        assert retrying_repacks > skipping_repacks
 
 
 def test_frequency_hand_case():

@@ -25,7 +25,11 @@ from moeplace.planner.topology import Topology
 
 
 def agglomerate(
-    coact: np.ndarray, topology: Topology, scenario_load: np.ndarray, cap: np.ndarray
+    coact: np.ndarray,
+    topology: Topology,
+    scenario_load: np.ndarray,
+    cap: np.ndarray,
+    retry_failed: bool = False,
 ) -> np.ndarray:
     """Device of each expert, int64 ``[N]``.
 
@@ -34,6 +38,8 @@ def agglomerate(
         topology: devices and slots.
         scenario_load: int ``[K, N]`` expert loads under K scenarios (K may be 0: no cap).
         cap: ``[K]`` largest device load allowed per scenario; the singletons must be packable.
+        retry_failed: try again merges that failed on devices that have not changed since (same
+            result, only slower; for tests).
     """
     n, slots, num_devices = topology.num_experts, topology.slots_per_device, topology.num_devices
     cap = np.asarray(cap, np.float64)
@@ -67,6 +73,7 @@ def agglomerate(
         known_fail &= (failed_third[a_all, b_all] == third) & (
             (third < 0) | (failed[a_all, b_all] > changed[np.maximum(third, 0)])
         )
+        known_fail &= not retry_failed
         for a, b, c in zip(a_all[~known_fail], b_all[~known_fail], third[~known_fail], strict=True):
             touched = np.unique([device[a], device[b]])  # candidates best first
             if touched.shape[0] == 2:  # two devices: repack them, or them and a third
