@@ -45,6 +45,24 @@ def test_swap_deltas_are_exact(real_stats):
         assert delta[a, b] == pytest.approx(expected) or placement[a] == placement[b]
 
 
+def test_swap_deltas_kept_through_swaps_equal_a_fresh_count(real_stats):
+    # The search updates the terms from the sets a swap touches; after many swaps (across and
+    # within nodes) they must equal the terms counted from scratch, bit for bit.
+    stats, topology = real_stats.layer(5), Topology(32, 8, num_nodes=2)
+    search = SwapSearch.build(stats.topk_sets, topology, load_caps(stats, topology, 0.1), node_cost=1.0)
+    placement = np.random.default_rng(1).permutation(32) // 4
+    kept = search.track(placement)
+    for a, b in np.random.default_rng(2).integers(0, 32, size=(60, 2)):
+        placement[a], placement[b] = placement[b], placement[a]
+        kept.swap(int(a), int(b))
+    fresh = search.track(placement)
+    for mine, theirs in ((kept.devices, fresh.devices), (kept.nodes, fresh.nodes)):
+        np.testing.assert_array_equal(mine.group, theirs.group)
+        for term in ("per_set", "leave", "join", "shared"):
+            np.testing.assert_array_equal(getattr(mine, term), getattr(theirs, term))
+    np.testing.assert_array_equal(kept.deltas(), search.swap_deltas(placement))
+
+
 @pytest.mark.parametrize("force_cp_sat", [False, True])
 def test_pair_resplit_finds_the_best_split(real_trace, monkeypatch, force_cp_sat):
     stats, topology = small_real(real_trace, 12), Topology(12, 3)

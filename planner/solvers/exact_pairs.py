@@ -17,6 +17,7 @@ from math import comb
 
 import numpy as np
 from ortools.sat.python import cp_model
+from scipy import sparse
 
 from moeplace.calibrate.stats import TopkSets
 from moeplace.planner.solvers.caps import LoadCaps
@@ -25,13 +26,25 @@ MAX_ENUMERATED_SIZE = 20  # experts in a pair scored exhaustively (2^20 subset s
 
 
 def resplit_pair(
-    topk_sets: TopkSets, caps: LoadCaps, device: np.ndarray, a: int, b: int, time_limit: float
+    topk_sets: TopkSets,
+    caps: LoadCaps,
+    device: np.ndarray,
+    a: int,
+    b: int,
+    time_limit: float,
+    incidence: sparse.csr_matrix | None = None,
 ) -> tuple[np.ndarray | None, float]:
     """A strictly better split of devices a and b, or None; and the CP-SAT time used (0 if enumerated).
 
     ``device``: int ``[N]`` current placement. The result keeps every other expert where it is.
+    ``incidence``: optional ``[N, H]`` CSR, 1 where an expert is in a set; with it only the sets
+    holding the pair's experts are read, not all of them (at 256 experts, ~1% of the sets).
     """
     experts = np.flatnonzero((device == a) | (device == b))
+    if incidence is not None:
+        rows, hits = np.unique(incidence[experts].indices, return_counts=True)
+        rows = rows[hits >= 2]
+        topk_sets = TopkSets(topk_sets.sets[rows], topk_sets.counts[rows])
     members, weights = _pair_sets(topk_sets, experts, device.shape[0])
     on_first = device[experts] == device[experts[0]]  # expert 0's side first
     current = float(_costs(members, weights, on_first[None, :])[0])
@@ -60,7 +73,13 @@ def _pair_sets(topk_sets: TopkSets, experts: np.ndarray, num_experts: int) -> tu
     rows[np.arange(slot.shape[0])[:, None], slot] = True  # slot -1 lands in the spare last column
     rows = rows[:, :-1]
     touching = rows.sum(axis=1) >= 2  # a set with one member here costs one device however we split
-    members, inverse = np.unique(rows[touching], axis=0, return_inverse=True)
+    rows = rows[touching]
+    if rows.shape[1] < 63:  # rows as integers, first column most significant: the same sorted order
+        keys = rows.astype(np.int64) @ np.left_shift(1, np.arange(rows.shape[1] - 1, -1, -1, dtype=np.int64))
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        members = rows[first]
+    else:
+        members, inverse = np.unique(rows, axis=0, return_inverse=True)
     return members, np.bincount(inverse.reshape(-1), weights=topk_sets.counts[touching])
 
 

@@ -2,13 +2,9 @@
 
 The objective is what users pay for: sum over the calibration tokens' distinct top-k sets h of
 ``counts[h] x (devices h touches)``. A swap of experts a (device A) and b (device B) changes only
-the sets containing a or b, so its effect has a closed form, computed for all N^2 swaps at once:
-
-    delta(a, b) = -leave[a] + join[a, B] - leave[b] + join[b, A] + both[a, b]
-
-with ``leave[e]`` the weight of sets that lose a device when e leaves it (e is its set's only
-expert there), ``join[e, X]`` the weight of sets that gain one when e arrives on X (none of the
-set is there yet), and ``both[a, b]`` correcting sets holding a and b, which a swap leaves alone.
+the sets containing a or b, so its effect has a closed form, known for all N^2 swaps at once and
+kept current after each swap by recounting only the sets holding the two experts
+(``swap_deltas``): a step costs the sets it touches, not the whole trace.
 
 The swap descent has two phases: while some device is over its cap in some load scenario (a
 start from an uncapped solver), take the swap that most reduces the total overload; then take the
@@ -42,6 +38,7 @@ from moeplace.planner.solvers.base import Solution, SolverOptions
 from moeplace.planner.solvers.caps import LoadCaps, device_loads, load_caps
 from moeplace.planner.solvers.exact_pairs import resplit_pair
 from moeplace.planner.solvers.greedy import agglomerate
+from moeplace.planner.solvers.swap_deltas import SwapDeltas
 from moeplace.planner.topology import Topology
 
 MAX_STEPS_PER_EXPERT = 50  # a safety bound; searches end at a local optimum long before
@@ -53,9 +50,7 @@ class SwapSearch:
 
     topology: Topology
     caps: LoadCaps
-    weight: np.ndarray  # [H] tokens per set
-    set_of_pin: np.ndarray  # [P] set of each (set, expert) incidence
-    expert_of_pin: np.ndarray  # [P] expert of each incidence
+    topk_sets: TopkSets
     incidence: sparse.csr_matrix  # [N, H] 1 where the expert is in the set
 
     node_cost: float = 0.0  # C: the search minimizes fan-out over devices + C x fan-out over nodes
@@ -70,9 +65,8 @@ class SwapSearch:
         incidence = sparse.csr_matrix(
             (np.ones(set_of_pin.shape[0]), (expert_of_pin, set_of_pin)), shape=shape
         )
-        weight = topk_sets.counts.astype(np.float64)
         node_cost = node_cost if topology.num_nodes > 1 else 0.0
-        return cls(topology, caps, weight, set_of_pin, expert_of_pin, incidence, node_cost)
+        return cls(topology, caps, topk_sets, incidence, node_cost)
 
     def cost(self, topk_sets: TopkSets, device: np.ndarray) -> float:
         """The searched objective of placement ``device`` [N]: fan-out, plus C x node fan-out."""
@@ -81,37 +75,13 @@ class SwapSearch:
             value += self.node_cost * fanout(topk_sets, self.topology.node_of_device[device])
         return value
 
-    def swap_deltas(self, device: np.ndarray) -> np.ndarray:
-        """Exact change of the objective (``cost``) for every swap (a, b), float ``[N, N]``."""
-        delta = self._group_deltas(device, self.topology.num_devices)
-        if self.node_cost:
-            node = self.topology.node_of_device[device]
-            across = node[:, None] != node[None, :]  # a swap inside a node leaves nodes alone
-            delta += self.node_cost * np.where(across, self._group_deltas(node, self.topology.num_nodes), 0.0)
-        return delta
+    def track(self, device: np.ndarray) -> SwapDeltas:
+        """Swap deltas of the objective (``cost``) at ``device`` [N], kept current through swaps."""
+        return SwapDeltas(self.topk_sets, self.incidence, self.topology, device, self.node_cost)
 
-    def _group_deltas(self, group: np.ndarray, num_groups: int) -> np.ndarray:
-        """Change of the fan-out over groups (devices or nodes) ``group`` [N] for every swap (a, b)
-        of experts in different groups, float ``[N, N]``."""
-        per_set = np.bincount(
-            self.set_of_pin * num_groups + group[self.expert_of_pin],
-            minlength=self.weight.shape[0] * num_groups,
-        ).reshape(-1, num_groups)  # [H, G] experts of each set in each group
-        alone = per_set[self.set_of_pin, group[self.expert_of_pin]] == 1  # [P]
-        leave = np.bincount(
-            self.expert_of_pin,
-            weights=self.weight[self.set_of_pin] * alone,
-            minlength=self.topology.num_experts,
-        )
-        absent = self.weight[:, None] * (per_set == 0)  # [H, G]
-        join = np.asarray(self.incidence @ absent)  # [N, G]
-        lonely = sparse.csr_matrix(
-            (self.weight[self.set_of_pin] * alone, (self.expert_of_pin, self.set_of_pin)),
-            shape=self.incidence.shape,
-        )
-        shared = (lonely @ self.incidence.T).toarray()  # [a, b]: sets with both, where a is alone
-        join_other = join[:, group]  # [a, b] -> join[a, group of b]
-        return -leave[:, None] - leave[None, :] + join_other + join_other.T + shared + shared.T
+    def swap_deltas(self, device: np.ndarray) -> np.ndarray:
+        """Exact change of the objective for every swap (a, b) at ``device``, float ``[N, N]``."""
+        return self.track(device).deltas()
 
     def swap_loads(self, device: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Loads of a's and b's devices after swapping a and b: two ``[K, N, N]`` arrays."""
@@ -120,10 +90,13 @@ class SwapSearch:
         change = scenario[:, None, :] - scenario[:, :, None]  # [K, a, b]: load of b minus load of a
         return now[:, device][:, :, None] + change, now[:, device][:, None, :] - change
 
-    def within_caps(self, load_a: np.ndarray, load_b: np.ndarray) -> np.ndarray:
-        """``[N, N]`` True where, after swapping a and b (``swap_loads``), both devices keep every cap."""
-        cap = self.caps.cap[:, None, None]
-        return (load_a <= cap).all(axis=0) & (load_b <= cap).all(axis=0)
+    def swap_fits(self, device: np.ndarray) -> np.ndarray:
+        """``[N, N]`` True where swapping a and b keeps both devices under every cap."""
+        scenario = self.caps.scenario_load  # [K, N], integers: the comparisons are exact
+        now = device_loads(device, scenario, self.topology.num_devices)  # [K, D]
+        room = self.caps.cap[:, None] - now[:, device] + scenario  # [K, N]: room where e was, e gone
+        fits_for = (scenario[:, None, :] <= room[:, :, None]).all(axis=0)  # [a, b]: b fits for a
+        return fits_for & fits_for.T
 
     def overload(self, load: np.ndarray) -> np.ndarray:
         """Load above the cap, relative to the cap, summed over scenarios (any leading shape)."""
@@ -135,12 +108,13 @@ class SwapSearch:
         device = device.copy()
         n = self.topology.num_experts
         upper = np.triu(np.ones((n, n), bool), 1)
+        deltas = self.track(device)
         for step in range(max_steps):
             movable = upper & (device[:, None] != device[None, :])
-            delta = self.swap_deltas(device)
-            load_a, load_b = self.swap_loads(device)
+            delta = deltas.deltas()
             over = self.overload(device_loads(device, self.caps.scenario_load, self.topology.num_devices))
             if over.sum() > 0:  # repair first: the swap that most reduces overload, then fan-out
+                load_a, load_b = self.swap_loads(device)
                 gain = (
                     self.overload(load_a)
                     + self.overload(load_b)
@@ -150,13 +124,14 @@ class SwapSearch:
                 candidates = np.flatnonzero(movable & (gain < -1e-12))
                 order = np.lexsort((delta.flat[candidates], gain.flat[candidates]))
             else:  # improve: the best strictly better swap that keeps every device under its cap
-                fits = self.within_caps(load_a, load_b)
+                fits = self.swap_fits(device)
                 candidates = np.flatnonzero(movable & fits & (delta < -1e-9))
                 order = np.argsort(delta.flat[candidates], kind="stable")
             if not candidates.size:
                 return device, step, over.sum() == 0
             a, b = divmod(int(candidates[order[0]]), n)
             device[a], device[b] = device[b], device[a]
+            deltas.swap(a, b)
         over = self.overload(device_loads(device, self.caps.scenario_load, self.topology.num_devices))
         return device, max_steps, over.sum() == 0
 
@@ -171,16 +146,17 @@ class SwapSearch:
         upper = np.triu(np.ones((n, n), bool), 1)
         tabu_until = np.zeros(n, np.int64)
         change = best_change = 0.0
+        deltas = self.track(device)
         for step in range(steps):
-            delta = self.swap_deltas(device)
-            load_a, load_b = self.swap_loads(device)
-            fits = upper & (device[:, None] != device[None, :]) & self.within_caps(load_a, load_b)
+            delta = deltas.deltas()
+            fits = upper & (device[:, None] != device[None, :]) & self.swap_fits(device)
             free = tabu_until <= step
             allowed = fits & ((free[:, None] & free[None, :]) | (change + delta < best_change - 1e-9))
             if not allowed.any():
                 break
             a, b = divmod(int(np.argmin(np.where(allowed, delta, np.inf))), n)
             device[a], device[b] = device[b], device[a]
+            deltas.swap(a, b)
             change += delta[a, b]
             tabu_until[[a, b]] = step + rng.integers(low, high + 1, size=2)
             if change < best_change - 1e-9:
@@ -240,7 +216,7 @@ def _pair_descent(sets, caps, search, placement, budget, steps) -> np.ndarray:
             key = (tuple(np.flatnonzero(placement == a)), tuple(np.flatnonzero(placement == b)))
             if solved.get((a, b)) == key:
                 continue
-            better, used = resplit_pair(sets, caps, placement, a, b, budget)
+            better, used = resplit_pair(sets, caps, placement, a, b, budget, search.incidence)
             budget = max(budget - used, 0.0)
             if better is None:
                 solved[a, b] = key
