@@ -67,15 +67,13 @@ def agglomerate(
         candidates = np.argsort(-linkage, axis=None, kind="stable")[: int(allowed.sum())]
         a_all, b_all = ids[candidates // ids.shape[0]], ids[candidates % ids.shape[0]]
         third = _third_devices(device[a_all], device[b_all], device_load, cap)
-        known_fail = (failed[a_all, b_all] > changed[device[a_all]]) & (
-            failed[a_all, b_all] > changed[device[b_all]]
-        )
-        known_fail &= (failed_third[a_all, b_all] == third) & (
-            (third < 0) | (failed[a_all, b_all] > changed[np.maximum(third, 0)])
-        )
+        when = failed[a_all, b_all]
+        known_fail = (when > changed[device[a_all]]) & (when > changed[device[b_all]])
+        known_fail &= (failed_third[a_all, b_all] == third) & ((third < 0) | (when > changed[third]))
         known_fail &= not retry_failed
+        # candidates best first; a merge inside one device needs no repacking
         for a, b, c in zip(a_all[~known_fail], b_all[~known_fail], third[~known_fail], strict=True):
-            touched = np.unique([device[a], device[b]])  # candidates best first
+            touched = np.unique([device[a], device[b]])
             if touched.shape[0] == 2:  # two devices: repack them, or them and a third
                 members = _merge_locally(a, b, c, ids, size, load, device, slots, cap)
                 if members is None:
