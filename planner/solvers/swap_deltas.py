@@ -9,9 +9,10 @@ with ``leave[e]`` the weight of sets that lose a group when e leaves it (e is it
 member there), ``join[e, X]`` the weight of sets that gain one when e arrives in X (none of the
 set is there yet), and ``shared[a, b]`` the weight of sets holding a and b in which a is alone,
 correcting the sets a swap leaves alone. Every term is a sum over sets, so a swap changes only the
-terms of the sets holding a or b: ``swap`` subtracts their old terms and adds their new ones, and
-a step costs the sets it touches, not the whole calibration trace. Weights are token counts, so
-the sums are exact integers in float64 and the kept terms equal a fresh count bit for bit.
+terms of the sets holding a or b, and within those only through their members in groups A and B:
+``swap`` adds just those changes, so a step costs the sets it touches, not the whole calibration
+trace. Weights are token counts, so the sums are exact integers in float64 and the kept terms
+equal a fresh count bit for bit (tested).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from scipy import sparse
 
 from moeplace.calibrate.stats import TopkSets
+from moeplace.planner.topology import Topology
 
 
 class GroupFanout:
@@ -104,7 +106,14 @@ class SwapDeltas:
     """Swap deltas of the local search's objective, fan-out over devices + C x fan-out over nodes,
     for placement ``device`` [N], kept current by ``swap``."""
 
-    def __init__(self, topk_sets: TopkSets, incidence: sparse.csr_matrix, topology, device, node_cost: float):
+    def __init__(
+        self,
+        topk_sets: TopkSets,
+        incidence: sparse.csr_matrix,
+        topology: Topology,
+        device: np.ndarray,
+        node_cost: float,
+    ):
         self.devices = GroupFanout(topk_sets, incidence, device, topology.num_devices)
         self.node_cost = node_cost
         self.nodes = (
