@@ -41,6 +41,8 @@ def resplit_pair(
     holding the pair's experts are read, not all of them (at 256 experts, ~1% of the sets).
     """
     experts = np.flatnonzero((device == a) | (device == b))
+    if experts.shape[0] > MAX_ENUMERATED_SIZE and time_limit <= 0:
+        return None, 0.0  # CP-SAT's budget is spent: building its model would cost minutes at scale
     if incidence is not None:
         rows, hits = np.unique(incidence[experts].indices, return_counts=True)
         rows = rows[hits >= 2]
