@@ -63,6 +63,14 @@ def test_swap_deltas_kept_through_swaps_equal_a_fresh_count(real_stats):
     np.testing.assert_array_equal(kept.deltas(), search.swap_deltas(placement))
 
 
+def test_pair_resplit_builds_no_cp_sat_model_once_the_budget_is_spent(real_trace, monkeypatch):
+    stats, topology = small_real(real_trace, 12), Topology(12, 3)
+    caps = load_caps(stats, topology, 0.5)
+    monkeypatch.setattr(exact_pairs, "MAX_ENUMERATED_SIZE", 0)
+    monkeypatch.setattr(exact_pairs, "_cp_sat", lambda *args: pytest.fail("CP-SAT model built"))
+    assert exact_pairs.resplit_pair(stats.topk_sets, caps, np.arange(12) // 4, 0, 1, 0.0) == (None, 0.0)
+
+
 @pytest.mark.parametrize("force_cp_sat", [False, True])
 def test_pair_resplit_finds_the_best_split(real_trace, monkeypatch, force_cp_sat):
     stats, topology = small_real(real_trace, 12), Topology(12, 3)
