@@ -19,7 +19,7 @@ import numpy as np
 from ortools.sat.python import cp_model
 from scipy import sparse
 
-from moeplace.calibrate.stats import TopkSets
+from moeplace.calibrate.stats import TopkSets, unique_rows
 from moeplace.planner.solvers.caps import LoadCaps
 
 MAX_ENUMERATED_SIZE = 20  # experts in a pair scored exhaustively (2^20 subset sums)
@@ -75,14 +75,8 @@ def _pair_sets(topk_sets: TopkSets, experts: np.ndarray, num_experts: int) -> tu
     rows[np.arange(slot.shape[0])[:, None], slot] = True  # slot -1 lands in the spare last column
     rows = rows[:, :-1]
     touching = rows.sum(axis=1) >= 2  # a set with one member here costs one device however we split
-    rows = rows[touching]
-    if rows.shape[1] < 63:  # rows as integers, first column most significant: the same sorted order
-        keys = rows.astype(np.int64) @ np.left_shift(1, np.arange(rows.shape[1] - 1, -1, -1, dtype=np.int64))
-        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        members = rows[first]
-    else:
-        members, inverse = np.unique(rows, axis=0, return_inverse=True)
-    return members, np.bincount(inverse.reshape(-1), weights=topk_sets.counts[touching])
+    members, inverse = unique_rows(rows[touching].astype(np.int16))  # np.unique(axis=0), faster
+    return members.astype(bool), np.bincount(inverse, weights=topk_sets.counts[touching])
 
 
 def _costs(members: np.ndarray, weights: np.ndarray, sides: np.ndarray) -> np.ndarray:
