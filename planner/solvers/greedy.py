@@ -9,8 +9,9 @@ size alone.
 
 A merge changes the packing locally: two groups on one device merge in place; groups on two
 devices are repacked onto those two devices, or failing that onto those two and the least-loaded
-third. Repacking every group for every tentative merge gave no better placements on the real
-traces and cost minutes a layer at 256 experts, where most tentative merges fail. Since a local
+third. Repacking every group for every tentative merge placed at most 0.4 points of held-out
+reduction better on gpt-oss and up to 9 points worse on ESFT, and cost minutes a layer at 256
+experts, where most tentative merges fail. Since a local
 repack reads only the devices it touches, a failed merge is not retried until one of them changes.
 """
 
