@@ -70,7 +70,8 @@ SearchStepsOpt = Annotated[
     typer.Option(
         min=0,
         help="refine/hypergraph/--refine: tabu-search swaps per layer after the descent (0: descent "
-        "only). More finds lower fan-out, at about 2-5 ms a swap for 64 experts.",
+        "only). More finds lower fan-out, at about 0.6 ms a swap for 64 experts and 10 ms for 256 "
+        "(measured on 2 cores).",
     ),
 ]
 RefineOpt = Annotated[
