@@ -66,7 +66,7 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
     for name, start in starts.items():
         placement, _, feasible = search.run(start, MAX_STEPS_PER_EXPERT * topology.num_experts)
         if feasible:
-            descended[name] = (search.cost(stats.topk_sets, placement), placement)
+            descended[name] = (search.cost(placement), placement)
     best = min(descended, key=lambda name: descended[name][0])  # greedy-capped is always feasible
     placement, report = local_search(stats, topology, caps, descended[best][1], options)
     return Solution(

@@ -68,11 +68,11 @@ class SwapSearch:
         node_cost = node_cost if topology.num_nodes > 1 else 0.0
         return cls(topology, caps, topk_sets, incidence, node_cost)
 
-    def cost(self, topk_sets: TopkSets, device: np.ndarray) -> float:
+    def cost(self, device: np.ndarray) -> float:
         """The searched objective of placement ``device`` [N]: fan-out, plus C x node fan-out."""
-        value = fanout(topk_sets, device)
+        value = fanout(self.topk_sets, device)
         if self.node_cost:
-            value += self.node_cost * fanout(topk_sets, self.topology.node_of_device[device])
+            value += self.node_cost * fanout(self.topk_sets, self.topology.node_of_device[device])
         return value
 
     def track(self, device: np.ndarray) -> SwapDeltas:
@@ -179,20 +179,20 @@ def local_search(
     sets = stats.topk_sets
     search = SwapSearch.build(sets, topology, caps, options.node_cost)
     steps = MAX_STEPS_PER_EXPERT * topology.num_experts
-    report = {"fanout_start": search.cost(sets, start)}
+    report = {"fanout_start": search.cost(start)}
     placement, swaps, feasible = search.run(start.astype(np.int64), steps)
     if not feasible:
-        return placement, report | {"cap_met": False, "swaps": swaps, "fanout": search.cost(sets, placement)}
-    descended = search.cost(sets, placement)
+        return placement, report | {"cap_met": False, "swaps": swaps, "fanout": search.cost(placement)}
+    descended = search.cost(placement)
     placement, _ = search.tabu(placement, options.search_steps, np.random.default_rng(options.seed))
-    tabu = search.cost(sets, placement)
+    tabu = search.cost(placement)
     placement = _pair_descent(sets, caps, search, placement, options.time_limit, steps)
     return placement, report | {
         "cap_met": True,
         "swaps": swaps,
         "fanout_descent": descended,
         "fanout_tabu": tabu,
-        "fanout": search.cost(sets, placement),
+        "fanout": search.cost(placement),
     }
 
 
