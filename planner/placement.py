@@ -38,6 +38,7 @@ import yaml
 
 from moeplace.atomic import write_text
 from moeplace.errors import MoeplaceError, file_error
+from moeplace.planner.slots import repeated_copy
 from moeplace.planner.topology import Topology
 
 FORMAT = "moeplace-placement"
@@ -134,9 +135,8 @@ def verify_placement(placement: Placement) -> None:
 
 
 def _verify_slots(layer: LayerPlacement, topology: Topology) -> None:
-    """With replicas: every expert in some slot, expert_to_device = the device of its first slot.
-
-    Two slots of one expert on one device are legal (EPLB's packing can do it), only wasteful."""
+    """With replicas: every expert in some slot, no device with two copies of one expert (engines
+    cannot serve that: ``moeplace.planner.slots``), expert_to_device = the device of its first slot."""
     where, slots = f"layer {layer.layer_id}", layer.physical_to_logical
     n = topology.num_experts
     if slots is None or slots.shape != (topology.num_physical,):
@@ -146,6 +146,13 @@ def _verify_slots(layer: LayerPlacement, topology: Topology) -> None:
     missing = np.setdiff1d(np.arange(n), slots)
     if missing.size:
         raise MoeplaceError(f"{where}: expert {missing[0]} has no slot")
+    repeat = repeated_copy(slots, topology.slots_per_device)
+    if repeat is not None:
+        device, expert, copies = repeat
+        raise MoeplaceError(
+            f"{where}: device {device} holds {copies} copies of expert {expert}; engines keep one copy "
+            "of an expert per device"
+        )
     device = np.arange(slots.shape[0]) // topology.slots_per_device
     first = np.full(n, -1)
     first[slots[::-1]] = device[::-1]

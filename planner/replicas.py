@@ -5,28 +5,30 @@ highest calibration load per replica), so the comparison with ``eplb`` isolates 
 Where: hottest first, each replica goes to the device (with a free extra slot, not yet holding
 that expert) that minimizes the fit trace's fan-out under the dispatch policy (``dispatch``),
 among the devices that keep every device's load within (1 + eps) x mean; if none does, to the one
-with the lowest busiest device. A token then finds a replica on a device it already touches. If
-the only free slots are on devices holding the expert already, the replica goes there (legal for
-the engines, as in EPLB's packing, but it serves nothing) and the report counts it.
+with the lowest busiest device. A token then finds a replica on a device it already touches.
+No device ever holds two copies of one expert (``moeplace.planner.slots``): an expert gets at most
+one copy per device, a replica goes only where the replicas still to come can go too, and when the
+devices left with free slots already hold the next replica's expert, that slot goes to the next
+expert in EPLB's order instead.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import sparse
-from scipy.sparse.csgraph import maximum_bipartite_matching
 
 from moeplace.calibrate.stats import LayerStats
 from moeplace.planner.dispatch import dispatch, replica_table
 from moeplace.planner.objective import distinct_per_row, token_devices
+from moeplace.planner.slots import copies_fit
 from moeplace.planner.solvers.base import SolverOptions
 from moeplace.planner.solvers.eplb import replicate_experts
 from moeplace.planner.topology import Topology
 
 
 def replica_counts(load: np.ndarray, topology: Topology) -> np.ndarray:
-    """int64 ``[N]`` slots of each expert (1 + its replicas) by EPLB's rule."""
-    return replicate_experts(load[None, :].astype(np.float32), topology.num_physical)[2][0]
+    """int64 ``[N]`` slots of each expert (1 + its replicas) by EPLB's rule, one copy per device at most."""
+    load = load[None, :].astype(np.float32)
+    return replicate_experts(load, topology.num_physical, topology.num_devices)[2][0]
 
 
 def add_replicas(
@@ -34,21 +36,20 @@ def add_replicas(
 ) -> tuple[np.ndarray, dict]:
     """``physical_to_logical`` int64 ``[N + R]`` extending ``expert_to_device`` [N] with R replicas."""
     n, d, extra = topology.num_experts, topology.num_devices, topology.redundant_slots
-    phy2log, _, _ = replicate_experts(stats.load[None, :].astype(np.float32), n + extra)
-    hot = phy2log[0, n:]  # the replicated expert of each extra slot, hottest first
+    hot = _placeable_replicas(stats.load, expert_to_device, topology)  # hottest first
     table = np.full((n, 1 + int(np.bincount(hot, minlength=n).max(initial=0))), -1, np.int64)
     table[:, 0] = expert_to_device
     free = np.full(d, extra // d)
-    wasted = 0
     sets, weight = stats.topk_sets.sets, stats.topk_sets.counts.astype(np.float64)
     cap = (1.0 + options.load_tolerance) * weight @ (sets >= 0).sum(axis=1) / d
     for position, expert in enumerate(hot):
         column = int(np.argmax(table[expert] < 0))
+        later = np.bincount(hot[position + 1 :], minlength=n)
         best = None
         for device in np.flatnonzero((free > 0) & ~np.isin(np.arange(d), table[expert])):
             table[expert, column] = device
             free[device] -= 1
-            fits = _room_for(hot[position + 1 :], table, free)
+            fits = copies_fit(later, _holds(table, d), free)
             free[device] += 1
             if not fits:
                 continue
@@ -56,9 +57,7 @@ def add_replicas(
             key = (peak > cap, peak if peak > cap else cost)
             if best is None or key < best[0]:
                 best = (key, device)
-        if best is None:  # every free slot is on a device that holds it already: legal, wasted
-            best = (None, int(np.argmax(free > 0)))
-            wasted += 1
+        assert best is not None, "_placeable_replicas admitted a replica with no device"
         table[expert, column] = best[1]
         free[best[1]] -= 1
     load = np.zeros(d)
@@ -68,19 +67,40 @@ def add_replicas(
         "replica_count": np.bincount(hot, minlength=n)[np.unique(hot)].tolist(),
         "fit_dev_per_token": float(weight @ distinct_per_row(served) / weight.sum()),
         "fit_max_mean_load": float(load.max() / load.mean()),
-        "replicas_beside_their_expert": wasted,
     }
     return _slots(table, topology), report
 
 
-def _room_for(experts: np.ndarray, table: np.ndarray, free: np.ndarray) -> bool:
-    """Can replicas of ``experts`` still each take a free slot on a device without that expert?"""
-    if not experts.size:
-        return True
-    slot_device = np.repeat(np.arange(free.shape[0]), free)
-    allowed = (table[experts][:, :, None] != slot_device[None, None, :]).all(axis=1)  # [replicas, slots]
-    matched = maximum_bipartite_matching(sparse.csr_matrix(allowed.astype(np.int8)), perm_type="column")
-    return bool((matched >= 0).all())
+def _placeable_replicas(load: np.ndarray, expert_to_device: np.ndarray, topology: Topology) -> np.ndarray:
+    """int64 ``[R]``: the expert of each extra slot by EPLB's rule (highest load per copy first,
+    float32 like ``replicate_experts``), skipping a replica that could no longer go to a device
+    without its expert while the others still fit. ``load``, ``expert_to_device``: ``[N]``."""
+    n, d = topology.num_experts, topology.num_devices
+    holds = np.zeros((d, n), bool)
+    holds[expert_to_device, np.arange(n)] = True
+    room = np.full(d, topology.redundant_slots // d)
+    count, extra, order = np.ones(n, np.int64), np.zeros(n, np.int64), []
+    load = load.astype(np.float32)
+    for _ in range(topology.redundant_slots):
+        share = np.where(count < d, load / count.astype(np.float32), -np.inf)
+        for expert in np.argsort(-share, kind="stable")[: np.count_nonzero(count < d)]:
+            extra[expert] += 1
+            if copies_fit(extra, holds, room):
+                break
+            extra[expert] -= 1
+        else:
+            raise AssertionError("no replica fits: fewer free slots than the topology promised")
+        count[expert] += 1
+        order.append(expert)
+    return np.array(order, np.int64)
+
+
+def _holds(table: np.ndarray, num_devices: int) -> np.ndarray:
+    """bool ``[D, N]``: device holds expert, from ``table`` ``[N, C]`` (devices, -1 unused)."""
+    holds = np.zeros((num_devices, table.shape[0]), bool)
+    expert, column = np.nonzero(table >= 0)
+    holds[table[expert, column], expert] = True
+    return holds
 
 
 def _distinct(table: np.ndarray) -> np.ndarray:

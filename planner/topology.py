@@ -38,6 +38,11 @@ class Topology:
                 f"--redundant-slots {self.redundant_slots} must be >= 0 and a multiple of the {d} devices "
                 "(every device holds the same number of slots)"
             )
+        if self.slots_per_device > n:
+            raise MoeplaceError(
+                f"--redundant-slots {self.redundant_slots} gives each device {self.slots_per_device} "
+                f"slots for {n} experts: a device would hold two copies of one expert"
+            )
 
     @property
     def num_physical(self) -> int:

@@ -19,6 +19,7 @@ from moeplace.calibrate.stats import compute_statistics
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import load_placement, save_placement
 from moeplace.planner.plan import plan
+from moeplace.planner.slots import copies_fit, repeated_copy
 from moeplace.planner.solvers import SOLVERS, UNCAPPED, SolverOptions
 from moeplace.planner.solvers.caps import balance_floor, device_loads, load_caps
 from moeplace.planner.topology import Topology
@@ -50,7 +51,8 @@ def cases(draw, replicas: bool = False):
     ids = np.argsort(-gumbel, axis=-1)[..., :top_k]  # k distinct experts per token
     if top_k > 1 and draw(st.booleans()):
         ids[rng.random(ids.shape[:2]) < 0.2, -1] = -1  # padded slots: a token that chose fewer
-    redundant = draw(st.sampled_from([0, devices, 2 * devices])) if replicas else 0
+    fits = [r for r in (0, devices, 2 * devices) if (experts + r) // devices <= experts]  # no repeat
+    redundant = draw(st.sampled_from(fits)) if replicas else 0
     tolerance = draw(st.sampled_from([0.0, 0.05, 0.3, 2.0]))
     return make_trace(ids, lengths, experts), Topology(experts, devices, nodes, redundant), tolerance
 
@@ -95,6 +97,7 @@ def test_replicated_placements_hold_every_expert_and_round_trip(solver, case):
     assert table.shape == (len(placement.layers), topology.num_physical)
     for row in table:
         np.testing.assert_array_equal(np.unique(row), np.arange(topology.num_experts))
+        assert repeated_copy(row, topology.slots_per_device) is None  # no device with two copies
     assert_round_trip(placement)
     assert_metrics_in_bounds(placement, trace, topology)
 
@@ -134,3 +137,29 @@ def assert_round_trip(placement):
     np.testing.assert_array_equal(loaded.physical_to_logical, placement.physical_to_logical)
     np.testing.assert_array_equal(loaded.calibration_load, placement.calibration_load)
     assert loaded.layer_ids == placement.layer_ids and loaded.topology == placement.topology
+
+
+@given(
+    copies=st.lists(st.integers(0, 3), min_size=1, max_size=5),
+    room=st.lists(st.integers(0, 3), min_size=1, max_size=4),
+    held=st.integers(0, 2**20 - 1),
+)
+@PROPERTY
+def test_copies_fit_agrees_with_exhaustive_search(copies, room, held):
+    copies, room = np.array(copies), np.array(room)
+    holds = ((held >> np.arange(room.size * copies.size)) & 1).reshape(room.size, copies.size) == 1
+    assert copies_fit(copies, holds, room) == _fits_exhaustively(list(copies), holds.copy(), list(room))
+
+
+def _fits_exhaustively(copies, holds, room) -> bool:
+    expert = next((e for e, c in enumerate(copies) if c), None)
+    if expert is None:
+        return True
+    for device in range(len(room)):
+        if room[device] and not holds[device, expert]:
+            copies[expert], room[device], holds[device, expert] = copies[expert] - 1, room[device] - 1, True
+            fits = _fits_exhaustively(copies, holds, room)
+            copies[expert], room[device], holds[device, expert] = copies[expert] + 1, room[device] + 1, False
+            if fits:
+                return True
+    return False

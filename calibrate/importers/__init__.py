@@ -10,16 +10,21 @@ from __future__ import annotations
 import dataclasses
 
 from moeplace.calibrate.importers import npz, sglang, vllm
+from moeplace.calibrate.model_config import MoeLayout
 
 
 @dataclasses.dataclass(frozen=True)
 class ImportOptions:
-    """What a source may not say about itself: the model's name, expert count, top-k, layer ids."""
+    """What a source may not say about itself: the model's name, expert count, top-k, layer ids,
+    the model's MoE layout (from its ``config.json``), and for SGLang stat dumps ``counted_by``,
+    how many ranks counted each token (without an all-to-all MoE backend, each TP rank does)."""
 
     model: str | None = None
     num_experts: int | None = None
     top_k: int | None = None
     layer_ids: tuple[int, ...] | None = None
+    counted_by: int = 1
+    layout: MoeLayout | None = None
 
 
 IMPORTERS = {

@@ -1,18 +1,29 @@
 """vLLM routed experts (``--enable-return-routed-experts``), from a JSONL of request outputs.
 
-Each line is one request, one document: a JSON object with ``routed_experts`` ``[tokens,
-moe_layers, top_k]`` at the top level (an offline ``CompletionOutput`` written out) or in
-``choices[i]`` / ``outputs[i]`` (a server response), as nested lists or as a base64 ``.npy``
-string (the server's encoding; decoded with ``allow_pickle=False``). A response-level
-``prompt_routed_experts`` (vLLM versions that split prompt and generated routing) goes first.
-Extra choices of one request become documents of their own. vLLM does not say how many experts
-the model has: pass ``--num-experts``; ``--layer-ids`` gives the model's index of each MoE layer.
+Each line is one request, one document: a JSON object with ``routed_experts`` at the top level (an
+offline ``CompletionOutput`` written out) or in ``choices[i]`` / ``outputs[i]`` (a server
+response). Two layouts, read from vLLM 0.21.0, 0.27.1 and 0.33.0 and checked against their code:
+
+- vLLM 0.27 and later: per choice a base64 ``.npy`` (uint8, or uint16 past 256 experts) of
+  ``[prompt + generated - 1, num_hidden_layers, k]``, indexed by the model's layer, dense layers'
+  rows all zero. The last generated token has no row.
+- vLLM 0.21: a response-level ``prompt_routed_experts`` and per choice ``routed_experts`` (the
+  generated tokens but the last), nested lists indexed by MoE-layer ordinal, sized by a layer
+  count that for DeepSeek models counts the dense layers too (the extra rows are zero).
+
+The MoE layers come from ``--model-config`` (the model's ``config.json``) or ``--layer-ids``; each
+document's layout from its encoding (a base64 string is 0.27+, ``prompt_routed_experts`` 0.21)
+or, for nested lists alone, from which layer rows are empty. Rows that carry no routing where the
+model routes (a dense row in an MoE layer; in 0.21, tokens served from the prefix cache) are
+refused: the trace would not be the traffic. Extra choices of one request become documents of their
+own. Decoded with ``numpy.load(allow_pickle=False)``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import io
 import json
 from collections.abc import Sequence
@@ -24,65 +35,156 @@ from moeplace.calibrate.trace import TraceMeta
 from moeplace.errors import MoeplaceError, file_error
 
 
+@dataclasses.dataclass(frozen=True)
+class _Routed:
+    """One document as recorded: ``ids`` int64 ``[T, recorded layers, k]``; ``layout`` "model"
+    (indexed by model layer), "ordinal" (by MoE ordinal) or None (nested lists: not yet known)."""
+
+    ids: np.ndarray
+    layout: str | None
+    label: str
+    where: tuple[Path, str]
+
+
 def read_routed_experts(paths: Sequence[Path], options) -> tuple[TraceMeta, list[tuple[np.ndarray, str]]]:
-    if options.num_experts is None:
-        raise MoeplaceError("vLLM routed experts do not record the expert count: pass --num-experts")
-    documents, origins, model = [], [], None  # origins[i]: (path, line) of documents[i]
-    for path in paths:
-        if not path.is_file():
-            raise file_error(path, "no such file")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise file_error(path, f"unreadable ({exc})") from None
-        if not text.strip():
-            raise file_error(path, "empty: no requests")
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise file_error(path, f"{where}: not JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise file_error(path, f"{where}: not a JSON object")
-            model = model or record.get("model")
-            label = str(record.get("domain", record.get("label", path.stem)))
-            prompt = _decode(record.get("prompt_routed_experts"), path, where)
-            choices = [
-                c for c in (record.get("choices") or record.get("outputs") or [record]) if isinstance(c, dict)
-            ]
-            routed = [_decode(c.get("routed_experts"), path, where) for c in choices]
-            pieces = [p for p in [prompt, *routed] if p is not None]
-            if not pieces:
-                raise file_error(path, f"{where}: no routed_experts or prompt_routed_experts")
-            first = [x for x in (prompt, routed[0] if routed else None) if x is not None]
-            documents.append((np.concatenate(first), label))
-            documents.extend((r, f"{label}/choice{i}") for i, r in enumerate(routed[1:], 1) if r is not None)
-            origins.extend([(path, where)] * (len(documents) - len(origins)))
-    num_layers, top_k = documents[0][0].shape[1:]
-    for (ids, _), (path, where) in zip(documents, origins, strict=True):
-        if ids.shape[1:] != (num_layers, top_k):
-            raise file_error(
-                path,
-                f"{where}: routed experts of [moe_layers, top_k] {list(ids.shape[1:])}, earlier requests "
-                f"{[num_layers, top_k]}",
-            )
-    layer_ids = options.layer_ids or tuple(range(num_layers))
-    if len(layer_ids) != num_layers:
+    layout = options.layout
+    num_experts = options.num_experts or (layout.num_experts if layout else None)
+    if num_experts is None:
         raise MoeplaceError(
-            f"--layer-ids names {len(layer_ids)} layers, the data has {num_layers} MoE layers"
+            "vLLM routed experts do not record the expert count: pass --num-experts or --model-config"
         )
+    routed, model = [], None
+    for path in paths:
+        for where, record in _records(path):
+            model = model or record.get("model")
+            routed.extend(_documents(record, path, where))
+    width, top_k = routed[0].ids.shape[1:]
+    for doc in routed:
+        if doc.ids.shape[1:] != (width, top_k):
+            raise file_error(
+                doc.where[0],
+                f"{doc.where[1]}: routed experts of [layers, top_k] {list(doc.ids.shape[1:])}, earlier "
+                f"requests {[width, top_k]}",
+            )
+    layer_ids = options.layer_ids or (layout.layer_ids if layout else tuple(range(width)))
+    documents = [
+        (_moe_rows(doc, layer_ids, num_experts), doc.label) for doc in routed
+    ]  # [T, MoE layers, k] each
+    _refuse_unrouted_layers(documents, layer_ids, paths)
     meta = TraceMeta(
         model=options.model or model or "unknown (vLLM routed experts)",
-        num_experts=options.num_experts,
+        num_experts=num_experts,
         top_k=top_k,
         layer_ids=tuple(layer_ids),
         phase="mixed",
         source=f"vLLM routed experts: {', '.join(p.name for p in paths)}",
+        num_hidden_layers=layout.num_hidden_layers if layout else None,
     )
     return meta, documents
+
+
+def _records(path: Path):
+    """``(line label, JSON object)`` of each non-empty line of a JSONL file."""
+    if not path.is_file():
+        raise file_error(path, "no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise file_error(path, f"unreadable ({exc})") from None
+    if not text.strip():
+        raise file_error(path, "empty: no requests")
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise file_error(path, f"line {number}: not JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise file_error(path, f"line {number}: not a JSON object")
+        yield f"line {number}", record
+
+
+def _documents(record: dict, path: Path, where: str) -> list[_Routed]:
+    """The request's prompt and first choice as one document, further choices as their own."""
+    label = str(record.get("domain", record.get("label", path.stem)))
+    prompt = _decode(record.get("prompt_routed_experts"), path, where)
+    choices = [c for c in (record.get("choices") or record.get("outputs") or [record]) if isinstance(c, dict)]
+    values = [c.get("routed_experts") for c in choices]
+    routed = [_decode(value, path, where) for value in values]
+    if prompt is None and all(r is None for r in routed):
+        raise file_error(path, f"{where}: no routed_experts or prompt_routed_experts")
+    if prompt is not None:
+        layout = "ordinal"  # only vLLM 0.21 splits off the prompt's routing
+    elif any(isinstance(value, str) for value in values):
+        layout = "model"  # the base64 .npy of vLLM 0.27 and later
+    else:
+        layout = None
+    first = [x for x in (prompt, routed[0] if routed else None) if x is not None]
+    documents = [_Routed(np.concatenate(first), layout, label, (path, where))]
+    for i, extra in enumerate(routed[1:], 1):
+        if extra is not None:
+            documents.append(_Routed(extra, layout, f"{label}/choice{i}", (path, where)))
+    return documents
+
+
+def _moe_rows(doc: _Routed, layer_ids: tuple[int, ...], num_experts: int) -> np.ndarray:
+    """int64 ``[T, len(layer_ids), k]``: the rows of the MoE layers, by the document's layout."""
+    ids, (path, where) = doc.ids, doc.where
+    width = ids.shape[1]
+    empty = ~(ids != 0).any(axis=(0, 2))  # [width] recorded layer rows holding no routing at all
+    fits = {
+        "model": width > max(layer_ids) and empty[np.setdiff1d(np.arange(width), layer_ids)].all(),
+        "ordinal": width >= len(layer_ids) and empty[len(layer_ids) :].all(),
+    }
+    layouts = [doc.layout] if doc.layout else [name for name, ok in fits.items() if ok]
+    columns = {"model": np.array(layer_ids), "ordinal": np.arange(len(layer_ids))}
+    if (doc.layout and not fits[doc.layout]) or not layouts:
+        raise file_error(
+            path,
+            f"{where}: routed experts over {width} layers do not fit MoE layers {_span(layer_ids)}: neither "
+            "indexed by model layer with dense layers' rows empty (vLLM 0.27+) nor by MoE ordinal (vLLM "
+            "0.21); pass the model's --model-config or --layer-ids",
+        )
+    if len({tuple(columns[name]) for name in layouts}) > 1:
+        raise file_error(
+            path,
+            f"{where}: routed experts over {width} layers fit MoE layers {_span(layer_ids)} both by model "
+            "layer and by MoE ordinal; pass the model's --model-config or --layer-ids",
+        )
+    rows = ids[:, columns[layouts[0]]]
+    if rows.max(initial=0) >= num_experts:
+        raise file_error(path, f"{where}: expert id {int(rows.max())} >= --num-experts {num_experts}")
+    if rows.shape[2] > 1:  # k distinct experts are never all expert 0: an all-zero row is no routing
+        unrouted = ~(rows != 0).any(axis=2)  # [T, MoE layers]
+        if unrouted.any():
+            token, layer = np.argwhere(unrouted)[0]
+            count = int(unrouted.any(axis=1).sum())
+            raise file_error(
+                path,
+                f"{where}: {count} of {rows.shape[0]} tokens have no routing at MoE layer "
+                f"{layer_ids[layer]} (first: token {token}); vLLM 0.21 leaves prefix-cache hits empty: "
+                "record with prefix caching off",
+            )
+    return rows
+
+
+def _refuse_unrouted_layers(documents, layer_ids, paths) -> None:
+    """An MoE layer that no token routed through is a dense layer counted as MoE."""
+    routed = np.zeros(len(layer_ids), bool)
+    for ids, _ in documents:
+        routed |= (ids != 0).any(axis=(0, 2))
+    if not routed.all() and documents[0][0].shape[2] > 1:  # top-1: expert 0 throughout can be real
+        layer = layer_ids[int(np.argmin(routed))]
+        raise MoeplaceError(
+            f"{', '.join(map(str, paths))}: layer {layer} holds no routing in any request: a dense layer? "
+            "pass the model's --model-config or --layer-ids"
+        )
+
+
+def _span(layer_ids) -> str:
+    contiguous = list(layer_ids) == list(range(layer_ids[0], layer_ids[-1] + 1))
+    return f"{layer_ids[0]}-{layer_ids[-1]}" if contiguous else str(list(layer_ids))
 
 
 def _decode(value, path: Path, where: str) -> np.ndarray | None:
@@ -91,7 +193,7 @@ def _decode(value, path: Path, where: str) -> np.ndarray | None:
         return None
     try:
         if isinstance(value, str):
-            array = np.load(io.BytesIO(base64.b64decode(value, validate=True)), allow_pickle=False)
+            array = _load_npy(base64.b64decode(value, validate=True))
         else:
             array = np.asarray(value)
     except (binascii.Error, ValueError, OSError) as exc:
@@ -100,4 +202,17 @@ def _decode(value, path: Path, where: str) -> np.ndarray | None:
         raise file_error(
             path, f"{where}: routed experts must be integer [tokens, layers, top_k], got {array.shape}"
         )
+    if array.size and array.min() < 0:
+        raise file_error(path, f"{where}: negative expert id {int(array.min())}")
     return array.astype(np.int64)
+
+
+def _load_npy(data: bytes) -> np.ndarray:
+    """An ``.npy`` held in ``data``, its claimed size checked against the bytes before allocating."""
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    npy = np.lib.format
+    shape, _, dtype = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(stream)
+    if dtype.hasobject or int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > len(data):
+        raise ValueError(f"header claims {shape} {dtype}, more than its {len(data)} bytes hold")
+    return np.load(io.BytesIO(data), allow_pickle=False)

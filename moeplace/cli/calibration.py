@@ -10,6 +10,7 @@ import typer
 from moeplace.calibrate.corpus import read_corpus
 from moeplace.calibrate.importers import IMPORTERS, ImportOptions
 from moeplace.calibrate.merge import merged_meta, trace_documents
+from moeplace.calibrate.model_config import read_model_config
 from moeplace.calibrate.stats import DEFAULT_RESAMPLES, DEFAULT_SET_TOKENS, Statistics, compute_statistics
 from moeplace.calibrate.stats_io import load_trace_or_statistics, save_statistics
 from moeplace.calibrate.trace import Trace
@@ -104,18 +105,49 @@ def import_(
         int | None, typer.Option(min=1, help="Experts per token (required for sglang-stat).")
     ] = None,
     layer_ids: Annotated[
-        str | None, typer.Option(help="vllm: the model's layer index of each MoE layer, e.g. 1-26.")
+        str | None,
+        typer.Option(help="vllm: the model's layer index of each MoE layer, e.g. 1-26 (or --model-config)."),
     ] = None,
+    model_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="vllm: the model's config.json (or its folder): which layers are MoE, how many "
+            "layers and experts. Needed for models with dense layers (DeepSeek, some Qwen-MoE)."
+        ),
+    ] = None,
+    tp_size: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="sglang-stat: the server's --tp-size. Without an all-to-all MoE backend every TP rank "
+            "counts every token, so the summed counts are divided by it.",
+        ),
+    ] = 1,
+    moe_a2a_backend: Annotated[
+        str,
+        typer.Option(
+            help="sglang-stat: the server's --moe-a2a-backend (none, deepep, mooncake, ...); with one, "
+            "each rank counts only its own tokens."
+        ),
+    ] = "none",
 ):
     """Turn routing recorded by a serving engine into a moeplace trace (or load-only statistics).
 
-    sglang: --expert-distribution-recorder-mode per_token dumps; sglang-stat: stat dumps (expert
-    load only); vllm: JSONL of request outputs with routed_experts; npz: interchange traces.
+    sglang: --expert-distribution-recorder-mode per_token dumps, every rank's (SGLang 0.5.2 to
+    0.5.23); sglang-stat: stat dumps (expert load only); vllm: JSONL of request outputs with
+    routed_experts (vLLM 0.21 and 0.27+); npz: interchange traces.
     """
     if fmt not in IMPORTERS:
         raise MoeplaceError(f"unknown import format {fmt!r}; choose from {', '.join(IMPORTERS)}")
     layers = tuple(parse_ints(layer_ids, "--layer-ids")) if layer_ids else None
-    options = ImportOptions(model=model, num_experts=num_experts, top_k=top_k, layer_ids=layers)
+    options = ImportOptions(
+        layout=read_model_config(model_config) if model_config else None,
+        model=model,
+        num_experts=num_experts,
+        top_k=top_k,
+        layer_ids=layers,
+        counted_by=tp_size if moe_a2a_backend == "none" else 1,
+    )
     result = IMPORTERS[fmt](sources, options)
     if isinstance(result, Statistics):
         _require_npz(out_path, "statistics")

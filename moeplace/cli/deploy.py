@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from moeplace.cli.app import app, named, out, user_errors
-from moeplace.deploy.engines import FORMATS, export
+from moeplace.deploy.engines import FORMATS, export, launch_flags
 from moeplace.deploy.permute import permute_checkpoint, read_permutation
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import load_placement
@@ -25,8 +25,9 @@ def export_command(
         typer.Option(
             "--format",
             help="sglang: --init-expert-location JSON (.pt if --out ends in .pt); vllm-ascend: "
-            "expert_map_path JSON; permutation: per-layer expert order for engines with contiguous "
-            "placement (apply it with `moeplace permute-checkpoint`).",
+            "eplb_config expert_map_path JSON; tensorrt-llm: wide-EP load balancer YAML; permutation: "
+            "per-layer expert order for engines with contiguous placement (apply it with `moeplace "
+            "permute-checkpoint`).",
         ),
     ],
     out_file: Annotated[Path, typer.Option("--out", help="File to write (replaced atomically).")],
@@ -35,14 +36,12 @@ def export_command(
         typer.Option(
             min=1,
             help="sglang: the model's layer count, dense layers included (default: from the placement, "
-            "when its trace recorded it).",
+            "when its trace recorded it; must agree with it when both say).",
         ),
     ] = None,
 ):
-    """Write a placement in a serving engine's own format, checked against that engine's rules.
-
-    SGLang: launch with --init-expert-location FILE and expert parallelism over as many ranks as
-    the placement has devices (see README).
+    """Write a placement in a serving engine's own format, checked against that engine's rules,
+    and print the engine flags that serve it (EP size, redundant experts, dispatch, layer count).
     """
     if fmt not in FORMATS:
         raise MoeplaceError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -53,6 +52,8 @@ def export_command(
         f"wrote {out_file}: {fmt}, {len(placement.layers)} MoE layers, {placement.num_experts} experts "
         f"on {placement.num_devices} devices"
     )
+    for line in launch_flags(placement, fmt, out_file, num_hidden_layers):
+        out.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command("permute-checkpoint")
