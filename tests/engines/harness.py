@@ -405,15 +405,17 @@ def vllm_ascend(version: str) -> Iterator[NS]:
         )
         module("vllm_ascend", root / "vllm_ascend")
         eplb_utils = __import__("vllm_ascend.eplb.core.eplb_utils", fromlist=["*"])
-        namespace = {"__name__": "vllm_ascend.ascend_config", "os": os, "logger": logger}
+        # a registered module: dataclasses look the class's module up in sys.modules
+        namespace = module("vllm_ascend.ascend_config", os=os, logger=logger).__dict__
         if version != "0.23.0":
+            import dataclasses
             import math
             import typing
             from statistics import NormalDist
 
             from pydantic import ConfigDict, TypeAdapter, field_validator, model_validator
 
-            config = __import__("vllm_ascend.config_utils.config", fromlist=["*"]).config
+            config = __import__("vllm_ascend.config_utils", fromlist=["config"]).config
             namespace.update(
                 config=config,
                 model_validator=model_validator,
@@ -425,6 +427,7 @@ def vllm_ascend(version: str) -> Iterator[NS]:
                 ClassVar=typing.ClassVar,
                 Any=typing.Any,
                 math=math,
+                dataclasses=dataclasses,
             )
         config_file = root / "vllm_ascend" / "ascend_config.py"
         eplb_class = definitions(config_file, {"EplbConfig", "StairConfig"}, namespace)["EplbConfig"]
