@@ -201,6 +201,8 @@ def _stitch(group: list[_Record]) -> np.ndarray:
     first = group[0]
     layers, tokens, width = first.topk.shape
     out = np.full((layers, tokens, width), -1, np.int64)
+    if not tokens:  # an idle rank's pass
+        return out
     taken = np.zeros(layers, np.int64)
     for record in group:
         written = (record.topk >= 0).any(axis=2)  # [layers, T]; a rank's rows are a prefix

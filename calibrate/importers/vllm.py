@@ -70,7 +70,6 @@ def read_routed_experts(paths: Sequence[Path], options) -> tuple[TraceMeta, list
     documents = [
         (_moe_rows(doc, layer_ids, num_experts), doc.label) for doc in routed
     ]  # [T, MoE layers, k] each
-    _refuse_unrouted_layers(documents, layer_ids, paths)
     meta = TraceMeta(
         model=options.model or model or "unknown (vLLM routed experts)",
         num_experts=num_experts,
@@ -157,6 +156,13 @@ def _moe_rows(doc: _Routed, layer_ids: tuple[int, ...], num_experts: int) -> np.
         raise file_error(path, f"{where}: expert id {int(rows.max())} >= --num-experts {num_experts}")
     if rows.shape[2] > 1:  # k distinct experts are never all expert 0: an all-zero row is no routing
         unrouted = ~(rows != 0).any(axis=2)  # [T, MoE layers]
+        if rows.shape[0] and unrouted.all(axis=0).any():
+            layer = layer_ids[int(np.argmax(unrouted.all(axis=0)))]
+            raise file_error(
+                path,
+                f"{where}: layer {layer} holds no routing for any token: a dense layer? pass the model's "
+                "--model-config or --layer-ids",
+            )
         if unrouted.any():
             token, layer = np.argwhere(unrouted)[0]
             count = int(unrouted.any(axis=1).sum())
@@ -167,19 +173,6 @@ def _moe_rows(doc: _Routed, layer_ids: tuple[int, ...], num_experts: int) -> np.
                 "record with prefix caching off",
             )
     return rows
-
-
-def _refuse_unrouted_layers(documents, layer_ids, paths) -> None:
-    """An MoE layer that no token routed through is a dense layer counted as MoE."""
-    routed = np.zeros(len(layer_ids), bool)
-    for ids, _ in documents:
-        routed |= (ids != 0).any(axis=(0, 2))
-    if not routed.all() and documents[0][0].shape[2] > 1:  # top-1: expert 0 throughout can be real
-        layer = layer_ids[int(np.argmin(routed))]
-        raise MoeplaceError(
-            f"{', '.join(map(str, paths))}: layer {layer} holds no routing in any request: a dense layer? "
-            "pass the model's --model-config or --layer-ids"
-        )
 
 
 def _span(layer_ids) -> str:

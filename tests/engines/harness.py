@@ -176,9 +176,16 @@ def sglang(
         eplb_min_rebalancing_utilization_threshold=1.0,
         elastic_ep_backend=None,
     )
+    reduced = []  # stat dumps all-reduce their counts over the ranks; ranks dump in turn here
+
+    def all_reduce(tensor, op=None, group=None):
+        reduced.append(tensor.clone())
+        tensor.copy_(torch.stack(reduced).sum(0))  # the last rank to dump holds every rank's sum
+
     patches = [
         (torch.distributed, "get_rank", lambda group=None: rank_now["rank"]),
         (torch.distributed, "get_world_size", lambda group=None: ep_size),
+        (torch.distributed, "all_reduce", all_reduce),
         (torch.cpu, "is_current_stream_capturing", lambda: False),
         (torch.cpu, "empty_cache", lambda: None),
     ]
@@ -270,6 +277,8 @@ def sglang(
 
         location = __import__("sglang.srt.eplb.expert_location", fromlist=["*"])
         distribution = __import__("sglang.srt.eplb.expert_distribution", fromlist=["*"])
+        if old:  # 0.5.2's stat gatherer allocates on device="cuda": the same tensors on the CPU
+            distribution.torch = _CpuTorch()
 
         def metadata(rank: int, init_expert_location: str):
             moe.init_expert_location = init_expert_location
@@ -288,23 +297,37 @@ def sglang(
                 location.set_global_expert_location_metadata(meta, allow_overwrite=True)
             return loader(meta, rank, ep_size, layer, num_experts)
 
-        def recorder(rank: int):
-            trivial = (
-                location.ExpertLocationMetadata.init_trivial(settings(), model_config)
-                if old
-                else location.ExpertLocationMetadata.init_trivial(model_config, moe_ep_rank=rank)
-            )
+        def recorder(rank: int, init_expert_location: str = "trivial"):
+            """SGLang's recorder for ``rank``, serving the placement ``init_expert_location``."""
+            meta = metadata(rank, init_expert_location)
             if old:
-                return distribution.ExpertDistributionRecorder.init_new(settings(), trivial, rank)
-            return distribution.ExpertDistributionRecorder.init_new(trivial, rank)
+                return distribution.ExpertDistributionRecorder.init_new(settings(), meta, rank)
+            return distribution.ExpertDistributionRecorder.init_new(meta, rank)
 
-        yield NS(
-            metadata=metadata,
-            loaded_slots=loaded_slots,
-            recorder=recorder,
-            distribution=distribution,
-            settings=moe,
-        )
+        yield NS(metadata=metadata, loaded_slots=loaded_slots, recorder=recorder, settings=moe)
+
+
+def forward_batch(input_ids: list[int], positions: list[int], extend_seq_lens: list[int] | None, mode):
+    """The fields of SGLang's ForwardBatch its recorder reads at the start of a pass."""
+    return NS(
+        input_ids=torch.tensor(input_ids, dtype=torch.int64),
+        positions=torch.tensor(positions, dtype=torch.int64),
+        extend_seq_lens_cpu=extend_seq_lens,
+        forward_mode=mode,
+        extend_num_tokens=len(input_ids),
+        is_extend_in_batch=mode == ForwardMode.EXTEND,
+    )
+
+
+class _CpuTorch:
+    """torch, with ``zeros`` ignoring the device it is asked for."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def zeros(*args, device=None, **kwargs):
+        return torch.zeros(*args, **kwargs)
 
 
 def _typing_names() -> dict:
@@ -447,3 +470,28 @@ def vllm_ascend(version: str) -> Iterator[NS]:
             return out
 
         yield NS(eplb_config=eplb_config, rank_maps=rank_maps)
+
+
+_VLLM_FILES: dict[tuple[str, str], types.ModuleType] = {}
+
+
+def vllm_file(version: str, relative: str) -> types.ModuleType:
+    """One source file of vLLM ``version``, loaded by path (vLLM's package needs its compiled
+    extensions), once per process: vLLM 0.21's capturer registers a torch custom op on import."""
+    import base64
+    import importlib.util
+
+    key = (version, relative)
+    if key not in _VLLM_FILES:
+        path = source("vllm", version) / relative
+        name = f"vllm_{version.replace('.', '_')}_{path.stem}"
+        with isolated():
+            for package in ("vllm", "vllm.config"):
+                module(package, Path("/nonexistent"))
+            module("vllm.config.model", ModelConfig=object)  # an annotation only
+            module("pybase64", b64encode=base64.b64encode)  # the same bytes as pybase64's
+            spec = importlib.util.spec_from_file_location(name, path)
+            loaded = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded)
+        _VLLM_FILES[key] = loaded
+    return _VLLM_FILES[key]
