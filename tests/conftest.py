@@ -32,6 +32,22 @@ def random_trace(seed=0, tokens=400, docs=8, layers=2, experts=16, top_k=4) -> T
     return make_trace(ids, lengths, experts)
 
 
+def read_sglang_map(path) -> np.ndarray:
+    """int64 ``[layers, P]``: the map in an SGLang ``--init-expert-location`` file (.json or .pt).
+    What SGLang itself makes of it is tested in ``tests/engines`` with SGLang's own code."""
+    import json
+    from pathlib import Path
+
+    if str(path).endswith(".pt"):
+        import torch
+
+        doc = {k: v.numpy() for k, v in torch.load(path, weights_only=True).items()}
+    else:
+        doc = json.loads(Path(path).read_text())
+    assert set(doc) == {"physical_to_logical_map"}  # SGLang passes every key to init_by_mapping
+    return np.asarray(doc["physical_to_logical_map"], dtype=np.int64)
+
+
 @pytest.fixture(scope="session")
 def real_trace() -> Trace:
     """The packaged gpt-oss-20b routing subset (real traffic)."""

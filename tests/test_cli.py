@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import read_sglang_map
 from moeplace.cli import app
 from moeplace.demo import demo_trace_path
 from moeplace.planner.placement import load_placement
@@ -206,11 +207,9 @@ def test_demo_runs_end_to_end(tmp_path):
         "comparison.png",
     }
     assert "passed" in result.output
-    from test_export import sglang_load  # the SGLang export loads as SGLang loads it
-
-    table = sglang_load(tmp_path / "sglang-init-expert-location.json", 32, ep_size=8)
+    table = read_sglang_map(tmp_path / "sglang-init-expert-location.json")
     gated = load_placement(tmp_path / "placements" / "greedy-capped-D8.yaml")
-    np.testing.assert_array_equal(table.numpy(), gated.physical_to_logical)
+    np.testing.assert_array_equal(table, gated.physical_to_logical)
 
 
 def test_console_script_is_installed():

@@ -1,14 +1,11 @@
-"""Engine exports, each loaded the way the engine's own code loads it (reimplemented, cited)."""
-
-import json
-import random
-from pathlib import Path
+"""Engine exports: what the files hold. The engines' own code judges them in ``tests/engines``."""
 
 import numpy as np
 import pytest
-import torch
+import yaml
 from typer.testing import CliRunner
 
+from conftest import read_sglang_map
 from moeplace.cli import app
 from moeplace.deploy.engines import export, permutation_plan
 from moeplace.errors import MoeplaceError
@@ -36,61 +33,18 @@ def make_placement(num_hidden_layers=HIDDEN, seed=0) -> Placement:
     )
 
 
-def sglang_load(path, num_logical, ep_size, num_redundant=0):
-    """SGLang's start-up path for ``--init-expert-location FILE``; returns ``physical_to_logical_map``.
-
-    Reimplemented from sgl-project/sglang python/sglang/srt/eplb/expert_location.py:
-    ``compute_initial_expert_location_metadata`` (.pt via ``torch.load(weights_only=True)``, .json via
-    ``json.loads``; the dict's keys become keyword arguments of ``init_by_mapping``),
-    ``_init_common`` (physical = logical + redundant, divisible by ep_size),
-    ``_compute_logical_to_all_physical_map`` (indexes the logical id), ``_init_raw`` and
-    ``compute_logical_to_rank_dispatch_physical_map`` (static dispatch: a same-GPU slot, else
-    ``_fair_choices`` among all slots, which divides by their count), and ``__post_init__``.
-    """
-    path = str(path)
-    data = torch.load(path, weights_only=True) if path.endswith(".pt") else json.loads(Path(path).read_text())
-    assert "physical_to_logical_map" in data
-
-    def init_by_mapping(physical_to_logical_map):  # any other key would be a TypeError
-        return (
-            torch.tensor(physical_to_logical_map)
-            if not torch.is_tensor(physical_to_logical_map)
-            else (physical_to_logical_map)
-        )
-
-    table = init_by_mapping(**data)
-    num_physical = num_logical + num_redundant
-    assert num_physical % ep_size == 0
-    num_layers, width = table.shape
-    logical_to_all = [[[] for _ in range(num_logical)] for _ in range(num_layers)]
-    for layer in range(num_layers):
-        for physical in range(width):
-            logical_to_all[layer][table[layer, physical].item()].append(physical)
-    local = num_physical // ep_size
-    r = random.Random(42)
-    for layer in range(num_layers):
-        for logical in range(num_logical):
-            candidates = logical_to_all[layer][logical]
-            dispatch = [next((p for p in candidates if p // local == gpu), -1) for gpu in range(ep_size)]
-            remain = dispatch.count(-1)
-            quotient, remainder = divmod(remain, len(candidates))
-            assert len(candidates * quotient + r.sample(candidates, k=remainder)) == remain
-    assert width == num_physical
-    return table
-
-
-def test_sglang_json_and_pt_load_as_sglang_does(tmp_path):
+def test_sglang_json_and_pt_hold_a_row_per_hidden_layer(tmp_path):
     placement = make_placement()
     for name in ("loc.json", "loc.pt"):
         export(placement, "sglang", tmp_path / name)
-        table = sglang_load(tmp_path / name, N, ep_size=D)
+        table = read_sglang_map(tmp_path / name)
         assert table.shape == (HIDDEN, N)
         for position, layer_id in enumerate(LAYER_IDS):
-            row = table[layer_id].numpy()
+            row = table[layer_id]
             # slot p lives on rank p // (P / ep_size): the device the placement chose
             np.testing.assert_array_equal(np.arange(N) // (N // D), placement.expert_to_device[position][row])
         for dense in sorted(set(range(HIDDEN)) - set(LAYER_IDS)):
-            np.testing.assert_array_equal(table[dense].numpy(), np.arange(N))  # SGLang's trivial map
+            np.testing.assert_array_equal(table[dense], np.arange(N))  # SGLang's trivial map
 
 
 def test_sglang_needs_the_model_layer_count(tmp_path):
@@ -99,7 +53,7 @@ def test_sglang_needs_the_model_layer_count(tmp_path):
     with pytest.raises(MoeplaceError, match="MoE layer 4"):
         export(make_placement(num_hidden_layers=None), "sglang", tmp_path / "x.json", num_hidden_layers=4)
     export(make_placement(num_hidden_layers=None), "sglang", tmp_path / "x.json", num_hidden_layers=5)
-    assert sglang_load(tmp_path / "x.json", N, D).shape == (5, N)
+    assert read_sglang_map(tmp_path / "x.json").shape == (5, N)
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -122,9 +76,38 @@ def test_export_cli_writes_and_refuses_bad_format(tmp_path):
         app, ["export", str(tmp_path / "p.yaml"), "--format", "sglang", "--out", str(tmp_path / "s.json")]
     )
     assert result.exit_code == 0, result.output
-    assert sglang_load(tmp_path / "s.json", N, D).shape == (HIDDEN, N)
+    assert read_sglang_map(tmp_path / "s.json").shape == (HIDDEN, N)
     result = runner.invoke(
         app, ["export", str(tmp_path / "p.yaml"), "--format", "trt", "--out", str(tmp_path / "t.json")]
     )
     assert result.exit_code == 2 and "--format must be one of" in result.output
     assert not (tmp_path / "t.json").exists()
+
+
+def test_export_prints_the_engine_flags_and_refuses_a_contradicting_layer_count(tmp_path):
+    """The README's old example exported a 24-layer model's placement with 27 rows, silently."""
+    save_placement(make_placement(), tmp_path / "p.yaml")
+    runner = CliRunner()
+
+    def export_cli(*args):
+        return runner.invoke(app, ["export", str(tmp_path / "p.yaml"), *map(str, args)])
+
+    result = export_cli("--format", "sglang", "--out", tmp_path / "s.json")
+    assert f"{HIDDEN} rows, one per hidden layer (recorded in the placement)" in result.output
+    assert f"--ep-size {D} --ep-num-redundant-experts 0 --init-expert-location {tmp_path / 's.json'}" in (
+        result.output
+    )
+    refused = export_cli(
+        "--format", "sglang", "--num-hidden-layers", HIDDEN + 1, "--out", tmp_path / "x.json"
+    )
+    assert refused.exit_code == 2 and f"the placement records {HIDDEN} layers" in refused.stderr
+    assert not (tmp_path / "x.json").exists()
+    result = export_cli("--format", "vllm-ascend", "--out", tmp_path / "v.json")
+    assert (
+        '"eplb_config": {"expert_map_path": ' in result.output
+        and '"num_redundant_experts": 0' in result.output
+    )
+    result = export_cli("--format", "tensorrt-llm", "--out", tmp_path / "lb.yaml")
+    assert result.exit_code == 0 and "load_balancer: " in result.output
+    doc = yaml.safe_load((tmp_path / "lb.yaml").read_text())
+    assert doc["num_slots"] == N and list(doc["initial_global_assignments"]) == list(LAYER_IDS)

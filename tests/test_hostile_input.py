@@ -252,6 +252,7 @@ def test_traces_of_different_models_are_not_mixed(good, tmp_path, differs):
         (("--devices", -4), "--devices"),
         (("--devices", 4, "--redundant-slots", 2), "multiple of"),
         (("--devices", 4, "--nodes", 3), "nodes"),
+        (("--devices", 2, "--redundant-slots", 18), "two copies of one expert"),  # 17 slots, 16 experts
     ],
 )
 def test_device_counts_that_cannot_work(good, tmp_path, options, problem):
@@ -277,6 +278,27 @@ def test_a_load_tolerance_below_the_balance_floor_is_refused(tmp_path):
 
 
 # --- Placement files that are not what they claim ------------------------------------------------------
+
+
+def test_a_placement_with_two_copies_of_an_expert_on_one_device(tmp_path):
+    """Engines keep one copy of an expert per device (tests/engines shows what they do otherwise)."""
+    trace = random_trace(experts=16, top_k=2, layers=1)
+    save_trace(trace, tmp_path / "t.npz")
+    ok = run("plan", tmp_path / "t.npz", "--devices", 4, "--redundant-slots", 4, "--solver", "eplb",
+             "--out", tmp_path / "p.yaml")  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    doc = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    slots = doc["layers"][0]["physical_to_logical"]  # 20 slots, 5 a device
+    twin = next(e for e in slots if slots.count(e) > 1)
+    first, second = (i for i, e in enumerate(slots) if e == twin)
+    beside = next(q for q in range(first // 5 * 5, first // 5 * 5 + 5) if q != first)
+    slots[beside], slots[second] = slots[second], slots[beside]  # twin's second copy beside its first
+    doc["layers"][0]["expert_to_device"] = [slots.index(e) // 5 for e in range(16)]
+    path = tmp_path / "twice.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    refused(run("validate", path, tmp_path / "t.npz"), path, "copies of expert")
+    refused(run("export", path, "--format", "vllm-ascend", "--out", tmp_path / "o.json"), path, "copies")
+    assert not (tmp_path / "o.json").exists()
 
 
 def _first_layer(key, change):

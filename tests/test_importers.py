@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import random_trace
+from moeplace.calibrate.model_config import moe_layout
 from moeplace.calibrate.stats_io import load_statistics
 from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.cli import app
@@ -197,3 +198,35 @@ class Exploit:
     def _run():
         Exploit.ran = True
         return Exploit
+
+
+@pytest.mark.parametrize(
+    ("config", "layers", "experts", "top_k"),
+    [
+        (  # DeepSeek-V2-Lite: layer 0 dense
+            {"num_hidden_layers": 27, "first_k_dense_replace": 1, "n_routed_experts": 64,
+             "num_experts_per_tok": 6},
+            tuple(range(1, 27)), 64, 6,
+        ),
+        (  # Qwen2-MoE with a dense layer and every other layer sparse
+            {"num_hidden_layers": 6, "decoder_sparse_step": 2, "mlp_only_layers": [3], "num_experts": 16,
+             "num_experts_per_tok": 2},
+            (1, 5), 16, 2,
+        ),
+        ({"num_hidden_layers": 24, "num_local_experts": 32, "num_experts_per_tok": 4},
+         tuple(range(24)), 32, 4),
+        ({"text_config": {"num_hidden_layers": 2, "num_experts": 8, "num_experts_per_tok": 2}}, (0, 1), 8, 2),
+    ],
+)  # fmt: skip
+def test_moe_layout_from_a_model_config(config, layers, experts, top_k):
+    layout = moe_layout(config)
+    assert (layout.layer_ids, layout.num_experts, layout.top_k) == (layers, experts, top_k)
+
+
+def test_a_model_config_without_experts_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 4, "num_experts_per_tok": 2}))
+    (tmp_path / "o.jsonl").write_text('{"routed_experts": [[[1, 2]]]}\n')
+    result = run(
+        "import", "vllm", tmp_path / "o.jsonl", "--model-config", tmp_path, "--out", tmp_path / "t.npz"
+    )
+    assert result.exit_code == 2 and "config.json: config names no routed experts" in result.stderr
