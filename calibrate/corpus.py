@@ -46,7 +46,9 @@ def _read_text(path: Path) -> Iterator[Document]:
             yield Document(block.strip(), path.stem)
 
 
-def _read_jsonl(path: Path) -> Iterator[Document]:
+def json_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` of each non-blank line of a JSONL file; a line that is not a JSON
+    object raises ``MoeplaceError`` naming the file and line."""
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -55,8 +57,15 @@ def _read_jsonl(path: Path) -> Iterator[Document]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise file_error(path, f"line {number}: not JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise file_error(path, f"line {number}: needs a string field 'text'")
-            label = record.get("domain", record.get("label", path.stem))
-            if record["text"].strip():
-                yield Document(record["text"], str(label))
+            if not isinstance(record, dict):
+                raise file_error(path, f"line {number}: not a JSON object")
+            yield number, record
+
+
+def _read_jsonl(path: Path) -> Iterator[Document]:
+    for number, record in json_lines(path):
+        if not isinstance(record.get("text"), str):
+            raise file_error(path, f"line {number}: needs a string field 'text'")
+        label = record.get("domain", record.get("label", path.stem))
+        if record["text"].strip():
+            yield Document(record["text"], str(label))

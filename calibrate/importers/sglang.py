@@ -99,29 +99,10 @@ def read_per_token(paths: Sequence[Path], options) -> tuple[TraceMeta, list[tupl
         raise MoeplaceError("the dumps record no expert selections")
     columns = np.flatnonzero((every[moe_layers] >= 0).any(axis=(0, 1)))
     num_experts = int(to_logical.max()) + 1 if options.num_experts is None else options.num_experts
-    documents, decode = [], False
+    documents = []
     for group, ids in zip(groups, stitched, strict=True):
-        ids = ids[moe_layers][:, :, columns]
-        unrouted = (ids < 0).all(axis=2)  # [MoE layers, T]
-        if unrouted.any():
-            layer, token = np.argwhere(unrouted)[0]
-            raise file_error(
-                group[0].path,
-                f"forward pass {group[0].forward_pass_id}: no rank recorded experts for token {token} of the "
-                f"batch at layer {moe_layers[layer]}; pass every rank's dump",
-            )
-        table = to_logical[moe_layers]  # [MoE layers, P]
-        logical = np.where(ids >= 0, table[np.arange(moe_layers.size)[:, None, None], np.maximum(ids, 0)], -1)
-        logical = logical.transpose(1, 0, 2)  # [T, MoE layers, k]
-        name = f"{group[0].path.stem}/pass{group[0].forward_pass_id}"
-        lengths = group[0].extend_seq_lens
-        if lengths and sum(lengths) == logical.shape[0]:
-            for request, (lo, hi) in enumerate(itertools.pairwise(np.cumsum([0, *lengths]))):
-                if hi > lo:
-                    documents.append((logical[lo:hi], f"{name}/request{request}"))
-        elif logical.shape[0]:
-            decode = True
-            documents.append((logical, f"{name}/decode"))
+        documents += _documents(group[0], ids[moe_layers][:, :, columns], moe_layers, to_logical)
+    decode = any(label.endswith("/decode") for _, label in documents)
     meta = TraceMeta(
         model=options.model or "unknown (SGLang dump)",
         num_experts=num_experts,
@@ -134,6 +115,28 @@ def read_per_token(paths: Sequence[Path], options) -> tuple[TraceMeta, list[tupl
         num_hidden_layers=int(to_logical.shape[0]),
     )
     return meta, documents
+
+
+def _documents(first: _Record, ids: np.ndarray, moe_layers: np.ndarray, to_logical: np.ndarray) -> list:
+    """``(logical ids [t, MoE layers, k], label)`` of one batch: a document per request of a prefill
+    (``extend_seq_lens``), one for a decode pass. ``ids``: physical ``[MoE layers, T, k]``."""
+    unrouted = (ids < 0).all(axis=2)  # [MoE layers, T]
+    if unrouted.any():
+        layer, token = np.argwhere(unrouted)[0]
+        raise file_error(
+            first.path,
+            f"forward pass {first.forward_pass_id}: no rank recorded experts for token {token} of the "
+            f"batch at layer {moe_layers[layer]}; pass every rank's dump",
+        )
+    table = to_logical[moe_layers]  # [MoE layers, P]
+    logical = np.where(ids >= 0, table[np.arange(moe_layers.size)[:, None, None], np.maximum(ids, 0)], -1)
+    logical = logical.transpose(1, 0, 2)  # [T, MoE layers, k]
+    name = f"{first.path.stem}/pass{first.forward_pass_id}"
+    lengths = first.extend_seq_lens
+    if lengths and sum(lengths) == logical.shape[0]:
+        bounds = itertools.pairwise(np.cumsum([0, *lengths]))
+        return [(logical[lo:hi], f"{name}/request{i}") for i, (lo, hi) in enumerate(bounds) if hi > lo]
+    return [(logical, f"{name}/decode")] if logical.shape[0] else []
 
 
 def _read_map(value, path: Path, num_experts: int | None) -> np.ndarray:

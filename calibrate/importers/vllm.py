@@ -25,12 +25,12 @@ import base64
 import binascii
 import dataclasses
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from moeplace.calibrate.corpus import json_lines
 from moeplace.calibrate.trace import TraceMeta
 from moeplace.errors import MoeplaceError, file_error
 
@@ -67,9 +67,7 @@ def read_routed_experts(paths: Sequence[Path], options) -> tuple[TraceMeta, list
                 f"requests {[width, top_k]}",
             )
     layer_ids = options.layer_ids or (layout.layer_ids if layout else tuple(range(width)))
-    documents = [
-        (_moe_rows(doc, layer_ids, num_experts), doc.label) for doc in routed
-    ]  # [T, MoE layers, k] each
+    documents = [(_moe_rows(doc, layer_ids, num_experts), doc.label) for doc in routed]
     meta = TraceMeta(
         model=options.model or model or "unknown (vLLM routed experts)",
         num_experts=num_experts,
@@ -83,25 +81,16 @@ def read_routed_experts(paths: Sequence[Path], options) -> tuple[TraceMeta, list
 
 
 def _records(path: Path):
-    """``(line label, JSON object)`` of each non-empty line of a JSONL file."""
+    """``(line label, JSON object)`` of each non-blank line of a JSONL file."""
     if not path.is_file():
         raise file_error(path, "no such file")
     try:
-        text = path.read_text(encoding="utf-8")
+        records = [(f"line {number}", record) for number, record in json_lines(path)]
     except (OSError, UnicodeDecodeError) as exc:
         raise file_error(path, f"unreadable ({exc})") from None
-    if not text.strip():
+    if not records:
         raise file_error(path, "empty: no requests")
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise file_error(path, f"line {number}: not JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise file_error(path, f"line {number}: not a JSON object")
-        yield f"line {number}", record
+    return records
 
 
 def _documents(record: dict, path: Path, where: str) -> list[_Routed]:

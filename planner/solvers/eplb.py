@@ -72,10 +72,12 @@ def balanced_packing(
 
 
 def _lightest_allowed(pack_weight, allowed, holds, left, repeated, room, expert) -> int:
-    """The lightest allowed pack after which the ``left`` items of every label still fit."""
-    for pack in np.argsort(np.where(allowed, pack_weight, np.inf), kind="stable")[: allowed.sum()]:
-        if not (left[repeated] > 0).any():
-            return int(pack)
+    """The lightest allowed pack after which the ``left`` items of every label still fit (items of
+    labels with one item go anywhere, so only the repeated labels' are checked)."""
+    order = np.argsort(np.where(allowed, pack_weight, np.inf), kind="stable")[: allowed.sum()]
+    if not (left[repeated] > 0).any():
+        return int(order[0])
+    for pack in order:
         holds[pack, expert], room[pack] = True, room[pack] - 1
         fits = copies_fit(np.where(repeated, left, 0), holds, room)
         holds[pack, expert], room[pack] = False, room[pack] + 1
