@@ -11,11 +11,11 @@ Two forms, chosen by file name:
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from moeplace.calibrate.safe_io import loads_json
 from moeplace.errors import MoeplaceError, file_error
 
 
@@ -54,9 +54,9 @@ def json_lines(path: Path) -> Iterator[tuple[int, dict]]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise file_error(path, f"line {number}: not JSON ({exc.msg})") from None
+                record = loads_json(line, f"line {number}")
+            except MoeplaceError as exc:
+                raise file_error(path, str(exc)) from None
             if not isinstance(record, dict):
                 raise file_error(path, f"line {number}: not a JSON object")
             yield number, record

@@ -9,9 +9,9 @@ OLMoE). The rules are the ones those models' modeling code applies.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
+from moeplace.calibrate.safe_io import loads_json
 from moeplace.errors import MoeplaceError, file_error
 
 MAX_CONFIG_BYTES = 1 << 24  # a config.json is kilobytes
@@ -62,13 +62,12 @@ def read_model_config(path: Path) -> MoeLayout:
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise file_error(path, f"{path.stat().st_size} bytes is not a model config")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise file_error(path, f"not a JSON model config ({exc})") from None
-    if not isinstance(config, dict):
-        raise file_error(path, "not a JSON object")
-    try:
+        config = loads_json(path.read_text(encoding="utf-8"), "the model config")
+        if not isinstance(config, dict):
+            raise MoeplaceError("the model config is not a JSON object")
         return moe_layout(config)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise file_error(path, f"unreadable ({exc})") from None
     except MoeplaceError as exc:
         raise file_error(path, str(exc)) from None
 

@@ -24,4 +24,8 @@ def split_documents(trace: Trace, holdout: float, seed: int) -> tuple[Trace, Tra
     order = np.random.default_rng(seed).permutation(num_docs)
     held = np.sort(order[:num_held])
     fit = np.sort(order[num_held:])
-    return trace.select_documents(fit), trace.select_documents(held)
+    sides = trace.select_documents(fit), trace.select_documents(held)
+    for side, name in zip(sides, ("fit", "held-out"), strict=True):
+        if side.num_tokens == 0:
+            raise MoeplaceError(f"the {name} documents of this split hold no tokens; use another --seed")
+    return sides

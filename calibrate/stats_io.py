@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from moeplace.atomic import atomic_path
+from moeplace.calibrate.safe_io import loads_json, open_npz
 from moeplace.calibrate.stats import Statistics, TopkSets
 from moeplace.calibrate.trace import Trace, TraceMeta
 from moeplace.calibrate.trace_io import load_trace
@@ -60,9 +61,13 @@ def load_statistics(path: str | Path) -> Statistics:
     """Load and check a statistics file; ``MoeplaceError`` naming the file for any problem."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            header = json.loads(str(z["stats_meta_json"]))
-            if header.get("format") != FORMAT or header.get("version") != VERSION:
+        with open_npz(path) as z:
+            header = loads_json(str(z["stats_meta_json"]), "stats_meta_json")
+            if (
+                not isinstance(header, dict)
+                or header.get("format") != FORMAT
+                or header.get("version") != VERSION
+            ):
                 raise MoeplaceError(f"not a {FORMAT} version {VERSION} file")
             meta = TraceMeta.from_dict(header)
             load, resamples = z["load"].astype(np.int64), z["load_resamples"].astype(np.int64)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from moeplace.atomic import atomic_dir, atomic_path
+from moeplace.calibrate.safe_io import load_npy, loads_json, open_npz
 from moeplace.calibrate.trace import Trace, TraceMeta, check_ids, check_trace
 from moeplace.errors import MoeplaceError, file_error
 
@@ -161,7 +162,7 @@ def trace_writer(path: str | Path, meta: TraceMeta) -> Iterator[TraceWriter]:
 def _is_trace_dir(path: Path) -> bool:
     try:
         return json.loads((path / "meta.json").read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
 
 
@@ -169,7 +170,7 @@ def _read_dir(path: Path) -> Trace:
     meta_file = path / "meta.json"
     if not meta_file.exists():
         raise MoeplaceError("a directory but not a moeplace trace (no meta.json)")
-    header = json.loads(meta_file.read_text())
+    header = loads_json(meta_file.read_text(), "meta.json")
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise MoeplaceError(f"meta.json is not a {FORMAT} header")
     if header.get("version") != VERSION:
@@ -180,12 +181,8 @@ def _read_dir(path: Path) -> Trace:
         if not file.exists():
             raise MoeplaceError(f"missing {file.name}")
         try:
-            arrays[name] = np.load(file, mmap_mode="r" if name == "topk_ids" else None, allow_pickle=False)
+            arrays[name] = load_npy(file, mmap_mode="r" if name == "topk_ids" else None)
         except ValueError as exc:
-            if "allow_pickle" in str(exc) or "Python objects" in str(exc):
-                raise MoeplaceError(
-                    f"{file.name} is not a plain .npy array (pickled or corrupt); not unpickling it"
-                ) from None
             raise MoeplaceError(f"{file.name} unreadable ({exc})") from None
         except (OSError, EOFError) as exc:
             raise MoeplaceError(f"{file.name} unreadable ({type(exc).__name__}: {exc})") from None
@@ -198,13 +195,13 @@ def _read_dir(path: Path) -> Trace:
 
 
 def _read_npz(path: Path) -> Trace:
-    with np.load(path, allow_pickle=False) as z:
+    with open_npz(path) as z:
         missing = [k for k in ("topk_ids", "doc_offsets", "meta_json") if k not in z.files]
         if missing:
             raise MoeplaceError(f"interchange .npz lacks {', '.join(missing)}")
         topk, offsets = z["topk_ids"], z["doc_offsets"]
         labels = z["doc_labels"] if "doc_labels" in z.files else np.full(max(len(offsets) - 1, 0), "")
-        meta = TraceMeta.from_dict(json.loads(str(z["meta_json"])))
+        meta = TraceMeta.from_dict(loads_json(str(z["meta_json"]), "meta_json"))
     if offsets.dtype.kind not in "iu":
         raise MoeplaceError(f"doc_offsets has dtype {offsets.dtype}; expected integers")
     return Trace(_as_int16(topk), offsets.astype(np.int64, copy=False), labels.astype(str), meta)

@@ -195,7 +195,7 @@ def _set(index, value):
         ({"meta": {"num_experts": "16"}}, "num_experts must be integers"),
         ({"doc_offsets": GOOD.doc_offsets[:-1]}, "doc_offsets must rise from 0 to the token count 400"),
         ({"doc_labels": GOOD.doc_labels[:3]}, "3 document labels for 8 documents"),
-        ({"meta_json": np.array("{not json")}, "unreadable"),
+        ({"meta_json": np.array("{not json")}, "meta_json is not valid JSON"),
     ],
 )
 def test_trace_contents_that_contradict_themselves(tmp_path, change, problem):
@@ -398,7 +398,7 @@ def test_pickle_bearing_files_are_refused_saying_why(good, tmp_path):
         (
             ("plan", tmp_path / "t.trace", "--devices", 4, "--out", tmp_path / "o.yaml"),
             "topk_ids.npy",
-            "unpickling",
+            "refusing to unpickle",
         ),
         (("stats", tmp_path / "stats.npz"), "stats.npz", None),
         (

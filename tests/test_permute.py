@@ -278,7 +278,7 @@ def test_only_an_earlier_output_is_replaced_and_a_failure_keeps_it(qwen2, tmp_pa
         raise OSError("No space left on device")
 
     monkeypatch.setattr(permute, "_rewrite_shard", disk_full)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(MoeplaceError, match=at(dst, "cannot write it .No space left on device")):
         permute_checkpoint(qwen2, dst, {0: np.arange(N)[::-1]})
     assert {path.name: path.read_bytes() for path in dst.iterdir()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["dst", "mine"]  # no temporary left

@@ -91,6 +91,8 @@ def validate(placement: Placement, holdout: Trace, baseline_load: np.ndarray | N
     load recorded in the placement: the same calibration data the placement was fit on.
     """
     check_compatible(placement, holdout.meta)
+    if holdout.num_tokens == 0:
+        raise MoeplaceError("the held-out trace holds no tokens: nothing to score")
     load = placement.calibration_load if baseline_load is None else baseline_load
     topology = placement.topology
     plain = topology.without_replicas
@@ -104,13 +106,14 @@ def validate(placement: Placement, holdout: Trace, baseline_load: np.ndarray | N
 
 
 def gate_failures(summary: dict, max_load_ratio: float | None, min_reduction: float | None) -> list[str]:
-    """Why a validation summary fails the gates (empty when it passes)."""
+    """Why a validation summary fails the gates (empty when it passes). An undefined figure (NaN)
+    fails every gate that reads it."""
     failures = []
-    if max_load_ratio is not None and summary["max_mean_load"] > max_load_ratio:
+    if max_load_ratio is not None and not summary["max_mean_load"] <= max_load_ratio:
         failures.append(
             f"max/mean device load {summary['max_mean_load']:.4f} exceeds --max-load-ratio {max_load_ratio}"
         )
-    if min_reduction is not None and summary["reduction"] < min_reduction:
+    if min_reduction is not None and not summary["reduction"] >= min_reduction:
         failures.append(
             f"dev/token reduction {summary['reduction']:.4f} vs {BASELINE} "
             f"is below --min-reduction {min_reduction}"

@@ -24,13 +24,13 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from moeplace.calibrate.corpus import json_lines
+from moeplace.calibrate.safe_io import load_npy_bytes
 from moeplace.calibrate.trace import TraceMeta
 from moeplace.errors import MoeplaceError, file_error
 
@@ -175,7 +175,7 @@ def _decode(value, path: Path, where: str) -> np.ndarray | None:
         return None
     try:
         if isinstance(value, str):
-            array = _load_npy(base64.b64decode(value, validate=True))
+            array = load_npy_bytes(base64.b64decode(value, validate=True), f"{where}: routed experts")
         else:
             array = np.asarray(value)
     except (binascii.Error, ValueError, OSError) as exc:
@@ -187,14 +187,3 @@ def _decode(value, path: Path, where: str) -> np.ndarray | None:
     if array.size and array.min() < 0:
         raise file_error(path, f"{where}: negative expert id {int(array.min())}")
     return array.astype(np.int64)
-
-
-def _load_npy(data: bytes) -> np.ndarray:
-    """An ``.npy`` held in ``data``, its claimed size checked against the bytes before allocating."""
-    stream = io.BytesIO(data)
-    version = np.lib.format.read_magic(stream)
-    npy = np.lib.format
-    shape, _, dtype = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(stream)
-    if dtype.hasobject or int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > len(data):
-        raise ValueError(f"header claims {shape} {dtype}, more than its {len(data)} bytes hold")
-    return np.load(io.BytesIO(data), allow_pickle=False)

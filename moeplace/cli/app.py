@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 from pathlib import Path
 from typing import Annotated
@@ -46,18 +47,49 @@ def tagged(tag: str, style: str, message: str) -> Text:
 
 CORES = os.cpu_count() or 1
 
+
+def bounded(low: float | None, high: float | None, unit: str):
+    """A Typer callback: the option must be a finite number within [low, high]; the usage error
+    says the unit (so ``--load-tolerance 10``, meant as 10%, is refused saying it is a fraction)."""
+
+    def check(value):
+        if value is None:
+            return value
+        if (
+            not math.isfinite(value)
+            or (low is not None and value < low)
+            or (high is not None and value > high)
+        ):
+            raise typer.BadParameter(f"{unit}; got {value:g}")
+        return value
+
+    return check
+
+
+TOLERANCE_UNIT = "eps is a fraction of the mean device load between 0 and 1 (0.1 = 10%)"
+
 TraceArg = Annotated[
     Path, typer.Argument(help="Routing trace: a moeplace trace directory or an interchange .npz.")
 ]
 SeedOpt = Annotated[int, typer.Option(min=0, help="Seed for the split, resampling and randomized solvers.")]
 ToleranceOpt = Annotated[
     float,
-    typer.Option(min=0.0, help="eps: capped solvers keep every device's load <= (1 + eps) x mean load."),
+    typer.Option(
+        callback=bounded(0.0, 1.0, TOLERANCE_UNIT),
+        help="eps, a fraction (0.1 = 10%): capped solvers keep every device's load <= (1 + eps) x mean load.",
+    ),
+]
+HoldoutShareOpt = Annotated[
+    float,
+    typer.Option(
+        callback=bounded(0.0, 1.0, "the share of documents held out, between 0 and 1 (0.5 = half)"),
+        help="Share of documents held out for scoring (0.5 = half).",
+    ),
 ]
 TimeLimitOpt = Annotated[
     float,
     typer.Option(
-        min=0.01,
+        callback=bounded(0.01, None, "seconds of CP-SAT budget per layer, at least 0.01"),
         help="ortools: CP-SAT budget per layer in deterministic seconds (reproducible; wall time "
         "varies with the machine and is often several times more).",
     ),
@@ -86,7 +118,7 @@ NodesOpt = Annotated[
 NodeCostOpt = Annotated[
     float,
     typer.Option(
-        min=0.0,
+        callback=bounded(0.0, None, "a node's cost in devices, >= 0"),
         help="With --nodes: cost of a token's dispatch to one more node, in devices. The exact local "
         "search (refine, hypergraph, --refine) minimizes dev/token + C x nodes/token.",
     ),
@@ -186,14 +218,14 @@ def parse_ints(text: str, what: str) -> list[int]:
     return values
 
 
-def parse_floats(text: str, what: str) -> list[float]:
-    """``"0,0.05,0.1"`` -> [0.0, 0.05, 0.1]; every value >= 0."""
+def parse_tolerances(text: str) -> list[float]:
+    """``"0,0.05,0.1"`` -> [0.0, 0.05, 0.1]: load tolerances, each in [0, 1]."""
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise MoeplaceError(f"{what} must be comma-separated numbers, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise MoeplaceError(f"{what} needs one or more values >= 0, got {text!r}")
+        raise MoeplaceError(f"--load-tolerance must be comma-separated numbers, got {text!r}") from None
+    if not values or not all(math.isfinite(v) and 0 <= v <= 1 for v in values):
+        raise MoeplaceError(f"--load-tolerance: {TOLERANCE_UNIT}; got {text!r}")
     return values
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from moeplace.atomic import check_distinct
 from moeplace.calibrate.corpus import read_corpus
 from moeplace.calibrate.importers import IMPORTERS, ImportOptions
 from moeplace.calibrate.merge import merged_meta, trace_documents
@@ -65,6 +66,7 @@ def calibrate(
             "calibrate needs torch and transformers: pip install 'moeplace[calibrate]'"
         ) from None
     files = [*corpus, *(more_corpus or [])]
+    check_distinct([*files, model if Path(model).exists() else None], [out_path])
     documents = read_corpus(files)
     network, tokenizer = capture.load_model(model, device, dtype)
     token_ids = capture.tokenize(tokenizer, documents)
@@ -139,6 +141,8 @@ def import_(
     """
     if fmt not in IMPORTERS:
         raise MoeplaceError(f"unknown import format {fmt!r}; choose from {', '.join(IMPORTERS)}")
+    config_file = model_config / "config.json" if model_config and model_config.is_dir() else model_config
+    check_distinct([*sources, config_file], [out_path])
     layers = tuple(parse_ints(layer_ids, "--layer-ids")) if layer_ids else None
     options = ImportOptions(
         layout=read_model_config(model_config) if model_config else None,
@@ -184,6 +188,7 @@ def merge(
     """
     if len(inputs) < 2:
         raise MoeplaceError("merge needs at least two inputs")
+    check_distinct(inputs, [out_path])
     sources = [load_trace_or_statistics(path) for path in inputs]
     traces = [source for source in sources if isinstance(source, Trace)]
     if len(traces) == len(sources):

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from moeplace.atomic import check_distinct
 from moeplace.cli.app import app, named, out, user_errors
 from moeplace.deploy.engines import FORMATS, export, launch_flags
 from moeplace.deploy.permute import permute_checkpoint, read_permutation
@@ -45,6 +46,7 @@ def export_command(
     """
     if fmt not in FORMATS:
         raise MoeplaceError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_distinct([placement_file], [out_file])
     placement = load_placement(placement_file)
     with named(placement_file):
         export(placement, fmt, out_file, num_hidden_layers)
@@ -75,6 +77,7 @@ def permute_checkpoint_command(
     Refuses permutations that would cross DeepSeek's routing groups, and placements with replicas
     (contiguous engines have none).
     """
+    check_distinct([src, placement_file], [dst])
     if placement_file.suffix == ".json":
         mapping = read_permutation(placement_file)
     else:

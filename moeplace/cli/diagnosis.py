@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from moeplace.atomic import check_distinct, check_output_dir
 from moeplace.calibrate.trace_io import load_trace
 from moeplace.cli.app import SeedOpt, TraceArg, app, named, out, parse_ints, progress_bar, user_errors
 from moeplace.validators.locality.diagnose import Settings, diagnose
@@ -38,6 +39,8 @@ def diagnose_command(
 ):
     """Measure routing locality per layer and say which lever fits: static placement, a dynamic
     expert cache, or prefetch. Writes a Markdown + JSON report and plots."""
+    check_distinct([trace], [out_dir])
+    check_output_dir(out_dir)
     data = load_trace(trace)
     settings = Settings(
         groups=groups,

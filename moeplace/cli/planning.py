@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from moeplace.atomic import check_output_file
+from moeplace.atomic import check_distinct, check_output_dir, check_output_file
 from moeplace.calibrate.split import split_documents
 from moeplace.calibrate.stats import (
     DEFAULT_RESAMPLES,
@@ -25,6 +25,7 @@ from moeplace.calibrate.stats_io import load_trace_or_statistics
 from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.cli.app import (
     CORES,
+    HoldoutShareOpt,
     JobsOpt,
     NodeCostOpt,
     NodesOpt,
@@ -38,12 +39,13 @@ from moeplace.cli.app import (
     ToleranceOpt,
     TraceArg,
     app,
+    bounded,
     err,
     named,
     out,
-    parse_floats,
     parse_ints,
     parse_solvers,
+    parse_tolerances,
     progress_bar,
     tagged,
     user_errors,
@@ -78,13 +80,14 @@ def split(
     trace: TraceArg,
     fit_out: Annotated[Path, typer.Option(help="Where to write the fit (calibration) documents.")],
     holdout_out: Annotated[Path, typer.Option(help="Where to write the held-out documents.")],
-    holdout: Annotated[float, typer.Option(help="Share of documents held out.")] = 0.5,
+    holdout: HoldoutShareOpt = 0.5,
     seed: SeedOpt = 0,
 ):
     """Split a trace by whole documents into fit and held-out traces (seeded, reproducible).
 
     An output named *.npz is written in the interchange format, any other name as a trace directory.
     """
+    check_distinct([trace], [fit_out, holdout_out])
     fit, held = split_documents(load_trace(trace), holdout, seed)
     save_trace(fit, fit_out)
     save_trace(held, holdout_out)
@@ -148,6 +151,7 @@ def plan(
 ):
     """Solve a placement for every MoE layer and write the placement YAML."""
     parse_solvers(solver)
+    check_distinct([trace, holdout], [out_path])
     check_output_file(out_path)
     source = load_trace_or_statistics(trace)
     held = load_trace(holdout) if holdout is not None else None
@@ -216,11 +220,21 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     max_load_ratio: Annotated[
         float | None,
-        typer.Option(help="Gate: fail if held-out max/mean device load (mean over layers) exceeds this."),
+        typer.Option(
+            callback=bounded(
+                1.0, None, "a ratio of the busiest device's load to the mean, >= 1 (1.15 = 15% over)"
+            ),
+            help="Gate: fail if held-out max/mean device load (mean over layers) exceeds this ratio (1.15).",
+        ),
     ] = None,
     min_reduction: Annotated[
         float | None,
-        typer.Option(help=f"Gate: fail if the dev/token reduction vs {BASELINE} is below this (0.1 = 10%)."),
+        typer.Option(
+            callback=bounded(
+                -1.0, 1.0, f"a fraction of {BASELINE}'s devices per token between -1 and 1 (0.1 = 10%)"
+            ),
+            help=f"Gate: fail if the dev/token reduction vs {BASELINE} is below this fraction (0.1 = 10%).",
+        ),
     ] = None,
 ):
     """Score a placement on held-out traffic beside the frequency baseline; gate on the result.
@@ -268,7 +282,7 @@ def compare(
     solvers: Annotated[
         str, typer.Option(help=f"Solvers, comma-separated (any of: {', '.join(SOLVERS)}).")
     ] = ",".join(DEFAULT_SOLVERS),
-    holdout: Annotated[float, typer.Option(help="Share of documents held out for scoring.")] = 0.5,
+    holdout: HoldoutShareOpt = 0.5,
     seed: SeedOpt = 0,
     load_tolerance: Annotated[
         str,
@@ -297,8 +311,10 @@ def compare(
     jobs: JobsOpt = CORES,
 ):
     """Every solver at every device count (and load tolerance): fit on one split, score on the other."""
+    check_distinct([trace], [out_dir])
+    check_output_dir(out_dir)
     device_counts, names = parse_ints(devices, "--devices"), parse_solvers(solvers)
-    tolerances = parse_floats(load_tolerance, "--load-tolerance")
+    tolerances = parse_tolerances(load_tolerance)
     fit, held = split_documents(load_trace(trace), holdout, seed)
     options = SolverOptions(
         seed=seed, time_limit=time_limit, search_steps=search_steps, refine=refine, node_cost=node_cost
@@ -343,6 +359,7 @@ def demo(
     """
     from moeplace.demo import run_demo
 
+    check_output_dir(out_dir)
     run_demo(out_dir, load_tolerance, time_limit, search_steps, jobs, out, progress_bar)
 
 

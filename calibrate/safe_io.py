@@ -1,0 +1,106 @@
+"""Reading files moeplace did not write: JSON, ``.npy`` and ``.npz``, trusted for nothing.
+
+Nothing is unpickled (``allow_pickle=False``), and no claim is believed before it is checked: an
+``.npy`` header can claim any shape and numpy allocates what it claims before reading a byte; a
+zip member can inflate a thousandfold; JSON can nest until the parser's stack runs out. Each reader
+compares the claim with the bytes that are really there and raises ``MoeplaceError`` (the caller
+adds the file's name) before anything is allocated, so memory stays proportional to the input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moeplace.errors import MoeplaceError
+
+# A zip member inflating past this many times its compressed size is refused once it is larger
+# than BOMB_FLOOR: routing arrays compress 3-4x, their label arrays up to ~50x.
+MAX_INFLATION = 200
+BOMB_FLOOR = 1 << 26
+
+
+def loads_json(text: str | bytes, what: str) -> Any:
+    """``json.loads`` that reports bad, deeply nested or absurd JSON as one ``MoeplaceError``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MoeplaceError(f"{what} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise MoeplaceError(f"{what} nests too deeply to be what it claims") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise MoeplaceError(f"{what} is not valid JSON ({exc})") from None
+
+
+def _header(stream, available: int, what: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and header length of the ``.npy`` in ``stream``, whose data may hold at most
+    ``available`` bytes; refuses object arrays and shapes the bytes cannot hold."""
+    try:
+        npy = np.lib.format
+        version = npy.read_magic(stream)
+        shape, _, dtype = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(
+            stream
+        )
+    except (ValueError, OSError, EOFError) as exc:
+        raise MoeplaceError(f"{what} is not a readable .npy array ({exc})") from None
+    if dtype.hasobject:
+        raise MoeplaceError(f"{what} holds pickled objects; refusing to unpickle untrusted data")
+    claimed = int(np.prod(np.array(shape, dtype=np.float64))) * dtype.itemsize
+    offset = stream.tell()
+    if claimed > available - offset:
+        raise MoeplaceError(
+            f"{what} claims {shape} of {dtype} ({claimed:,} bytes) but holds {max(available - offset, 0):,}"
+        )
+    return shape, dtype, offset
+
+
+def load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """An ``.npy`` file whose header is checked against the file's size first."""
+    with open(path, "rb") as stream:
+        _header(stream, path.stat().st_size, path.name)
+    return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+
+
+def load_npy_bytes(data: bytes, what: str) -> np.ndarray:
+    """An ``.npy`` held in ``data`` (such as a decoded base64 string), its header checked first."""
+    stream = io.BytesIO(data)
+    _header(stream, len(data), what)
+    stream.seek(0)
+    return np.lib.format.read_array(stream, allow_pickle=False)
+
+
+class Npz:
+    """The arrays of an ``.npz``, read one at a time, each checked before it is inflated."""
+
+    def __init__(self, archive: zipfile.ZipFile):
+        self._zip = archive
+        self.files = [n.removesuffix(".npy") for n in archive.namelist() if n.endswith(".npy")]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        info = self._zip.getinfo(f"{name}.npy")
+        if info.file_size > BOMB_FLOOR and info.file_size > MAX_INFLATION * max(info.compress_size, 1):
+            raise MoeplaceError(
+                f"{name}.npy inflates from {info.compress_size:,} to {info.file_size:,} bytes: not "
+                "routing data (a decompression bomb?)"
+            )
+        with self._zip.open(info) as member:
+            _header(member, info.file_size, f"{name}.npy")
+        with self._zip.open(info) as member:  # zipfile checks the CRC of what it inflates
+            return np.lib.format.read_array(member, allow_pickle=False)
+
+
+@contextlib.contextmanager
+def open_npz(path: Path) -> Iterator[Npz]:
+    """``Npz`` over the archive at ``path`` (``zipfile`` errors pass to the caller)."""
+    with zipfile.ZipFile(path) as archive:
+        yield Npz(archive)
