@@ -13,6 +13,10 @@ import numpy as np
 from moeplace.errors import MoeplaceError
 
 NO_EXPERT = -1  # padding marker in topk_ids: the slot selected no expert
+# Sane limits for what metadata may claim, checked before anything is sized by it: expert ids are
+# int16; the largest models have ~100 layers and a few hundred experts.
+MAX_EXPERTS = 1 << 15
+MAX_LAYERS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +36,27 @@ class TraceMeta:
     license: str = ""
     note: str = ""
     num_hidden_layers: int | None = None
+
+    def __post_init__(self):
+        """Refuse metadata no model has, before anything is sized by it."""
+        if not 1 <= self.num_experts <= MAX_EXPERTS or not 1 <= self.top_k <= self.num_experts:
+            raise MoeplaceError(
+                f"metadata has num_experts={self.num_experts}, top_k={self.top_k}; "
+                f"need 1 <= top_k <= num_experts <= {MAX_EXPERTS}"
+            )
+        if not self.layer_ids:
+            raise MoeplaceError("metadata lists no MoE layer")
+        if not all(0 <= layer < MAX_LAYERS for layer in self.layer_ids):
+            raise MoeplaceError(f"metadata layer_ids must be model layer indices in 0..{MAX_LAYERS - 1}")
+        if self.num_hidden_layers is not None and not 1 <= self.num_hidden_layers <= MAX_LAYERS:
+            raise MoeplaceError(f"metadata num_hidden_layers must be in 1..{MAX_LAYERS}")
+        if len(set(self.layer_ids)) != len(self.layer_ids):
+            raise MoeplaceError(f"metadata layer_ids repeat a layer: {list(self.layer_ids)}")
+        if self.num_hidden_layers is not None and self.num_hidden_layers <= max(self.layer_ids, default=-1):
+            raise MoeplaceError(
+                f"metadata num_hidden_layers={self.num_hidden_layers}, "
+                f"but MoE layer {max(self.layer_ids)} exists"
+            )
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -63,18 +88,6 @@ class TraceMeta:
             )
         except TypeError as exc:
             raise MoeplaceError(f"bad metadata: {exc}") from None
-        if meta.num_experts < 1 or not 1 <= meta.top_k <= meta.num_experts:
-            raise MoeplaceError(
-                f"metadata has num_experts={meta.num_experts}, top_k={meta.top_k}; "
-                "need 1 <= top_k <= num_experts"
-            )
-        if len(set(meta.layer_ids)) != len(meta.layer_ids):
-            raise MoeplaceError(f"metadata layer_ids repeat a layer: {list(meta.layer_ids)}")
-        if meta.num_hidden_layers is not None and meta.num_hidden_layers <= max(meta.layer_ids, default=-1):
-            raise MoeplaceError(
-                f"metadata num_hidden_layers={meta.num_hidden_layers}, "
-                f"but MoE layer {max(meta.layer_ids)} exists"
-            )
         return meta
 
 
@@ -174,9 +187,17 @@ def check_trace(trace: Trace) -> None:
         raise MoeplaceError(
             f"{trace.doc_labels.shape[0]} document labels for {offsets.shape[0] - 1} documents"
         )
+    if topk.shape[0] == 0:
+        raise MoeplaceError("the trace holds no tokens")
+    routed = np.zeros(topk.shape[1], bool)
     for first, end in trace.document_chunks(1 << 16):
-        check_ids(np.asarray(topk[offsets[first] : offsets[end]]), meta.num_experts, int(offsets[first]))
+        chunk = np.asarray(topk[offsets[first] : offsets[end]])
+        check_ids(chunk, meta.num_experts, int(offsets[first]))
+        routed |= (chunk >= 0).any(axis=(0, 2))
         release_pages(topk)
+    if not routed.all():
+        layer = meta.layer_ids[int(np.argmin(routed))]
+        raise MoeplaceError(f"MoE layer {layer} routes no token to an expert (all padding)")
 
 
 def release_pages(ids: np.ndarray) -> None:

@@ -37,6 +37,7 @@ import numpy as np
 import yaml
 
 from moeplace.atomic import write_text
+from moeplace.calibrate.trace import MAX_EXPERTS, MAX_LAYERS
 from moeplace.errors import MoeplaceError, file_error
 from moeplace.planner.slots import repeated_copy
 from moeplace.planner.topology import Topology
@@ -106,14 +107,21 @@ class Placement:
 
 def verify_placement(placement: Placement) -> None:
     """Raise ``MoeplaceError`` unless every expert of every layer sits on one device and slots match."""
+    if not 1 <= placement.num_experts <= MAX_EXPERTS or not 1 <= placement.top_k <= placement.num_experts:
+        raise MoeplaceError(
+            f"num_experts {placement.num_experts}, top_k {placement.top_k}: need 1 <= top_k <= num_experts "
+            f"<= {MAX_EXPERTS}"
+        )
     topology = placement.topology
     if not placement.layers:
         raise MoeplaceError("placement has no layers")
     ids = placement.layer_ids
     if len(set(ids)) != len(ids):
         raise MoeplaceError(f"layer indices repeat: {list(ids)}")
+    if not all(0 <= layer < MAX_LAYERS for layer in ids):
+        raise MoeplaceError(f"layer indices must be the model's, in 0..{MAX_LAYERS - 1}")
     hidden = placement.num_hidden_layers
-    if hidden is not None and hidden <= max(ids):
+    if hidden is not None and not max(ids) < hidden <= MAX_LAYERS:
         raise MoeplaceError(f"num_hidden_layers is {hidden}, but layer {max(ids)} is an MoE layer")
     n, slots = topology.num_experts, topology.slots_per_device
     for layer in placement.layers:
@@ -123,6 +131,8 @@ def verify_placement(placement: Placement) -> None:
             raise MoeplaceError(f"{where}: expert_to_device has {e2d.shape[0]} entries, need {n}")
         if e2d.min() < 0 or e2d.max() >= placement.num_devices:
             raise MoeplaceError(f"{where}: a device outside 0..{placement.num_devices - 1}")
+        if load.shape != (n,) or load.min() < 0:
+            raise MoeplaceError(f"{where}: calibration_load needs {n} non-negative counts")
         if placement.redundant_slots:
             _verify_slots(layer, topology)
             continue
@@ -130,8 +140,6 @@ def verify_placement(placement: Placement) -> None:
         if np.any(counts != slots):
             device = int(np.argmax(counts != slots))
             raise MoeplaceError(f"{where}: device {device} holds {counts[device]} experts, need {slots}")
-        if load.shape != (n,) or load.min() < 0:
-            raise MoeplaceError(f"{where}: calibration_load needs {n} non-negative counts")
 
 
 def _verify_slots(layer: LayerPlacement, topology: Topology) -> None:
@@ -276,9 +284,9 @@ def _from_doc(doc: Any) -> Placement:
 
 def _int_array(values: Any, what: str) -> np.ndarray:
     if not isinstance(values, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in values
+        isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63 for v in values
     ):
-        raise MoeplaceError(f"{what} must be a list of integers")
+        raise MoeplaceError(f"{what} must be a list of integers (64-bit)")
     return np.array(values, dtype=np.int64)
 
 

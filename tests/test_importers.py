@@ -92,7 +92,7 @@ def test_sglang_inconsistent_map_is_refused(tmp_path, sglang_dumps):
     dump["last_physical_to_logical_map"][:] = 0  # every slot claims expert 0
     torch.save(dump, tmp_path / "bad.pt")
     result = run("import", "sglang", tmp_path / "bad.pt", "--out", tmp_path / "t.trace")
-    assert result.exit_code == 2 and "twice" in result.stderr
+    assert result.exit_code == 2 and "bad.pt: tokens select 2 experts each" in result.stderr
     assert not (tmp_path / "t.trace").exists()
 
 

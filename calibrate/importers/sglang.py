@@ -99,6 +99,12 @@ def read_per_token(paths: Sequence[Path], options) -> tuple[TraceMeta, list[tupl
         raise MoeplaceError("the dumps record no expert selections")
     columns = np.flatnonzero((every[moe_layers] >= 0).any(axis=(0, 1)))
     num_experts = int(to_logical.max()) + 1 if options.num_experts is None else options.num_experts
+    if columns.size > num_experts:
+        raise file_error(
+            map_path,
+            f"tokens select {columns.size} experts each, but last_physical_to_logical_map names only "
+            f"{num_experts}: an inconsistent map (or pass --num-experts)",
+        )
     documents = []
     for group, ids in zip(groups, stitched, strict=True):
         documents += _documents(group[0], ids[moe_layers][:, :, columns], moe_layers, to_logical)

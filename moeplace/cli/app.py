@@ -71,7 +71,9 @@ TOLERANCE_UNIT = "eps is a fraction of the mean device load between 0 and 1 (0.1
 TraceArg = Annotated[
     Path, typer.Argument(help="Routing trace: a moeplace trace directory or an interchange .npz.")
 ]
-SeedOpt = Annotated[int, typer.Option(min=0, help="Seed for the split, resampling and randomized solvers.")]
+SeedOpt = Annotated[
+    int, typer.Option(min=0, max=2**32 - 1, help="Seed for the split, resampling and randomized solvers.")
+]
 ToleranceOpt = Annotated[
     float,
     typer.Option(
@@ -201,20 +203,29 @@ def progress_bar(description: str, total: int, unit: str = "layers"):
         yield lambda n=1: progress.advance(task, n)
 
 
+MAX_LIST = 4096  # values a list option may name: more layers or device counts than any model has
+
+
 def parse_ints(text: str, what: str) -> list[int]:
-    """``"2,4,8"`` -> [2, 4, 8]; ``"1-4"`` ranges allowed."""
+    """``"2,4,8"`` -> [2, 4, 8]; ``"1-4"`` ranges allowed; every value >= 0, at most ``MAX_LIST``."""
     values = []
     try:
         for part in (x.strip() for x in text.split(",")):
             if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                values.extend(range(int(lo), int(hi) + 1))
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi - lo >= MAX_LIST:
+                    raise MoeplaceError(f"{what}: the range {part} names more than {MAX_LIST} values")
+                values.extend(range(lo, hi + 1))
             elif part:
                 values.append(int(part))
+            if len(values) > MAX_LIST:
+                raise MoeplaceError(f"{what} names more than {MAX_LIST} values")
     except ValueError:
         raise MoeplaceError(f"{what} must be comma-separated integers or ranges, got {text!r}") from None
     if not values:
         raise MoeplaceError(f"{what} is empty")
+    if min(values) < 0:
+        raise MoeplaceError(f"{what} must be >= 0, got {min(values)}")
     return values
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from moeplace.atomic import check_distinct
+from moeplace.calibrate.trace import MAX_LAYERS
 from moeplace.cli.app import app, named, out, user_errors
 from moeplace.deploy.engines import FORMATS, export, launch_flags
 from moeplace.deploy.permute import permute_checkpoint, read_permutation
@@ -36,6 +37,7 @@ def export_command(
         int | None,
         typer.Option(
             min=1,
+            max=MAX_LAYERS,
             help="sglang: the model's layer count, dense layers included (default: from the placement, "
             "when its trace recorded it; must agree with it when both say).",
         ),
