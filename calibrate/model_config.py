@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from moeplace.calibrate.safe_io import loads_json
+from moeplace.calibrate.safe_io import loads_json, read_text
+from moeplace.calibrate.trace import MAX_EXPERTS, MAX_LAYERS
 from moeplace.errors import MoeplaceError, file_error
 
 MAX_CONFIG_BYTES = 1 << 24  # a config.json is kilobytes
@@ -31,20 +32,32 @@ class MoeLayout:
 def moe_layout(config: dict) -> MoeLayout:
     """The MoE layout a model config describes (``text_config`` of multimodal configs first)."""
     config = config.get("text_config") or config
-    layers = _positive(config, "num_hidden_layers")
-    names = ("n_routed_experts", "num_local_experts", "num_experts")
-    experts = next((config[key] for key in names if config.get(key)), None)
-    if not isinstance(experts, int) or experts < 1:
-        raise MoeplaceError(f"config names no routed experts ({', '.join(names)})")
-    top_k = _positive(
-        config, next((k for k in ("num_experts_per_tok", "experts_per_token") if k in config), "")
+    if not isinstance(config, dict):
+        raise MoeplaceError("text_config is not a JSON object")
+    layers = _count(config, "num_hidden_layers", 1, MAX_LAYERS)
+    name = next(
+        (key for key in ("n_routed_experts", "num_local_experts", "num_experts") if config.get(key)), None
+    )
+    if name is None:
+        raise MoeplaceError(
+            "config names no routed experts (n_routed_experts, num_local_experts or num_experts)"
+        )
+    experts = _count(config, name, 1, MAX_EXPERTS)
+    top_k = _count(
+        config, "num_experts_per_tok" if "num_experts_per_tok" in config else "experts_per_token", 1, experts
     )
     if "first_k_dense_replace" in config or "n_routed_experts" in config:  # DeepSeek-V2/V3, Kimi
-        first, every = int(config.get("first_k_dense_replace") or 0), int(config.get("moe_layer_freq") or 1)
+        first = _count(config, "first_k_dense_replace", 0, layers, default=0)
+        every = _count(config, "moe_layer_freq", 1, layers, default=1)
         moe = [i for i in range(layers) if i >= first and i % every == 0]
     elif "decoder_sparse_step" in config or "mlp_only_layers" in config:  # Qwen2-MoE, Qwen3-MoE
-        step, dense = int(config.get("decoder_sparse_step") or 1), set(config.get("mlp_only_layers") or ())
-        moe = [i for i in range(layers) if i not in dense and (i + 1) % step == 0]
+        step = _count(config, "decoder_sparse_step", 1, layers, default=1)
+        dense = config.get("mlp_only_layers") or []
+        if not isinstance(dense, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in dense
+        ):
+            raise MoeplaceError("config field 'mlp_only_layers' must be a list of layer indices")
+        moe = [i for i in range(layers) if i not in set(dense) and (i + 1) % step == 0]
     else:  # Mixtral, GPT-OSS, OLMoE: every layer
         moe = list(range(layers))
     if not moe:
@@ -57,23 +70,21 @@ def read_model_config(path: Path) -> MoeLayout:
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
-    if not path.is_file():
-        raise file_error(path, "no such file")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise file_error(path, f"{path.stat().st_size} bytes is not a model config")
+    text = read_text(path, MAX_CONFIG_BYTES)
     try:
-        config = loads_json(path.read_text(encoding="utf-8"), "the model config")
+        config = loads_json(text, "the model config")
         if not isinstance(config, dict):
             raise MoeplaceError("the model config is not a JSON object")
         return moe_layout(config)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise file_error(path, f"unreadable ({exc})") from None
     except MoeplaceError as exc:
         raise file_error(path, str(exc)) from None
 
 
-def _positive(config: dict, key: str) -> int:
+def _count(config: dict, key: str, low: int, high: int, default: int | None = None) -> int:
+    """Integer field ``key`` within [low, high] (``default`` when absent or null)."""
     value = config.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise MoeplaceError(f"config field {key!r} missing or not a positive integer")
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise MoeplaceError(f"config field {key!r} must be an integer in {low}..{high}, got {value!r}")
     return value

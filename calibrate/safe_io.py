@@ -12,6 +12,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
+import os
+import stat
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +22,41 @@ from typing import Any
 
 import numpy as np
 
-from moeplace.errors import MoeplaceError
+from moeplace.errors import MoeplaceError, file_error
 
+MAX_TEXT_BYTES = 1 << 30  # a placement, config or permutation file is kilobytes to megabytes
 # A zip member inflating past this many times its compressed size is refused once it is larger
 # than BOMB_FLOOR: routing arrays compress 3-4x, their label arrays up to ~50x.
 MAX_INFLATION = 200
 BOMB_FLOOR = 1 << 26
+
+
+def check_regular_file(path: Path) -> None:
+    """Raise ``MoeplaceError`` naming ``path`` unless it is a regular file (a FIFO or a device
+    would block or never end)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise file_error(path, "no such file") from None
+    except OSError as exc:
+        raise file_error(path, f"unreadable ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a pipe or a device?)"
+        raise file_error(path, f"is {kind}; give a file")
+
+
+def read_text(path: Path, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes``; ``MoeplaceError`` naming it else."""
+    check_regular_file(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise file_error(path, f"{size:,} bytes is larger than any file of this kind ({max_bytes:,})")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise file_error(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise file_error(path, f"unreadable ({exc.strerror or exc})") from None
 
 
 def loads_json(text: str | bytes, what: str) -> Any:
@@ -52,7 +84,7 @@ def _header(stream, available: int, what: str) -> tuple[tuple[int, ...], np.dtyp
         raise MoeplaceError(f"{what} is not a readable .npy array ({exc})") from None
     if dtype.hasobject:
         raise MoeplaceError(f"{what} holds pickled objects; refusing to unpickle untrusted data")
-    claimed = int(np.prod(np.array(shape, dtype=np.float64))) * dtype.itemsize
+    claimed = math.prod(shape) * dtype.itemsize  # Python integers: no overflow
     offset = stream.tell()
     if claimed > available - offset:
         raise MoeplaceError(

@@ -70,39 +70,56 @@ def load_statistics(path: str | Path) -> Statistics:
             ):
                 raise MoeplaceError(f"not a {FORMAT} version {VERSION} file")
             meta = TraceMeta.from_dict(header)
-            load, resamples = z["load"].astype(np.int64), z["load_resamples"].astype(np.int64)
-            coact = z["coact"].astype(np.int64) if "coact" in z.files else None
-            topk_sets = None
-            if "sets" in z.files:
-                bounds, sets, counts = z["set_offsets"], z["sets"].astype(np.int16), z["set_counts"]
-                if bounds.shape != (len(meta.layer_ids) + 1,) or sets.shape[0] != counts.shape[0]:
-                    raise MoeplaceError("top-k set arrays do not match the layers")
-                topk_sets = tuple(
-                    TopkSets(sets[lo:hi], counts[lo:hi].astype(np.int64))
-                    for lo, hi in itertools.pairwise(bounds.tolist())
-                )
+            counts_of = {name: _counts(z, name) for name in ("load", "load_resamples", "coact") if name in z}
+            load, resamples, coact = counts_of["load"], counts_of["load_resamples"], counts_of.get("coact")
+            topk_sets = _topk_sets(z, meta) if "sets" in z.files else None
         n, num_layers = meta.num_experts, len(meta.layer_ids)
         if load.shape != (num_layers, n) or resamples.ndim != 3 or resamples.shape[::2] != (num_layers, n):
             raise MoeplaceError(f"load arrays do not match {num_layers} layers x {n} experts")
         if coact is not None and coact.shape != (num_layers, n, n):
             raise MoeplaceError(f"coact has shape {coact.shape}, expected {(num_layers, n, n)}")
-        if load.min(initial=0) < 0 or (coact is not None and coact.min(initial=0) < 0):
-            raise MoeplaceError("negative counts")
-        return Statistics(
-            meta,
-            load,
-            coact,
-            resamples,
-            int(header["num_tokens"]),
-            int(header["num_documents"]),
-            int(header["resample_seed"]),
-            topk_sets,
-            float(header.get("set_sample_rate", 1.0)),
-        )
+        numbers = {key: header.get(key) for key in ("num_tokens", "num_documents", "resample_seed")}
+        if not all(type(v) is int and 0 <= v < 2**62 for v in numbers.values()):
+            raise MoeplaceError(f"num_tokens, num_documents and resample_seed must be counts, got {numbers}")
+        rate = header.get("set_sample_rate", 1.0)
+        if type(rate) not in (int, float) or not 0 < rate <= 1:
+            raise MoeplaceError(f"set_sample_rate must be in (0, 1], got {rate!r}")
+        return Statistics(meta, load, coact, resamples, *numbers.values(), topk_sets, float(rate))
     except MoeplaceError as exc:
         raise file_error(path, str(exc)) from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise file_error(path, f"unreadable statistics ({exc})") from None
+
+
+def _counts(z, name: str) -> np.ndarray:
+    """Array ``name`` of non-negative integer counts, as int64."""
+    array = z[name]
+    if array.dtype.kind not in "iu":
+        raise MoeplaceError(f"{name} must hold integer counts, has {array.dtype}")
+    if array.size and array.min() < 0:
+        raise MoeplaceError(f"{name} holds negative counts")
+    return array.astype(np.int64)
+
+
+def _topk_sets(z, meta: TraceMeta) -> tuple[TopkSets, ...]:
+    """Each layer's distinct top-k sets: ``sets`` int ``[H, k]`` (experts, -1 padding), ``set_counts``
+    ``[H]`` and ``set_offsets`` ``[L + 1]`` rising from 0 to H."""
+    bounds, sets, counts = z["set_offsets"], z["sets"], _counts(z, "set_counts")
+    if bounds.dtype.kind not in "iu" or sets.dtype.kind not in "iu":
+        raise MoeplaceError("set_offsets and sets must hold integers")
+    if sets.ndim != 2 or sets.shape[1] != meta.top_k or counts.shape != (sets.shape[0],):
+        raise MoeplaceError(f"sets must be [sets, top_k = {meta.top_k}] with a count each")
+    if bounds.shape != (len(meta.layer_ids) + 1,) or bounds[0] != 0 or bounds[-1] != sets.shape[0]:
+        raise MoeplaceError("set_offsets must rise from 0 to the number of sets, one step per layer")
+    if np.any(np.diff(bounds) < 0):
+        raise MoeplaceError("set_offsets must not fall")
+    if sets.size and (sets.min() < -1 or sets.max() >= meta.num_experts or not (sets >= 0).any(axis=1).all()):
+        raise MoeplaceError(f"sets must hold experts in 0..{meta.num_experts - 1}, one at least")
+    running = np.concatenate([[0], np.cumsum(counts)])
+    if np.any(running[bounds[1:]] - running[bounds[:-1]] <= 0):
+        raise MoeplaceError("a layer's top-k sets count no token")
+    sets = sets.astype(np.int16)
+    return tuple(TopkSets(sets[lo:hi], counts[lo:hi]) for lo, hi in itertools.pairwise(bounds.tolist()))
 
 
 def load_trace_or_statistics(path: str | Path) -> Trace | Statistics:

@@ -37,6 +37,7 @@ import numpy as np
 import yaml
 
 from moeplace.atomic import write_text
+from moeplace.calibrate.safe_io import read_text
 from moeplace.calibrate.trace import MAX_EXPERTS, MAX_LAYERS
 from moeplace.errors import MoeplaceError, file_error
 from moeplace.planner.slots import repeated_copy
@@ -207,17 +208,16 @@ def save_placement(placement: Placement, path: str | Path) -> None:
 def load_placement(path: str | Path) -> Placement:
     """Load and verify a placement YAML (``yaml.safe_load``: no object construction)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise file_error(path, "no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise file_error(path, f"unreadable ({exc})") from None
+    text = read_text(path)
     try:
         doc = yaml.safe_load(text)
         return _from_doc(doc)
     except yaml.YAMLError as exc:
         raise file_error(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise file_error(path, "nests too deeply to be a placement file") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise file_error(path, f"not valid YAML ({exc})") from None
     except MoeplaceError as exc:
         raise file_error(path, str(exc)) from None
 
@@ -253,6 +253,8 @@ def _from_doc(doc: Any) -> Placement:
     for i, entry in enumerate(doc["layers"]):
         if not isinstance(entry, dict) or not isinstance(entry.get("layer"), int):
             raise MoeplaceError(f"layers[{i}] needs an integer 'layer'")
+        if not isinstance(entry.get("solver_report") or {}, dict):
+            raise MoeplaceError(f"layers[{i}]: solver_report is not a mapping")
         layers.append(
             LayerPlacement(
                 layer_id=entry["layer"],

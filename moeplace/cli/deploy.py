@@ -90,6 +90,6 @@ def permute_checkpoint_command(
                 "permutation cannot express replicas (export it for SGLang or vllm-ascend instead)"
             )
         mapping = dict(zip(placement.layer_ids, placement.physical_to_logical, strict=True))
-    report = permute_checkpoint(src, dst, mapping)
+    report = permute_checkpoint(src, dst, mapping, origin=placement_file)
     tensors = sum(layer["tensors_permuted"] for layer in report["layers"].values())
     out.print(f"wrote {dst}: experts of {len(mapping)} MoE layers renumbered ({tensors} tensors)")

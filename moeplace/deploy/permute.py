@@ -25,6 +25,8 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from moeplace.atomic import atomic_dir
+from moeplace.calibrate.safe_io import loads_json, read_text
+from moeplace.calibrate.trace import MAX_EXPERTS, MAX_LAYERS
 from moeplace.deploy.engines import PERMUTATION_FORMAT
 from moeplace.errors import MoeplaceError, file_error
 
@@ -46,9 +48,11 @@ def routing_groups(config: Mapping) -> int:
     is ``"greedy"``. Choosing ``topk_group >= n_group`` groups is no limit.
     """
     config = config.get("text_config") or config
-    n_group = int(config.get("n_group") or 1)
+    n_group, topk_group = config.get("n_group") or 1, config.get("topk_group") or config.get("n_group") or 1
+    if type(n_group) is not int or type(topk_group) is not int:
+        raise MoeplaceError(f"n_group and topk_group must be integers, got {n_group!r} and {topk_group!r}")
     greedy = config.get("topk_method") == "greedy" and config.get("model_type") != "deepseek_v3"
-    return 1 if n_group <= 1 or greedy or int(config.get("topk_group") or n_group) >= n_group else n_group
+    return 1 if n_group <= 1 or greedy or topk_group >= n_group else n_group
 
 
 def check_group_safe(config: Mapping, layer_id: int, new_to_old: np.ndarray) -> None:
@@ -79,33 +83,53 @@ def check_group_safe(config: Mapping, layer_id: int, new_to_old: np.ndarray) -> 
 def read_permutation(path: str | Path) -> dict[int, np.ndarray]:
     """``{layer: new_to_old int64 [N]}`` from a permutation plan (``moeplace export --format permutation``
     or the ``moeplace-permutation.json`` of a permuted checkpoint)."""
+    path = Path(path)
     try:
-        doc = json.loads(Path(path).read_text())
-        if doc["format"] == PERMUTATION_FORMAT:
-            return {int(row["layer"]): np.asarray(row["new_to_old"], dtype=np.int64) for row in doc["layers"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    raise file_error(path, f"not a readable {PERMUTATION_FORMAT} JSON file")
+        doc = loads_json(read_text(path), "the file")
+    except MoeplaceError as exc:
+        raise file_error(path, f"not a readable {PERMUTATION_FORMAT} JSON file ({exc})") from None
+    if (
+        not isinstance(doc, dict)
+        or doc.get("format") != PERMUTATION_FORMAT
+        or not isinstance(doc.get("layers"), list)
+    ):
+        raise file_error(path, f"not a readable {PERMUTATION_FORMAT} JSON file")
+    mapping = {}
+    for row in doc["layers"]:
+        layer = row.get("layer") if isinstance(row, dict) else None
+        order = row.get("new_to_old") if isinstance(row, dict) else None
+        if type(layer) is not int or not 0 <= layer < MAX_LAYERS or layer in mapping:
+            raise file_error(
+                path, f"a layer must be a model layer index in 0..{MAX_LAYERS - 1}, once; got {layer!r}"
+            )
+        if not isinstance(order, list) or not all(type(x) is int and 0 <= x < MAX_EXPERTS for x in order):
+            raise file_error(path, f"layer {layer}: new_to_old must be a list of expert indices")
+        mapping[layer] = np.array(order, dtype=np.int64)
+    return mapping
 
 
-def permute_checkpoint(src: str | Path, dst: str | Path, new_to_old: Mapping[int, np.ndarray]) -> dict:
+def permute_checkpoint(
+    src: str | Path, dst: str | Path, new_to_old: Mapping[int, np.ndarray], origin: Path | None = None
+) -> dict:
     """Rewrite the safetensors HF checkpoint directory ``src`` into ``dst`` with experts renumbered.
 
     new_to_old: ``{model layer index l: int array [N]}`` -- at MoE layer l, new expert j = old expert
     ``new_to_old[l][j]``. Layers not in the mapping are copied unchanged, as are all non-weight files.
-    ``dst`` is written atomically and replaces only an earlier output of this function. Returns
+    ``dst`` is written atomically and replaces only an earlier output of this function. Errors in
+    the mapping name ``origin`` (the file it came from), else ``src``. Returns
     ``{"layers": {l: {"num_experts", "tensors_permuted"}}, "shards", "copied", "skipped"}``.
     """
     src = Path(src)
     if not src.is_dir():
         raise file_error(src, "no such checkpoint directory")
     shards, index = _shard_files(src)
-    perms = {int(layer): _as_permutation(src, int(layer), perm) for layer, perm in new_to_old.items()}
+    origin = Path(origin) if origin is not None else src
+    perms = {int(layer): _as_permutation(origin, int(layer), perm) for layer, perm in new_to_old.items()}
     specs = {shard: _specs(src / shard) for shard in shards}  # {shard: {name: (shape, dtype)}}
     shapes = {name: shape for spec in specs.values() for name, (shape, _) in spec.items()}
     if index is not None and (missing := [name for name in index["weight_map"] if name not in shapes]):
         raise file_error(src / INDEX, f"lists {missing[0]} but no shard holds it")
-    plan, layers = _plan(src, shapes, perms)
+    plan, layers = _plan(src, shapes, perms, origin)
     config = _read_config(src / "config.json")
     for layer, perm in perms.items():
         try:
@@ -138,9 +162,9 @@ def _shard_files(src: Path) -> tuple[list[str], dict | None]:
     """Names of the safetensors files to rewrite, and the parsed shard index (None: one file)."""
     if (src / INDEX).is_file():
         try:
-            index = json.loads((src / INDEX).read_text())
+            index = loads_json(read_text(src / INDEX), INDEX)
             shards = sorted(set(index["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (MoeplaceError, ValueError, KeyError, TypeError, AttributeError):
             raise file_error(src / INDEX, "not a safetensors shard index (no weight_map)") from None
         if absent := [shard for shard in shards if not (src / shard).is_file()]:
             raise file_error(src / absent[0], "shard listed in model.safetensors.index.json is missing")
@@ -165,10 +189,15 @@ def _specs(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def _read_config(path: Path) -> dict:
+    if not path.exists():
+        return {}
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        raise file_error(path, "not a readable JSON file") from None
+        config = loads_json(read_text(path), "config.json")
+    except MoeplaceError as exc:
+        raise file_error(path, f"not a readable JSON file ({exc})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("text_config") or {}, dict):
+        raise file_error(path, "not a JSON object of model settings")
+    return config
 
 
 def _as_permutation(src: Path, layer: int, perm) -> np.ndarray:
@@ -178,7 +207,7 @@ def _as_permutation(src: Path, layer: int, perm) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _plan(src: Path, shapes: dict, perms: dict[int, np.ndarray]) -> tuple[dict, dict]:
+def _plan(src: Path, shapes: dict, perms: dict[int, np.ndarray], origin: Path) -> tuple[dict, dict]:
     """``{name: (new name, rows int [N] to take along dim 0, or None)}`` for permuted tensors only,
     and the per-layer report. Raises ``MoeplaceError`` for a layer that is not a matching MoE layer."""
     entries: dict[int, list] = {layer: [] for layer in perms}
@@ -190,10 +219,12 @@ def _plan(src: Path, shapes: dict, perms: dict[int, np.ndarray]) -> tuple[dict, 
         router = [name for name, _, rest in entries[layer] if ROUTER_WEIGHT.match(rest)]
         if len(router) != 1:
             found = f"{len(router)} MoE routers" if router else "no MoE router"
-            raise file_error(src, f"layer {layer}: {found} (layers.{layer}.mlp.gate/router.weight)")
+            where = "" if origin == src else f" in {src}"
+            raise file_error(origin, f"layer {layer}: {found}{where} (layers.{layer}.mlp.gate/router.weight)")
         n, old_to_new, indices, fused, count = shapes[router[0]][0], np.argsort(perm), set(), 0, 0
         if perm.size != n:
-            raise file_error(src, f"layer {layer}: the router has {n} experts, new_to_old has {perm.size}")
+            where = "the router" if origin == src else f"the router in {src}"
+            raise file_error(origin, f"layer {layer}: {where} has {n} experts, new_to_old has {perm.size}")
         for name, prefix, rest in entries[layer]:
             if match := PER_EXPERT.match(rest):
                 indices.add(int(match[1]))
