@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from moeplace.atomic import atomic_path
-from moeplace.calibrate.safe_io import loads_json, open_npz
+from moeplace.calibrate.safe_io import check_regular_file, loads_json, open_npz
 from moeplace.calibrate.stats import Statistics, TopkSets
 from moeplace.calibrate.trace import Trace, TraceMeta
 from moeplace.calibrate.trace_io import load_trace
@@ -125,4 +125,6 @@ def _topk_sets(z, meta: TraceMeta) -> tuple[TopkSets, ...]:
 def load_trace_or_statistics(path: str | Path) -> Trace | Statistics:
     """A statistics file if ``path`` is one, else a trace (directory or interchange ``.npz``)."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        check_regular_file(path)  # a pipe or a device would block the zip reader
     return load_statistics(path) if path.is_file() and is_statistics_file(path) else load_trace(path)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moeplace.atomic import atomic_dir, atomic_path
-from moeplace.calibrate.safe_io import load_npy, loads_json, open_npz
+from moeplace.atomic import atomic_dir, atomic_path, check_output_file
+from moeplace.calibrate.safe_io import check_regular_file, load_npy, loads_json, open_npz
 from moeplace.calibrate.trace import Trace, TraceMeta, check_ids, check_trace
 from moeplace.errors import MoeplaceError, file_error
 
@@ -45,6 +45,7 @@ def load_trace(path: str | Path) -> Trace:
         if path.is_dir():
             trace = _read_dir(path)
         elif path.suffix == ".npz":
+            check_regular_file(path)
             trace = _read_npz(path)
         else:
             raise MoeplaceError("not a trace: expected a moeplace trace directory or an .npz file")
@@ -144,11 +145,21 @@ def trace_writer(path: str | Path, meta: TraceMeta) -> Iterator[TraceWriter]:
     """
     path = Path(path)
     if path.suffix == ".npz":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+        check_output_file(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            scratch = tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent)
+        except OSError as exc:
+            raise file_error(path, f"cannot write it ({exc.strerror or exc})") from None
+        with scratch as tmp:
             with trace_writer(Path(tmp) / "trace", meta) as writer:
                 yield writer
-            save_trace(load_trace(Path(tmp) / "trace"), path)
+            try:  # the trace as written, checked under the name the user gave it
+                trace = _read_dir(Path(tmp) / "trace")
+                check_trace(trace)
+            except MoeplaceError as exc:
+                raise file_error(path, str(exc)) from None
+            save_trace(trace, path)
         return
     with atomic_dir(path, replaceable=_is_trace_dir) as tmp:
         writer = TraceWriter(tmp, meta)

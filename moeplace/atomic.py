@@ -64,6 +64,16 @@ def check_distinct(
                 raise file_error(output, f"lies inside the input {source}; write the output elsewhere")
 
 
+def check_unique(inputs: Iterable[str | os.PathLike]) -> None:
+    """Raise ``MoeplaceError`` if one file is given twice (by path, symlink or hard link): its
+    documents would be counted twice, and a later split could put one on both sides."""
+    inputs = [Path(p) for p in inputs]
+    for index, path in enumerate(inputs):
+        for other in inputs[:index]:
+            if _same(path, other):
+                raise file_error(path, f"is given twice ({other}); each input once")
+
+
 def _same(a: Path, b: Path) -> bool:
     if os.path.realpath(a) == os.path.realpath(b):
         return True

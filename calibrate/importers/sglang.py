@@ -41,7 +41,7 @@ import numpy as np
 
 from moeplace.calibrate.importers.torch_files import load_pt
 from moeplace.calibrate.stats import Statistics
-from moeplace.calibrate.trace import TraceMeta
+from moeplace.calibrate.trace import MAX_EXPERTS, MAX_LAYERS, TraceMeta
 from moeplace.errors import MoeplaceError, file_error
 
 # Identical expert choices shared by two different batches of one pass that mark DP attention
@@ -149,8 +149,13 @@ def _read_map(value, path: Path, num_experts: int | None) -> np.ndarray:
     """int64 ``[num_hidden_layers, P]`` physical -> logical map, checked: every logical expert has a
     slot in every row (SGLang gives dense layers the trivial ``p % N`` row)."""
     to_logical = _as_array(value, path, "last_physical_to_logical_map")
-    if to_logical.ndim != 2 or to_logical.min(initial=0) < 0:
-        raise file_error(path, "last_physical_to_logical_map must be [layers, physical slots] of ids >= 0")
+    if to_logical.ndim != 2 or to_logical.min(initial=0) < 0 or to_logical.max(initial=0) >= MAX_EXPERTS:
+        raise file_error(
+            path,
+            f"last_physical_to_logical_map must be [layers, slots] of ids in 0..{MAX_EXPERTS - 1}",
+        )
+    if not 1 <= to_logical.shape[0] <= MAX_LAYERS:
+        raise file_error(path, f"last_physical_to_logical_map has {to_logical.shape[0]} layers")
     if num_experts is not None and to_logical.max(initial=0) >= num_experts:
         raise file_error(
             path,
@@ -184,12 +189,14 @@ def _read_record(record, index: int, path: Path, map_shape: tuple[int, int]) -> 
         )
     if topk.max(initial=-1) >= map_shape[1] or topk.min(initial=-1) < -1:
         raise file_error(path, f"{where}: physical expert id outside the map's {map_shape[1]} slots")
-    lengths = record.get("extend_seq_lens") or ()
-    try:
-        lengths = tuple(int(x) for x in lengths)
-        forward_pass_id, rank = int(record.get("forward_pass_id", -1)), int(record.get("rank", 0))
-    except (TypeError, ValueError):
-        raise file_error(path, f"{where}: forward_pass_id, rank, extend_seq_lens must be integers") from None
+    lengths = record.get("extend_seq_lens")
+    lengths = _as_array([] if lengths is None else lengths, path, f"{where}: extend_seq_lens").reshape(-1)
+    if np.any(lengths < 0):
+        raise file_error(path, f"{where}: extend_seq_lens holds a negative length")
+    number, rank = record.get("forward_pass_id", -1), record.get("rank", 0)
+    if not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in (number, rank)):
+        raise file_error(path, f"{where}: forward_pass_id and rank must be integers")
+    lengths, forward_pass_id, rank = tuple(int(x) for x in lengths), int(number), int(rank)
     return _Record(path, index, forward_pass_id, rank, input_ids, positions, lengths, topk)
 
 
@@ -262,15 +269,20 @@ def read_stat(paths: Sequence[Path], options) -> Statistics:
             raise file_error(path, "not an SGLang stat dump (needs 'logical_count')")
         count = _as_array(dump["logical_count"], path, "logical_count")
         count = count.sum(axis=0) if count.ndim == 3 else count
-        if count.ndim != 2 or count.min(initial=0) < 0:
+        if count.ndim != 2 or count.min(initial=0) < 0 or not count.shape[0] <= MAX_LAYERS:
             raise file_error(path, "logical_count must be non-negative [steps, layers, experts] counts")
+        if not 1 <= count.shape[1] <= MAX_EXPERTS:
+            raise file_error(path, f"logical_count counts {count.shape[1]} experts")
         if counts is not None and counts.shape != count.shape:
             raise file_error(
                 path, f"logical_count has {count.shape} layers x experts, another file {counts.shape}"
             )
         counts = count if counts is None else counts + count
+    names = ", ".join(p.name for p in paths)
     if options.top_k is None:
         raise MoeplaceError("an SGLang stat dump does not record top-k: pass --top-k")
+    if options.top_k > counts.shape[1]:
+        raise MoeplaceError(f"--top-k {options.top_k} exceeds the {counts.shape[1]} experts {names} count")
     if options.counted_by > 1:  # no all-to-all backend: every rank counted every token it routed
         if np.any(counts % options.counted_by):
             raise MoeplaceError(
@@ -281,7 +293,7 @@ def read_stat(paths: Sequence[Path], options) -> Statistics:
         counts = counts // options.counted_by
     moe_layers = np.flatnonzero(counts.sum(axis=1) > 0)
     if not moe_layers.size:
-        raise MoeplaceError("the stat dumps count no expert selections")
+        raise MoeplaceError(f"{names}: the stat dumps count no expert selections")
     load = counts[moe_layers].astype(np.int64)
     num_experts = options.num_experts or load.shape[1]
     meta = TraceMeta(
@@ -299,9 +311,15 @@ def read_stat(paths: Sequence[Path], options) -> Statistics:
 
 
 def _as_array(value, path: Path, what: str) -> np.ndarray:
+    """int64 copy of a tensor, array or nested list, refusing tensors that claim more elements than
+    they store (a broadcast view of a tiny storage would otherwise be copied at its full size)."""
+    if hasattr(value, "untyped_storage"):
+        stored = value.untyped_storage().nbytes() // max(value.element_size(), 1)
+        if value.numel() > stored:
+            raise file_error(path, f"{what} claims {tuple(value.shape)} but stores {stored} values")
     try:
         array = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RuntimeError):
         raise file_error(path, f"{what} is not an array") from None
     if array.size and array.dtype.kind not in "iu":
         raise file_error(path, f"{what} must hold integers, has {array.dtype}")

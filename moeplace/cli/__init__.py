@@ -5,7 +5,7 @@ import sys
 import typer
 
 from moeplace.cli import calibration, deploy, diagnosis, planning  # noqa: F401  (registers the commands)
-from moeplace.cli.app import app, err, tagged
+from moeplace.cli.app import app, err, printable, tagged
 
 __all__ = ["app", "main"]
 
@@ -22,6 +22,6 @@ def main(argv: list[str] | None = None) -> None:
     except typer.TyperException as exc:  # Typer's (vendored) Click usage errors
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         command = getattr(getattr(exc, "ctx", None), "command_path", None) or "moeplace"
-        err.print(tagged("error:", "red", f"{message} (see '{command} --help')"))
+        err.print(tagged("error:", "red", printable(f"{message} (see '{command} --help')")))
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -103,6 +104,7 @@ SearchStepsOpt = Annotated[
     int,
     typer.Option(
         min=0,
+        max=10**7,
         help="refine/hypergraph/--refine: tabu-search swaps per layer after the descent (0: descent "
         "only). More finds lower fan-out, at about 0.6 ms a swap for 64 experts and 10 ms for 256 "
         "(measured on 2 cores).",
@@ -147,6 +149,7 @@ SetTokensOpt = Annotated[
     int,
     typer.Option(
         min=1,
+        max=2**40,
         help="Keep every token's top-k set (the exact fan-out objective of refine, hypergraph and "
         "exact) up to this many tokens; past it, a seeded hash sample of the sets of about this size. "
         "Load and co-activation always count every token.",
@@ -162,10 +165,19 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except MoeplaceError as exc:
-            err.print(tagged("error:", "red", str(exc)))
+            err.print(tagged("error:", "red", printable(str(exc))))
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (a newline or an escape sequence in a file name) escaped,
+    so a message stays one line and never drives the terminal."""
+    return CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @contextlib.contextmanager
@@ -198,7 +210,8 @@ def progress_bar(description: str, total: int, unit: str = "layers"):
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, transient=True) as progress:
+    # on a terminal only: piped or logged stderr keeps just the lines that matter (errors)
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n=1: progress.advance(task, n)
 

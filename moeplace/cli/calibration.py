@@ -7,14 +7,14 @@ from typing import Annotated
 
 import typer
 
-from moeplace.atomic import check_distinct
+from moeplace.atomic import check_distinct, check_unique
 from moeplace.calibrate.corpus import read_corpus
 from moeplace.calibrate.importers import IMPORTERS, ImportOptions
 from moeplace.calibrate.merge import merged_meta, trace_documents
 from moeplace.calibrate.model_config import read_model_config
 from moeplace.calibrate.stats import DEFAULT_RESAMPLES, DEFAULT_SET_TOKENS, Statistics, compute_statistics
 from moeplace.calibrate.stats_io import load_trace_or_statistics, save_statistics
-from moeplace.calibrate.trace import Trace
+from moeplace.calibrate.trace import MAX_EXPERTS, MAX_LAYERS, Trace
 from moeplace.calibrate.trace_io import trace_writer
 from moeplace.cli.app import (
     ResamplesOpt,
@@ -101,10 +101,11 @@ def import_(
     ],
     model: Annotated[str | None, typer.Option(help="Model name to record (dumps may not say).")] = None,
     num_experts: Annotated[
-        int | None, typer.Option(min=1, help="Routed experts per layer (required for vllm).")
+        int | None,
+        typer.Option(min=1, max=MAX_EXPERTS, help="Routed experts per layer (vllm: or --model-config)."),
     ] = None,
     top_k: Annotated[
-        int | None, typer.Option(min=1, help="Experts per token (required for sglang-stat).")
+        int | None, typer.Option(min=1, max=MAX_EXPERTS, help="Experts per token (required for sglang-stat).")
     ] = None,
     layer_ids: Annotated[
         str | None,
@@ -144,6 +145,9 @@ def import_(
     config_file = model_config / "config.json" if model_config and model_config.is_dir() else model_config
     check_distinct([*sources, config_file], [out_path])
     layers = tuple(parse_ints(layer_ids, "--layer-ids")) if layer_ids else None
+    if layers and (len(set(layers)) != len(layers) or max(layers) >= MAX_LAYERS):
+        raise MoeplaceError(f"--layer-ids must name distinct model layers in 0..{MAX_LAYERS - 1}")
+    check_unique(sources)
     options = ImportOptions(
         layout=read_model_config(model_config) if model_config else None,
         model=model,
@@ -188,6 +192,7 @@ def merge(
     """
     if len(inputs) < 2:
         raise MoeplaceError("merge needs at least two inputs")
+    check_unique(inputs)
     check_distinct(inputs, [out_path])
     sources = [load_trace_or_statistics(path) for path in inputs]
     traces = [source for source in sources if isinstance(source, Trace)]

@@ -50,6 +50,7 @@ from moeplace.cli.app import (
     tagged,
     user_errors,
 )
+from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import load_placement, save_placement
 from moeplace.planner.plan import layer_executor
 from moeplace.planner.plan import plan as plan_layers
@@ -88,7 +89,9 @@ def split(
     An output named *.npz is written in the interchange format, any other name as a trace directory.
     """
     check_distinct([trace], [fit_out, holdout_out])
-    fit, held = split_documents(load_trace(trace), holdout, seed)
+    data = load_trace(trace)
+    with named(trace):
+        fit, held = split_documents(data, holdout, seed)
     save_trace(fit, fit_out)
     save_trace(held, holdout_out)
     out.print(f"fit: {fit.num_documents} documents, {fit.num_tokens} tokens -> {fit_out}")
@@ -242,6 +245,11 @@ def validate(
     Exits 1 if a gate fails, saying why.
     """
     placement = load_placement(placement_file)
+    if max_load_ratio is not None and max_load_ratio > placement.num_devices:
+        raise MoeplaceError(
+            f"--max-load-ratio {max_load_ratio:g} can never fail: max/mean load is at most the "
+            f"{placement.num_devices} devices (it is a ratio: 1.15 = 15% over the mean)"
+        )
     held = load_trace(holdout)
     baseline_load = None
     if fit is not None:
@@ -315,7 +323,9 @@ def compare(
     check_output_dir(out_dir)
     device_counts, names = parse_ints(devices, "--devices"), parse_solvers(solvers)
     tolerances = parse_tolerances(load_tolerance)
-    fit, held = split_documents(load_trace(trace), holdout, seed)
+    data = load_trace(trace)
+    with named(trace):
+        fit, held = split_documents(data, holdout, seed)
     options = SolverOptions(
         seed=seed, time_limit=time_limit, search_steps=search_steps, refine=refine, node_cost=node_cost
     )

@@ -11,13 +11,14 @@ the engines' own loading code: ``tests/engines/`` (SGLang 0.5.2 and 0.5.23, vllm
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from moeplace.atomic import atomic_path, write_text
+from moeplace.atomic import write_bytes, write_text
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import Placement
 from moeplace.planner.slots import repeated_copy
@@ -177,8 +178,9 @@ def _save_torch(doc: dict, out: Path) -> None:
             f"{out}: writing .pt needs torch (pip install 'moeplace[calibrate]'); or write .json"
         ) from None
     tensors = {key: torch.tensor(value, dtype=torch.int64) for key, value in doc.items()}
-    with atomic_path(out) as tmp:
-        torch.save(tensors, tmp)
+    buffer = io.BytesIO()  # saved to memory: torch names the archive after a file it writes to,
+    torch.save(tensors, buffer)  # and a temporary file's name would make every export differ
+    write_bytes(out, buffer.getvalue())
 
 
 def launch_flags(placement: Placement, fmt: str, out: Path, num_hidden_layers: int | None) -> list[str]:

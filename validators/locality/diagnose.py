@@ -52,6 +52,9 @@ LOAD_SLACK = 0.05
 CACHE_TOKENS = 50_000
 
 
+MAX_SEGMENT = 4096  # tokens in a segment of SRP/SCH: past a long document's length
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """What to measure: groups G, budgets B, cache capacities C (multiples of k by default),
@@ -68,6 +71,15 @@ class Settings:
     def resolved(self, num_experts: int, top_k: int) -> Settings:
         """Defaults that depend on the model: B and C in multiples of k, SCH cache 2k, G and D <= N."""
         fit = [m * top_k for m in (1, 2, 3, 4) if m * top_k < num_experts]
+        limits = {  # name: (values, the most any can be)
+            "budgets": (self.budgets, num_experts),
+            "capacities": (self.capacities, num_experts),
+            "sch_cache": ([self.sch_cache], num_experts),
+            "segment_lengths": (self.segment_lengths, MAX_SEGMENT),
+        }
+        for name, (values, most) in limits.items():
+            if any(not 0 <= v <= most for v in values):
+                raise MoeplaceError(f"{name} must be in 0..{most}, got {list(values)}")
         return dataclasses.replace(
             self,
             budgets=tuple(self.budgets) or tuple(fit),
@@ -80,7 +92,7 @@ class Settings:
 
 def _divisor_at_most(n: int, wanted: int) -> int:
     """The largest divisor of n that is at most ``wanted`` (equal groups need a divisor)."""
-    return max(d for d in range(1, max(wanted, 1) + 1) if n % d == 0)
+    return max(d for d in range(1, min(max(wanted, 1), n) + 1) if n % d == 0)
 
 
 def diagnose(trace: Trace, settings: Settings, on_layer: Callable[[], None] | None = None) -> dict:
