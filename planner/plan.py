@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import math
 import multiprocessing
+import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 
@@ -193,5 +194,24 @@ def layer_executor(jobs: int) -> Iterator[Executor | None]:
         yield None
         return
     context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as executor:
+    executor = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=context, initializer=_leave_interrupts_to_parent
+    )
+    try:
         yield executor
+    except BaseException:  # an error or an interrupt: stop the workers now, not after their layers
+        workers = list(getattr(executor, "_processes", {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.join(timeout=2)
+            if worker.is_alive():
+                worker.kill()
+        raise
+    executor.shutdown(wait=True)
+
+
+def _leave_interrupts_to_parent() -> None:
+    """Workers ignore Ctrl-C (the terminal sends it to the whole group); the parent stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -11,6 +11,7 @@ import functools
 import math
 import os
 import re
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -157,8 +158,12 @@ SetTokensOpt = Annotated[
 ]
 
 
+INTERRUPTS: dict[str, int] = {}  # the signal that interrupted this run, set by its handler
+
+
 def user_errors(command):
-    """Turn ``MoeplaceError`` into one line on stderr and exit code 2."""
+    """Turn ``MoeplaceError`` into one line on stderr and exit code 2, and an interrupt into one
+    line and exit 128 + the signal, after every ``finally`` has removed its temporary files."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -167,6 +172,9 @@ def user_errors(command):
         except MoeplaceError as exc:
             err.print(tagged("error:", "red", printable(str(exc))))
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see moeplace.cli.main); outputs are atomic
+            err.print(tagged("error:", "red", "interrupted; no output was written"))
+            raise typer.Exit(128 + INTERRUPTS.get("signal", signal.SIGINT)) from None
 
     return wrapper
 
