@@ -8,7 +8,7 @@ import pytest
 from moeplace.calibrate.split import split_documents
 from moeplace.calibrate.stats import compute_statistics
 from moeplace.calibrate.trace import Trace, TraceMeta
-from moeplace.calibrate.trace_io import load_trace
+from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.demo import demo_trace_path
 
 
@@ -32,6 +32,41 @@ def random_trace(seed=0, tokens=400, docs=8, layers=2, experts=16, top_k=4) -> T
     return make_trace(ids, lengths, experts)
 
 
+def run(*args):
+    """The CLI on ``args`` (any objects, made strings), in this process."""
+    from typer.testing import CliRunner
+
+    from moeplace.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def refused(result, path=None, problem: str | None = None) -> str:
+    """Assert the bad-input contract (exit 2, one ``error:`` line naming ``path`` and ``problem``,
+    no traceback); return the error line."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    if path is not None:
+        assert str(path).split("/")[-1] in lines[0], lines[0]
+    if problem is not None:
+        assert problem in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    """A folder with ``trace.npz`` (GOOD), its ``p.yaml`` (frequency, D = 4) and ``perm.json``."""
+    d = tmp_path_factory.mktemp("good")
+    save_trace(GOOD, d / "trace.npz")
+    planned = run("plan", d / "trace.npz", "--devices", 4, "--solver", "frequency", "--out", d / "p.yaml")
+    assert planned.exit_code == 0, planned.output
+    perm = run("export", d / "p.yaml", "--format", "permutation", "--out", d / "perm.json")
+    assert perm.exit_code == 0, perm.output
+    return d
+
+
 def read_sglang_map(path) -> np.ndarray:
     """int64 ``[layers, P]``: the map in an SGLang ``--init-expert-location`` file (.json or .pt).
     What SGLang itself makes of it is tested in ``tests/engines`` with SGLang's own code."""
@@ -46,6 +81,9 @@ def read_sglang_map(path) -> np.ndarray:
         doc = json.loads(Path(path).read_text())
     assert set(doc) == {"physical_to_logical_map"}  # SGLang passes every key to init_by_mapping
     return np.asarray(doc["physical_to_logical_map"], dtype=np.int64)
+
+
+GOOD = random_trace(seed=0, tokens=400, docs=8, layers=2, experts=16, top_k=4)
 
 
 @pytest.fixture(scope="session")

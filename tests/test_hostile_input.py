@@ -12,45 +12,11 @@ import pickle
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from conftest import make_trace, random_trace
+from conftest import GOOD, make_trace, random_trace, refused, run
 from moeplace.calibrate.stats import compute_statistics
 from moeplace.calibrate.stats_io import save_statistics
 from moeplace.calibrate.trace_io import save_trace
-from moeplace.cli import app
-
-runner = CliRunner()
-GOOD = random_trace(seed=0, tokens=400, docs=8, layers=2, experts=16, top_k=4)
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def refused(result, path=None, problem: str | None = None) -> str:
-    """Assert the bad-input contract; return the error line."""
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    if path is not None:
-        assert str(path).split("/")[-1] in lines[0], lines[0]
-    if problem is not None:
-        assert problem in lines[0], lines[0]
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def good(tmp_path_factory):
-    d = tmp_path_factory.mktemp("good")
-    save_trace(GOOD, d / "trace.npz")
-    planned = run("plan", d / "trace.npz", "--devices", 4, "--solver", "frequency", "--out", d / "p.yaml")
-    assert planned.exit_code == 0, planned.output
-    perm = run("export", d / "p.yaml", "--format", "permutation", "--out", d / "perm.json")
-    assert perm.exit_code == 0, perm.output
-    return d
-
 
 # --- Missing, empty, truncated and corrupt files of every format read ---------------------------------
 
