@@ -9,11 +9,19 @@ from pathlib import Path
 import numpy as np
 
 from moeplace.calibrate.trace import Trace, TraceMeta
-from moeplace.errors import MoeplaceError
+from moeplace.errors import MoeplaceError, file_error
 
 
 def merged_meta(traces: Sequence[Trace], paths: Sequence[Path]) -> TraceMeta:
     """Metadata of the concatenation; ``MoeplaceError`` naming the first trace that differs."""
+    seen: dict[str, Path] = {}
+    for trace, path in zip(traces, paths, strict=True):
+        fingerprint = trace.fingerprint()
+        if fingerprint in seen:
+            raise file_error(
+                path, f"holds the same trace as {seen[fingerprint]}: its documents would be counted twice"
+            )
+        seen[fingerprint] = path
     first = traces[0].meta
     for trace, path in zip(traces[1:], paths[1:], strict=True):
         meta = trace.meta

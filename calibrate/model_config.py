@@ -53,10 +53,8 @@ def moe_layout(config: dict) -> MoeLayout:
     elif "decoder_sparse_step" in config or "mlp_only_layers" in config:  # Qwen2-MoE, Qwen3-MoE
         step = _count(config, "decoder_sparse_step", 1, layers, default=1)
         dense = config.get("mlp_only_layers") or []
-        if not isinstance(dense, list) or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in dense
-        ):
-            raise MoeplaceError("config field 'mlp_only_layers' must be a list of layer indices")
+        if not isinstance(dense, list) or not all(type(i) is int and 0 <= i < layers for i in dense):
+            raise MoeplaceError(f"config field 'mlp_only_layers' must list layer indices in 0..{layers - 1}")
         moe = [i for i in range(layers) if i not in set(dense) and (i + 1) % step == 0]
     else:  # Mixtral, GPT-OSS, OLMoE: every layer
         moe = list(range(layers))

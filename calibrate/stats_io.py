@@ -84,11 +84,26 @@ def load_statistics(path: str | Path) -> Statistics:
         rate = header.get("set_sample_rate", 1.0)
         if type(rate) not in (int, float) or not 0 < rate <= 1:
             raise MoeplaceError(f"set_sample_rate must be in (0, 1], got {rate!r}")
+        _check_consistent(meta, load, coact, numbers["num_tokens"])
         return Statistics(meta, load, coact, resamples, *numbers.values(), topk_sets, float(rate))
     except MoeplaceError as exc:
         raise file_error(path, str(exc)) from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise file_error(path, f"unreadable statistics ({exc})") from None
+
+
+def _check_consistent(meta: TraceMeta, load: np.ndarray, coact: np.ndarray | None, tokens: int) -> None:
+    """The counts of one trace agree: at most ``top_k`` activations a token, co-activation
+    symmetric with an empty diagonal, and an expert co-fires at most ``top_k - 1`` times per
+    activation."""
+    if np.any(load.sum(axis=1) > tokens * meta.top_k):
+        raise MoeplaceError(f"load counts more activations than num_tokens {tokens} x top-{meta.top_k}")
+    if coact is None:
+        return
+    if not np.array_equal(coact, coact.transpose(0, 2, 1)) or np.any(np.einsum("lii->li", coact)):
+        raise MoeplaceError("coact is not symmetric with an empty diagonal")
+    if np.any(coact.sum(axis=2) > load * (meta.top_k - 1)):
+        raise MoeplaceError("coact counts more co-activations than the load allows")
 
 
 def _counts(z, name: str) -> np.ndarray:

@@ -191,6 +191,8 @@ def _read_dir(path: Path) -> Trace:
         file = path / f"{name}.npy"
         if not file.exists():
             raise MoeplaceError(f"missing {file.name}")
+        if not file.is_file():  # a pipe would block the reader
+            raise MoeplaceError(f"{file.name} is not a regular file")
         try:
             arrays[name] = load_npy(file, mmap_mode="r" if name == "topk_ids" else None)
         except ValueError as exc:

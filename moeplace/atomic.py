@@ -120,6 +120,24 @@ def check_output_dir(path: str | os.PathLike) -> None:
     _check_writable_parent(path)
 
 
+@contextlib.contextmanager
+def output_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A folder for several outputs, made if missing; if the block fails and the folder was made
+    here, it goes again, so a failed run leaves no empty or partial folder behind."""
+    path = Path(path)
+    made = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise file_error(path, f"cannot create this directory ({exc.strerror or exc})") from None
+    try:
+        yield path
+    except BaseException:
+        if made:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically write ``text`` (UTF-8) to ``path``."""
     write_bytes(path, text.encode("utf-8"))

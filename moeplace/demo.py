@@ -5,10 +5,12 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from moeplace.atomic import atomic_dir
 from moeplace.calibrate.split import split_documents
 from moeplace.calibrate.stats import DEFAULT_RESAMPLES
 from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.deploy.engines import export
+from moeplace.errors import file_error
 from moeplace.planner.placement import load_placement, save_placement
 from moeplace.planner.plan import layer_executor
 from moeplace.planner.solvers import DEFAULT_SOLVERS, SolverOptions
@@ -37,15 +39,19 @@ def run_demo(
     console,
     progress_bar,
 ) -> None:
-    """split -> plan every solver at D = 2, 4, 8 -> validate on held-out -> compare; print where."""
+    """split -> plan every solver at D = 2, 4, 8 -> validate on held-out -> compare; print where.
+
+    Everything is written at the end into ``out_dir`` as a whole (atomically), so an interrupted
+    demo leaves no partial folder; an earlier demo's folder is replaced, any other folder refused.
+    """
+    if out_dir.exists() and not _is_demo_output(out_dir):
+        raise file_error(out_dir, "exists, holds files and is not a demo's output; not replacing it")
     trace = load_trace(demo_trace_path())
     console.print(
         f"demo trace: {trace.meta.model}, {trace.num_documents} documents, {trace.num_tokens} tokens, "
         f"{trace.num_layers} MoE layers, {trace.meta.num_experts} experts, top-{trace.meta.top_k}"
     )
     fit, held = split_documents(trace, holdout=0.5, seed=0)
-    save_trace(fit, out_dir / "fit.npz")
-    save_trace(held, out_dir / "holdout.npz")
 
     options = SolverOptions(
         load_tolerance=load_tolerance, seed=0, time_limit=time_limit, search_steps=search_steps
@@ -64,20 +70,22 @@ def run_demo(
             advance,
             pool,
         )
-    for (devices, solver, *_), placement in comparison.placements.items():
-        save_placement(placement, out_dir / "placements" / f"{solver}-D{devices}.yaml")
-    paths = write_comparison(comparison, out_dir)
-
     gated = out_dir / "placements" / f"{GATED[0]}-D{GATED[1]}.yaml"
-    placement = load_placement(gated)
-    summary = validate(placement, held).summary()
     sglang = out_dir / "sglang-init-expert-location.json"
-    export(placement, "sglang", sglang, num_hidden_layers=HIDDEN_LAYERS)
+    with atomic_dir(out_dir, replaceable=_is_demo_output) as tmp:
+        save_trace(fit, tmp / "fit.npz")
+        save_trace(held, tmp / "holdout.npz")
+        for (devices, solver, *_), placement in comparison.placements.items():
+            save_placement(placement, tmp / "placements" / f"{solver}-D{devices}.yaml")
+        paths = {kind: out_dir / path.name for kind, path in write_comparison(comparison, tmp).items()}
+        placement = load_placement(tmp / gated.relative_to(out_dir))
+        summary = validate(placement, held).summary()
+        export(placement, "sglang", tmp / sglang.name, num_hidden_layers=HIDDEN_LAYERS)
     max_load, min_reduction = round(1 + load_tolerance + 0.05, 2), 0.10
     failures = gate_failures(summary, max_load, min_reduction)
 
     console.print(comparison.title)
-    print(markdown_table(comparison.rows))
+    console.print(markdown_table(comparison.rows))
     console.print(
         f"gate on {gated} (max/mean <= {max_load}, reduction >= {min_reduction:.0%}): "
         + ("passed" if not failures else "FAILED: " + "; ".join(failures))
@@ -90,3 +98,10 @@ def run_demo(
         f"next: moeplace validate {gated} {out_dir / 'holdout.npz'} "
         f"--max-load-ratio {max_load} --min-reduction {min_reduction}"
     )
+
+
+def _is_demo_output(path: Path) -> bool:
+    """An empty folder, or one an earlier demo wrote: the demo may replace it."""
+    if not path.is_dir():
+        return False
+    return not any(path.iterdir()) or ((path / "comparison.md").is_file() and (path / "placements").is_dir())

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import math
 import multiprocessing
+import multiprocessing.forkserver
 import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
@@ -194,6 +195,13 @@ def layer_executor(jobs: int) -> Iterator[Executor | None]:
         yield None
         return
     context = multiprocessing.get_context("forkserver")
+    # start the fork server now, ignoring Ctrl-C: it and the workers it forks inherit that, so an
+    # interrupt sent to the whole terminal group reaches only this process, which stops them
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     executor = ProcessPoolExecutor(
         max_workers=jobs, mp_context=context, initializer=_leave_interrupts_to_parent
     )

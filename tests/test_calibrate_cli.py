@@ -187,8 +187,11 @@ def test_merge_refuses_different_models(tmp_path, real_trace):
     save_trace(random_trace(), tmp_path / "b.npz")
     result = run("merge", tmp_path / "a.npz", tmp_path / "b.npz", "--out", tmp_path / "m")
     assert result.exit_code == 2 and "b.npz" in result.stderr and "does not match" in result.stderr
-    (tmp_path / "c.npz").write_bytes((tmp_path / "a.npz").read_bytes())
+    save_trace(real_trace.select_documents(np.arange(5, 10)), tmp_path / "c.npz")
     mixed = run("merge", tmp_path / "a.npz", tmp_path / "c.npz", "--seed", 1, "--out", tmp_path / "m")
     assert mixed.exit_code == 0
     twice = run("merge", tmp_path / "a.npz", tmp_path / "a.npz", "--out", tmp_path / "n")
     assert twice.exit_code == 2 and "is given twice" in twice.stderr
+    (tmp_path / "copy.npz").write_bytes((tmp_path / "a.npz").read_bytes())
+    same = run("merge", tmp_path / "a.npz", tmp_path / "copy.npz", "--out", tmp_path / "n")
+    assert same.exit_code == 2 and "holds the same trace as" in same.stderr

@@ -190,7 +190,6 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
     The plot is the balance frontier (held-out dev/token against max/mean load, one panel per
     device count) when several tolerances were compared, else both figures against device count.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: out_dir / f"comparison.{kind}" for kind in ("md", "csv", "png")}
     write_text(paths["md"], f"{comparison.title}\n\n{markdown_table(comparison.rows)}")
     buffer = io.StringIO()

@@ -139,7 +139,7 @@ def _documents(first: _Record, ids: np.ndarray, moe_layers: np.ndarray, to_logic
     logical = logical.transpose(1, 0, 2)  # [T, MoE layers, k]
     name = f"{first.path.stem}/pass{first.forward_pass_id}"
     lengths = first.extend_seq_lens
-    if lengths and sum(lengths) == logical.shape[0]:
+    if lengths:  # they add up to the batch (checked on reading)
         bounds = itertools.pairwise(np.cumsum([0, *lengths]))
         return [(logical[lo:hi], f"{name}/request{i}") for i, (lo, hi) in enumerate(bounds) if hi > lo]
     return [(logical, f"{name}/decode")] if logical.shape[0] else []
@@ -190,13 +190,18 @@ def _read_record(record, index: int, path: Path, map_shape: tuple[int, int]) -> 
     if topk.max(initial=-1) >= map_shape[1] or topk.min(initial=-1) < -1:
         raise file_error(path, f"{where}: physical expert id outside the map's {map_shape[1]} slots")
     lengths = record.get("extend_seq_lens")
-    lengths = _as_array([] if lengths is None else lengths, path, f"{where}: extend_seq_lens").reshape(-1)
-    if np.any(lengths < 0):
-        raise file_error(path, f"{where}: extend_seq_lens holds a negative length")
+    lengths = _as_array([] if lengths is None else lengths, path, f"{where}: extend_seq_lens")
+    tokens = input_ids.shape[0]
+    if lengths.ndim > 1 or np.any(lengths < 0) or (lengths.size and lengths.sum() != tokens):
+        raise file_error(
+            path, f"{where}: extend_seq_lens must be lengths >= 0 adding up to its {tokens} tokens"
+        )
     number, rank = record.get("forward_pass_id", -1), record.get("rank", 0)
     if not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in (number, rank)):
         raise file_error(path, f"{where}: forward_pass_id and rank must be integers")
     lengths, forward_pass_id, rank = tuple(int(x) for x in lengths), int(number), int(rank)
+    if rank < 0:
+        raise file_error(path, f"{where}: rank {rank} is negative")
     return _Record(path, index, forward_pass_id, rank, input_ids, positions, lengths, topk)
 
 
@@ -206,8 +211,24 @@ def _attention_groups(records: list[_Record]) -> list[list[_Record]]:
     groups: dict[tuple, list[_Record]] = {}
     for record in records:
         groups.setdefault(record.batch_key, []).append(record)
-    ordered = [sorted(group, key=lambda r: r.rank) for group in groups.values()]
+    ordered = [_one_per_rank(sorted(group, key=lambda r: r.rank)) for group in groups.values()]
     return sorted(ordered, key=lambda group: (group[0].forward_pass_id, group[0].rank))
+
+
+def _one_per_rank(group: list[_Record]) -> list[_Record]:
+    """A batch's records with one per rank: several records of one rank must be identical (SGLang
+    0.5.23 numbers every rank 0 when the MoE is not expert-parallel, and those ranks record alike)."""
+    kept = [group[0]]
+    for record in group[1:]:
+        if record.rank != kept[-1].rank:
+            kept.append(record)
+        elif not np.array_equal(record.topk, kept[-1].topk):
+            raise file_error(
+                record.path,
+                f"forward pass {record.forward_pass_id}: two different records of rank {record.rank} for one "
+                f"batch ({kept[-1].path.name} has the other)",
+            )
+    return kept
 
 
 def _stitch(group: list[_Record]) -> np.ndarray:
@@ -281,6 +302,10 @@ def read_stat(paths: Sequence[Path], options) -> Statistics:
     names = ", ".join(p.name for p in paths)
     if options.top_k is None:
         raise MoeplaceError("an SGLang stat dump does not record top-k: pass --top-k")
+    if options.num_experts is not None and options.num_experts != counts.shape[1]:
+        raise MoeplaceError(
+            f"--num-experts {options.num_experts}, but {names} count {counts.shape[1]} experts"
+        )
     if options.top_k > counts.shape[1]:
         raise MoeplaceError(f"--top-k {options.top_k} exceeds the {counts.shape[1]} experts {names} count")
     if options.counted_by > 1:  # no all-to-all backend: every rank counted every token it routed
@@ -306,7 +331,7 @@ def read_stat(paths: Sequence[Path], options) -> Statistics:
         note="expert load only: no per-token routing, so no co-activation",
         num_hidden_layers=int(counts.shape[0]),
     )
-    tokens = int(load[0].sum() // options.top_k)
+    tokens = int(-(-load.sum(axis=1).max() // options.top_k))  # the busiest layer: k per token
     return Statistics(meta, load, None, np.zeros((len(moe_layers), 0, num_experts), np.int64), tokens, 0, 0)
 
 

@@ -37,9 +37,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# No markup: messages carry user text (paths, model names, "[tokens, k]") that must print as is.
-out = Console(soft_wrap=True, markup=False, highlight=False)
-err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+
+
+class _Console(Console):
+    """A console for user text (paths, model names, labels): no markup, no emoji codes, and
+    control characters in strings escaped so a file can neither split a line nor drive the terminal."""
+
+    def print(self, *objects, **kwargs):
+        super().print(*(printable(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+out = _Console(soft_wrap=True, markup=False, highlight=False, emoji=False)
+err = _Console(stderr=True, soft_wrap=True, markup=False, highlight=False, emoji=False)
 
 
 def tagged(tag: str, style: str, message: str) -> Text:
@@ -185,7 +194,8 @@ def printable(text: str) -> str:
     return CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
 
 
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0/C1 controls, and the invisible formatting characters (bidi overrides) that reorder a line
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from moeplace.atomic import check_distinct, check_output_dir
+from moeplace.atomic import check_distinct, check_output_dir, output_dir
 from moeplace.calibrate.trace_io import load_trace
 from moeplace.cli.app import SeedOpt, TraceArg, app, named, out, parse_ints, progress_bar, user_errors
 from moeplace.validators.locality.diagnose import Settings, diagnose
@@ -53,7 +53,8 @@ def diagnose_command(
     )
     with named(trace), progress_bar("diagnosing", data.num_layers) as advance:
         report = diagnose(data, settings, advance)
-    paths = write_report(report, out_dir)
+    with output_dir(out_dir):
+        paths = write_report(report, out_dir)
     for lever, text in report["overall"]["verdict"].items():
         out.print(f"{lever.replace('_', ' ')}: {text}")
     out.print("written: " + ", ".join(str(p) for p in paths.values()))

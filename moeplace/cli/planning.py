@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from moeplace.atomic import check_distinct, check_output_dir, check_output_file
+from moeplace.atomic import check_distinct, check_output_dir, check_output_file, output_dir
 from moeplace.calibrate.split import split_documents
 from moeplace.calibrate.stats import (
     DEFAULT_RESAMPLES,
@@ -346,9 +346,10 @@ def compare(
             nodes,
             parse_ints(redundant_slots, "--redundant-slots"),
         )
-    paths = write_comparison(comparison, out_dir)
+    with output_dir(out_dir):
+        paths = write_comparison(comparison, out_dir)
     out.print(comparison.title)
-    print(markdown_table(comparison.rows))
+    out.print(markdown_table(comparison.rows))
     out.print("written: " + ", ".join(str(p) for p in paths.values()))
 
 

@@ -76,6 +76,8 @@ class Settings:
             "capacities": (self.capacities, num_experts),
             "sch_cache": ([self.sch_cache], num_experts),
             "segment_lengths": (self.segment_lengths, MAX_SEGMENT),
+            "groups": ([self.groups], num_experts),
+            "devices": ([self.devices], num_experts),
         }
         for name, (values, most) in limits.items():
             if any(not 0 <= v <= most for v in values):

@@ -12,7 +12,6 @@ from moeplace.validators.locality.plots import cache_png, consistency_png, struc
 
 def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
     """Write ``report.md``, ``report.json`` and ``structure.png``, ``cache.png``, ``consistency.png``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / name for name in ("report.md", "report.json")}
     write_text(paths["report.json"], json.dumps(yaml_safe(report), indent=1) + "\n")
     for name, draw in (("structure", structure_png), ("cache", cache_png), ("consistency", consistency_png)):
