@@ -402,3 +402,77 @@ def test_a_pipe_as_input_is_refused_not_waited_on(good, tmp_path, command):
         "import": ("import", "npz", fifo, "--out", tmp_path / "o.npz"),
     }[command]
     refused(run(*args), "pipe.npz", "not a regular file")
+
+
+def test_user_text_reaching_stdout_is_escaped(tmp_path):
+    meta = {**GOOD.meta.to_dict(), "model": "evil\x1b]0;title\x07\x1b[2J\u202emodel"}
+    np.savez(tmp_path / "t.npz", topk_ids=np.asarray(GOOD.topk_ids), doc_offsets=GOOD.doc_offsets,
+             meta_json=np.array(json.dumps(meta)))  # fmt: skip
+    result = run("stats", tmp_path / "t.npz")
+    assert result.exit_code == 0 and "\x1b" not in result.output and "\u202e" not in result.output
+    assert "\\x1b" in result.output and "\\u202e" in result.output
+
+
+def test_a_failed_compare_leaves_no_folder_and_a_demo_refuses_someone_elses(good, tmp_path, monkeypatch):
+    from moeplace.validators import compare
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(compare, "write_text", lambda path, text: disk_full())
+    result = run("compare", good / "trace.npz", "--devices", 4, "--solvers", "frequency", "--jobs", 1,
+                 "--out", tmp_path / "c")  # fmt: skip
+    assert result.exit_code != 0 and not (tmp_path / "c").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    refused(run("demo", "--out", tmp_path / "mine"), "mine", "not a demo's output")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("option", ["--groups", "--devices", "--capacities", "--sch-cache"])
+def test_diagnose_settings_past_the_experts_are_refused(good, tmp_path, option):
+    refused(
+        run("diagnose", good / "trace.npz", option, 10**12, "--out", tmp_path / "d"), None, "must be in 0..16"
+    )
+    assert not (tmp_path / "d").exists()
+
+
+def test_sglang_records_that_contradict_each_other_are_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+
+    def record(rank, topk):
+        return {"forward_pass_id": 1, "rank": rank, "input_ids": [1, 2], "positions": [0, 1],
+                "extend_seq_lens": [2], "topk_ids_of_layer": topk}  # fmt: skip
+
+    table = torch.arange(8).repeat(2, 1)
+    ones, twos = torch.full((2, 2, 8), -1, dtype=torch.int32), torch.full((2, 2, 8), -1, dtype=torch.int32)
+    ones[1, :, :2], twos[1, :, :2] = torch.tensor([0, 1]), torch.tensor([2, 3])
+    for name, records, problem in (
+        ("neg.pt", [record(-3, ones)], "rank -3 is negative"),
+        ("twice.pt", [record(0, ones), record(0, twos)], "two different records of rank 0"),
+    ):
+        torch.save({"records": records, "last_physical_to_logical_map": table}, tmp_path / name)
+        refused(run("import", "sglang", tmp_path / name, "--out", tmp_path / "o.npz"), name, problem)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda z: z.update(coact=np.swapaxes(z["coact"] + np.eye(16, dtype=np.int64), 1, 2)), "symmetric"),
+        (lambda z: z.update(stats_meta_json=_with_tokens(z["stats_meta_json"], 4)), "more activations than"),
+    ],
+)  # fmt: skip
+def test_statistics_whose_counts_disagree_with_each_other(tmp_path, change, problem):
+    """A coact matrix that is not symmetric, a token count the load cannot fit in."""
+    save_statistics(compute_statistics(GOOD), tmp_path / "s.npz")
+    with np.load(tmp_path / "s.npz") as z:
+        arrays = dict(z)
+    change(arrays)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    refused(
+        run("plan", tmp_path / "bad.npz", "--devices", 4, "--out", tmp_path / "o.yaml"), "bad.npz", problem
+    )
+
+
+def _with_tokens(header: np.ndarray, tokens: int) -> np.ndarray:
+    return np.array(json.dumps({**json.loads(str(header)), "num_tokens": tokens}))

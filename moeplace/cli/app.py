@@ -52,8 +52,8 @@ err = _Console(stderr=True, soft_wrap=True, markup=False, highlight=False, emoji
 
 
 def tagged(tag: str, style: str, message: str) -> Text:
-    """``tag`` in ``style``, then the message verbatim."""
-    return Text.assemble((tag, style), " ", message)
+    """``tag`` in ``style``, then the message (control characters escaped)."""
+    return Text.assemble((tag, style), " ", printable(message))
 
 
 CORES = os.cpu_count() or 1

@@ -46,6 +46,7 @@ from moeplace.cli.app import (
     parse_ints,
     parse_solvers,
     parse_tolerances,
+    printable,
     progress_bar,
     tagged,
     user_errors,
@@ -104,7 +105,8 @@ def stats(trace: StatsInputArg):
     """Describe a trace or statistics file: size, model, and each MoE layer's expert-load skew."""
     data = load_trace_or_statistics(trace)
     meta = data.meta
-    out.print(Text.assemble((str(trace), "bold"), f"  model {meta.model}  phase {meta.phase}"))
+    header = printable(f"  model {meta.model}  phase {meta.phase}")
+    out.print(Text.assemble((printable(str(trace)), "bold"), header))
     out.print(
         f"tokens {data.num_tokens}  documents {data.num_documents}  MoE layers {len(meta.layer_ids)}  "
         f"experts {meta.num_experts}  top-k {meta.top_k}"
