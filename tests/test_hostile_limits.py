@@ -449,10 +449,14 @@ def test_sglang_records_that_contradict_each_other_are_refused(tmp_path):
     ones[1, :, :2], twos[1, :, :2] = torch.tensor([0, 1]), torch.tensor([2, 3])
     for name, records, problem in (
         ("neg.pt", [record(-3, ones)], "rank -3 is negative"),
-        ("twice.pt", [record(0, ones), record(0, twos)], "two different records of rank 0"),
+        ("twice.pt", [record(0, ones), record(0, ones)], "record 1 repeats record 0"),
     ):
         torch.save({"records": records, "last_physical_to_logical_map": table}, tmp_path / name)
         refused(run("import", "sglang", tmp_path / name, "--out", tmp_path / "o.npz"), name, problem)
+    for name, topk in (("a.pt", ones), ("b.pt", twos)):  # two files, one rank, different routing
+        torch.save({"records": [record(0, topk)], "last_physical_to_logical_map": table}, tmp_path / name)
+    result = run("import", "sglang", tmp_path / "a.pt", tmp_path / "b.pt", "--out", tmp_path / "o.npz")
+    refused(result, "b.pt", "two different records of rank 0")
 
 
 @pytest.mark.parametrize(

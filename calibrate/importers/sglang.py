@@ -216,12 +216,19 @@ def _attention_groups(records: list[_Record]) -> list[list[_Record]]:
 
 
 def _one_per_rank(group: list[_Record]) -> list[_Record]:
-    """A batch's records with one per rank: several records of one rank must be identical (SGLang
-    0.5.23 numbers every rank 0 when the MoE is not expert-parallel, and those ranks record alike)."""
+    """A batch's records with one per rank: several records of one rank come from several files and
+    are identical (SGLang 0.5.23 numbers every rank 0 when the MoE is not expert-parallel, and those
+    ranks record alike); one file never holds a batch twice."""
     kept = [group[0]]
     for record in group[1:]:
         if record.rank != kept[-1].rank:
             kept.append(record)
+        elif record.path == kept[-1].path:
+            raise file_error(
+                record.path,
+                f"record {record.index} repeats record {kept[-1].index}: forward pass "
+                f"{record.forward_pass_id}, rank {record.rank}, the same batch",
+            )
         elif not np.array_equal(record.topk, kept[-1].topk):
             raise file_error(
                 record.path,
