@@ -62,7 +62,9 @@ def test_outputs_inside_an_input_directory_or_holding_an_input(good, tmp_path):
     save_trace(GOOD, tmp_path / "t.trace")
     into_input = run("import", "npz", tmp_path / "t.trace", "--out", tmp_path / "t.trace" / "x.npz")
     refused(into_input, "x.npz", "lies inside the input")
-    refused(run("diagnose", good / "trace.npz", "--out", good), good, "holds the input")
+    (tmp_path / "x").mkdir()
+    save_trace(GOOD, tmp_path / "x" / "t.npz")
+    refused(run("import", "npz", tmp_path / "x" / "t.npz", "--out", tmp_path / "x"), "x", "holds the input")
 
 
 @pytest.mark.parametrize("command", ["compare", "diagnose"])
@@ -302,7 +304,12 @@ def test_an_interrupted_plan_stops_at_once_and_leaves_nothing(tmp_path, sig):
     process = subprocess.Popen(
         command, stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=tmp_path
     )
-    time.sleep(6)  # past start-up: the workers are solving layers
+    for _ in range(300):  # wait until the pool's workers run (fork server + 2 workers in the session)
+        members = subprocess.run(["ps", "-o", "pid=", "-g", str(process.pid)], capture_output=True, text=True)
+        if len(members.stdout.split()) >= 4 or process.poll() is not None:
+            break
+        time.sleep(0.1)
+    time.sleep(1)  # the workers are solving layers
     assert process.poll() is None, process.stderr.read()
     os.kill(process.pid, sig)
     began = time.monotonic()

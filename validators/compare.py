@@ -184,13 +184,16 @@ def _fmt(key: str, value) -> str:
     return str(value)
 
 
+COMPARISON_KINDS = ("md", "csv", "png")  # comparison.<kind> in the output folder
+
+
 def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
     """Write ``comparison.md``, ``comparison.csv`` and ``comparison.png`` into ``out_dir``.
 
     The plot is the balance frontier (held-out dev/token against max/mean load, one panel per
     device count) when several tolerances were compared, else both figures against device count.
     """
-    paths = {kind: out_dir / f"comparison.{kind}" for kind in ("md", "csv", "png")}
+    paths = {kind: out_dir / f"comparison.{kind}" for kind in COMPARISON_KINDS}
     write_text(paths["md"], f"{comparison.title}\n\n{markdown_table(comparison.rows)}")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n", extrasaction="ignore")

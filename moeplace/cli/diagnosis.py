@@ -11,7 +11,7 @@ from moeplace.atomic import check_distinct, check_output_dir, output_dir
 from moeplace.calibrate.trace_io import load_trace
 from moeplace.cli.app import SeedOpt, TraceArg, app, named, out, parse_ints, progress_bar, user_errors
 from moeplace.validators.locality.diagnose import Settings, diagnose
-from moeplace.validators.locality.report import write_report
+from moeplace.validators.locality.report import REPORT_FILES, write_report
 
 
 @app.command("diagnose")
@@ -39,7 +39,7 @@ def diagnose_command(
 ):
     """Measure routing locality per layer and say which lever fits: static placement, a dynamic
     expert cache, or prefetch. Writes a Markdown + JSON report and plots."""
-    check_distinct([trace], [out_dir])
+    check_distinct([trace], [out_dir / name for name in REPORT_FILES])
     check_output_dir(out_dir)
     data = load_trace(trace)
     settings = Settings(

@@ -63,8 +63,8 @@ from moeplace.planner.solvers import (
     SolverOptions,
 )
 from moeplace.planner.topology import Topology
+from moeplace.validators.compare import COMPARISON_KINDS, fit_figures, markdown_table, write_comparison
 from moeplace.validators.compare import compare as compare_solvers
-from moeplace.validators.compare import fit_figures, markdown_table, write_comparison
 from moeplace.validators.report import check_compatible, gate_failures
 from moeplace.validators.report import validate as validate_placement
 
@@ -321,7 +321,7 @@ def compare(
     jobs: JobsOpt = CORES,
 ):
     """Every solver at every device count (and load tolerance): fit on one split, score on the other."""
-    check_distinct([trace], [out_dir])
+    check_distinct([trace], [out_dir / f"comparison.{kind}" for kind in COMPARISON_KINDS])
     check_output_dir(out_dir)
     device_counts, names = parse_ints(devices, "--devices"), parse_solvers(solvers)
     tolerances = parse_tolerances(load_tolerance)

@@ -9,13 +9,14 @@ from moeplace.atomic import write_bytes, write_text
 from moeplace.planner.placement import yaml_safe
 from moeplace.validators.locality.plots import cache_png, consistency_png, structure_png
 
+REPORT_FILES = ("report.md", "report.json", "structure.png", "cache.png", "consistency.png")
+
 
 def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
     """Write ``report.md``, ``report.json`` and ``structure.png``, ``cache.png``, ``consistency.png``."""
-    paths = {name: out_dir / name for name in ("report.md", "report.json")}
+    paths = {name: out_dir / name for name in REPORT_FILES}
     write_text(paths["report.json"], json.dumps(yaml_safe(report), indent=1) + "\n")
     for name, draw in (("structure", structure_png), ("cache", cache_png), ("consistency", consistency_png)):
-        paths[f"{name}.png"] = out_dir / f"{name}.png"
         write_bytes(paths[f"{name}.png"], draw(report))
     write_text(paths["report.md"], markdown(report))
     return paths
