@@ -16,6 +16,7 @@ import math
 import os
 import stat
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,17 @@ import numpy as np
 
 from moeplace.errors import MoeplaceError, file_error
 
+# What zipfile and zlib raise for damaged archives: bad headers, unsupported features it was told
+# of (encryption, versions), streams that do not inflate or end early.
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+)
 MAX_TEXT_BYTES = 1 << 30  # a placement, config or permutation file is kilobytes to megabytes
 # A zip member inflating past this many times its compressed size is refused once it is larger
 # than BOMB_FLOOR: routing arrays compress 3-4x, their label arrays up to ~50x.
@@ -119,6 +131,12 @@ class Npz:
         return name in self.files
 
     def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self._read(name)
+        except ZIP_ERRORS as exc:  # a damaged member
+            raise MoeplaceError(f"{name}.npy is damaged ({type(exc).__name__}: {exc})") from None
+
+    def _read(self, name: str) -> np.ndarray:
         info = self._zip.getinfo(f"{name}.npy")
         if info.file_size > BOMB_FLOOR and info.file_size > MAX_INFLATION * max(info.compress_size, 1):
             raise MoeplaceError(
@@ -133,6 +151,10 @@ class Npz:
 
 @contextlib.contextmanager
 def open_npz(path: Path) -> Iterator[Npz]:
-    """``Npz`` over the archive at ``path`` (``zipfile`` errors pass to the caller)."""
-    with zipfile.ZipFile(path) as archive:
+    """``Npz`` over the archive at ``path``; an archive that is not one raises ``MoeplaceError``."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except ZIP_ERRORS as exc:
+        raise MoeplaceError(f"not a readable .npz archive ({type(exc).__name__}: {exc})") from None
+    with archive:
         yield Npz(archive)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from moeplace.atomic import atomic_path
-from moeplace.calibrate.safe_io import check_regular_file, loads_json, open_npz
+from moeplace.calibrate.safe_io import ZIP_ERRORS, check_regular_file, loads_json, open_npz
 from moeplace.calibrate.stats import Statistics, TopkSets
 from moeplace.calibrate.trace import Trace, TraceMeta
 from moeplace.calibrate.trace_io import load_trace
@@ -53,7 +53,7 @@ def is_statistics_file(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             return "stats_meta_json.npy" in z.namelist()
-    except (OSError, zipfile.BadZipFile):
+    except ZIP_ERRORS:
         return False
 
 

@@ -14,8 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_trace
+from conftest import make_trace, random_trace
 from moeplace.calibrate.stats import compute_statistics
+from moeplace.calibrate.stats_io import load_statistics, save_statistics
+from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import load_placement, save_placement
 from moeplace.planner.plan import plan
@@ -163,3 +165,42 @@ def _fits_exhaustively(copies, holds, room) -> bool:
             if fits:
                 return True
     return False
+
+
+@st.composite
+def damaged(draw, original: bytes):
+    """``original`` with a few bytes overwritten, then maybe cut short, then maybe grown."""
+    data = bytearray(original)
+    for _ in range(draw(st.integers(1, 8))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    cut = draw(st.one_of(st.none(), st.integers(0, len(data))))
+    return bytes(data[:cut]) + draw(st.binary(max_size=16))
+
+
+def _small_files() -> dict[str, bytes]:
+    """The bytes of a small valid trace .npz, its statistics and a placement YAML planned from it."""
+    trace = random_trace(tokens=40, docs=3, layers=1, experts=8, top_k=2)
+    placement = plan(compute_statistics(trace), Topology(8, 2, 1, 2), "frequency", SolverOptions(), {})
+    with tempfile.TemporaryDirectory() as tmp:
+        save_trace(trace, Path(tmp) / "t.npz")
+        save_placement(placement, Path(tmp) / "p.yaml")
+        save_statistics(compute_statistics(trace), Path(tmp) / "s.npz")
+        return {name: (Path(tmp) / name).read_bytes() for name in ("t.npz", "s.npz", "p.yaml")}
+
+
+SMALL_FILES = _small_files()
+
+
+@given(data=st.data())
+@PROPERTY
+def test_damaged_files_are_read_or_refused_never_crash(data):
+    """Any damage to a trace or a placement file ends in the file read or in a ``MoeplaceError``
+    naming it: never another exception."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, load in (("t.npz", load_trace), ("s.npz", load_statistics), ("p.yaml", load_placement)):
+            path = Path(tmp) / name
+            path.write_bytes(data.draw(damaged(SMALL_FILES[name])))
+            try:
+                load(path)
+            except MoeplaceError as exc:
+                assert str(exc).startswith(str(path)), exc
