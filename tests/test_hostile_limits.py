@@ -398,7 +398,7 @@ def test_negative_request_lengths_in_an_sglang_dump_are_refused(tmp_path):
     refused(
         run("import", "sglang", tmp_path / "d.pt", "--out", tmp_path / "o.npz"),
         "d.pt",
-        "extend_seq_lens must be lengths >= 0",
+        "extend_seq_lens must be lengths >= 1",
     )
 
 

@@ -141,7 +141,7 @@ def _documents(first: _Record, ids: np.ndarray, moe_layers: np.ndarray, to_logic
     lengths = first.extend_seq_lens
     if lengths:  # they add up to the batch (checked on reading)
         bounds = itertools.pairwise(np.cumsum([0, *lengths]))
-        return [(logical[lo:hi], f"{name}/request{i}") for i, (lo, hi) in enumerate(bounds) if hi > lo]
+        return [(logical[lo:hi], f"{name}/request{i}") for i, (lo, hi) in enumerate(bounds)]
     return [(logical, f"{name}/decode")] if logical.shape[0] else []
 
 
@@ -192,9 +192,10 @@ def _read_record(record, index: int, path: Path, map_shape: tuple[int, int]) -> 
     lengths = record.get("extend_seq_lens")
     lengths = _as_array([] if lengths is None else lengths, path, f"{where}: extend_seq_lens")
     tokens = input_ids.shape[0]
-    if lengths.ndim > 1 or np.any(lengths < 0) or (lengths.size and lengths.sum() != tokens):
+    # a request in an extend pass extends by one token at least
+    if lengths.ndim > 1 or np.any(lengths < 1) or (lengths.size and lengths.sum() != tokens):
         raise file_error(
-            path, f"{where}: extend_seq_lens must be lengths >= 0 adding up to its {tokens} tokens"
+            path, f"{where}: extend_seq_lens must be lengths >= 1 adding up to its {tokens} tokens"
         )
     number, rank = record.get("forward_pass_id", -1), record.get("rank", 0)
     if not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in (number, rank)):
