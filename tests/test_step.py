@@ -1,0 +1,110 @@
+"""The step model against steps counted by hand, each sending rule against its definition, and on
+real routing against the proxy it refines."""
+
+import numpy as np
+import pytest
+
+from conftest import make_trace
+from moeplace.errors import MoeplaceError
+from moeplace.planner.topology import Topology
+from moeplace.validators.step import Workload, rank_traffic, schedule, step_cost
+
+
+def test_prefill_deals_requests_to_the_least_queued_rank_and_cuts_chunks():
+    step, rank = schedule(np.array([0, 3, 5, 9]), 2, Workload("prefill", tokens_per_rank=2))
+    # request 0 -> rank 0 (queues 0, 0); 1 -> rank 1 (3, 0); 2 -> rank 1 (3, 2); chunks of 2 a rank
+    np.testing.assert_array_equal(rank, [0, 0, 0, 1, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(step, [0, 0, 1, 0, 0, 1, 1, 2, 2])
+
+
+def test_decode_gives_each_request_the_first_free_slot():
+    step, rank = schedule(np.array([0, 3, 5, 9]), 2, Workload("decode", requests_per_rank=1))
+    # request 0 on rank 0 at steps 0-2; 1 on rank 1 at 0-1; 2 takes rank 1's slot, free at step 2
+    np.testing.assert_array_equal(rank, [0, 0, 0, 1, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(step, [0, 1, 2, 0, 1, 2, 3, 4, 5])
+
+
+TOPOLOGY = Topology(8, 4, num_nodes=2)  # ranks 0-1 on node 0, 2-3 on node 1
+
+
+def traffic(served, kernel, sources=(0,)):
+    """Totals over the one step: rank -> figure -> count."""
+    served = np.array(served)
+    out = rank_traffic(served, np.zeros(len(served), np.int64), np.array(sources), 1, TOPOLOGY, kernel)
+    return {figure: counts[0].tolist() for figure, counts in out.items()}
+
+
+def test_rank_rule_sends_once_per_remote_rank():
+    got = traffic([[0, 1, 1, 3]], "rank")  # two experts on rank 1: one copy
+    assert got["pairs"] == [1, 2, 0, 1]
+    assert got["sent_nvlink"] == [1, 0, 0, 0] and got["received_nvlink"] == [0, 1, 0, 0]
+    assert got["sent_rdma"] == [1, 0, 0, 0] and got["received_rdma"] == [0, 0, 0, 1]
+
+
+def test_node_rule_sends_once_per_remote_node_then_forwards_within_it():
+    got = traffic([[1, 2, 3, 3]], "node")
+    # rank 0 -> rank 1 over NVLink; one RDMA copy to node 1, to rank 2 (local index 0 like rank 0),
+    # which computes its expert and forwards over NVLink to rank 3
+    assert got["sent_nvlink"] == [1, 0, 1, 0] and got["received_nvlink"] == [0, 1, 0, 1]
+    assert got["sent_rdma"] == [1, 0, 0, 0] and got["received_rdma"] == [0, 0, 1, 0]
+    relay_not_needed = traffic([[3, 3, -1, -1]], "node", sources=(1,))  # rank 1's relay is rank 3
+    assert relay_not_needed["received_rdma"] == [0, 0, 0, 1] and relay_not_needed["sent_nvlink"] == [
+        0,
+        0,
+        0,
+        0,
+    ]
+
+
+def test_expert_rule_sends_every_remote_pair():
+    got = traffic([[0, 1, 1, 3]], "expert")
+    assert got["received_nvlink"] == [0, 2, 0, 0] and got["received_rdma"] == [0, 0, 0, 1]
+    assert got["sent_nvlink"] == [2, 0, 0, 0] and got["sent_rdma"] == [1, 0, 0, 0]
+
+
+def test_a_rank_of_its_own_experts_pays_no_traffic():
+    for kernel in ("rank", "node", "expert"):
+        got = traffic([[2, 2, 2, -1]], kernel, sources=(2,))
+        assert sum(map(sum, (got[f] for f in got if f != "pairs"))) == 0 and got["pairs"] == [0, 0, 3, 0]
+
+
+def test_the_straggler_is_the_busiest_rank_of_each_step_averaged_over_steps():
+    # 2 ranks, 1 node, experts 0-1 on rank 0 and 2-3 on rank 1; prefill chunks of 2 tokens a rank
+    ids = np.array([[0, 1], [0, 2], [2, 3], [1, 3]])[:, None, :]  # 4 tokens, 1 layer, top-2
+    trace = make_trace(ids, [2, 2], 4)  # request 0 -> rank 0, request 1 -> rank 1; one step
+    cost = step_cost(np.array([[0, 1, 2, 3]]), trace, Topology(4, 2), Workload("prefill", tokens_per_rank=2))
+    assert cost.steps == 1
+    # rank 0 runs tokens 0-1: token 1 sends to rank 1; rank 1 runs 2-3: token 3 sends to rank 0
+    np.testing.assert_array_equal(cost.straggler["received_nvlink"], [1.0])
+    np.testing.assert_array_equal(cost.straggler["pairs"], [4.0])  # rank 0: 2 + 1 + 1 pairs
+    np.testing.assert_array_equal(cost.mean["pairs"], [4.0])
+
+
+def test_a_workload_that_cannot_be_is_refused():
+    with pytest.raises(MoeplaceError, match="kernel"):
+        Workload(kernel="magic")
+    with pytest.raises(MoeplaceError, match="at least 1"):
+        Workload(tokens_per_rank=0)
+
+
+def test_real_routing_colocation_cuts_copies_more_than_the_straggler(real_split, real_stats):
+    """gpt-oss, D = 8, chunks of 1,024 tokens a rank: greedy-capped cuts the mean rank's received
+    copies more than the busiest rank's, and raises the compute straggler (pairs) above frequency's;
+    the proxy (mean fan-out) overstates what the step gains."""
+    from moeplace.planner.plan import plan
+    from moeplace.planner.solvers import SolverOptions
+
+    held = real_split[1]
+    topology = Topology(32, 8)
+    workload = Workload("prefill", tokens_per_rank=1024)
+    costs = {}
+    for solver in ("frequency", "greedy-capped"):
+        placement = plan(real_stats, topology, solver, SolverOptions(load_tolerance=0.1), {})
+        costs[solver] = step_cost(placement.physical_to_logical, held, topology, workload).summary()
+    base, ours = costs["frequency"], costs["greedy-capped"]
+    mean_cut = 1 - ours["received_mean"] / base["received_mean"]
+    straggler_cut = 1 - ours["received_straggler"] / base["received_straggler"]
+    assert 0 < straggler_cut < mean_cut
+    assert ours["pairs_straggler"] > base["pairs_straggler"] and ours["pairs_mean"] == pytest.approx(
+        base["pairs_mean"]
+    )

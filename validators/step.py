@@ -1,0 +1,210 @@
+"""The serving step: a trace replayed as expert-parallel forward steps, and what each rank pays.
+
+Every EP rank is also a data-parallel attention rank: it holds its own requests and routes its own
+tokens. A step is one forward pass of every rank at once; at each MoE layer each token's hidden
+state goes to the ranks holding its experts under the kernel's sending rule, each rank computes the
+token-expert pairs that land on it, and the collective lasts as long as its busiest rank. So per
+step and layer this counts, for every rank, tokens sent and received over each link class and the
+pairs it computes, and reports the maximum over ranks (the straggler, what is paid) beside the mean
+(what a perfect balance would pay).
+
+Workloads (``Workload``):
+- prefill: requests are dealt to ranks as they arrive, each to the rank with the fewest tokens
+  queued; each step a rank runs the next ``tokens_per_rank`` tokens of its queue (chunked prefill).
+- decode: continuous batching; each rank serves ``requests_per_rank`` live requests, one token of
+  each per step; a finished request's slot takes the next request in arrival order, on whichever
+  slot frees first.
+
+Sending rules (``KERNELS``), after DeepEP's kernels:
+- ``rank``: a token goes once to every distinct remote rank holding one of its experts (DeepEP's
+  normal kernels within a node; NVLink).
+- ``node``: across nodes once per distinct remote node over RDMA, to the rank of the same local
+  index there, which forwards it over NVLink to the other ranks of its node that need it; ranks of
+  its own node over NVLink directly (DeepEP's normal internode kernels).
+- ``expert``: one message per remote (token, expert) pair, no deduplication (DeepEP's low-latency
+  kernels); over RDMA across nodes, NVLink within one.
+A rank's own experts cost no traffic. Combine sends the same messages back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from typing import Literal
+
+import numpy as np
+
+from moeplace.calibrate.trace import Trace, release_pages
+from moeplace.errors import MoeplaceError
+from moeplace.planner.dispatch import dispatch, replica_devices
+from moeplace.planner.topology import Topology
+
+KERNELS = ("rank", "node", "expert")
+FIGURES = ("sent_nvlink", "sent_rdma", "received_nvlink", "received_rdma", "pairs")
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """How held-out requests become steps: ``phase`` prefill (chunks of ``tokens_per_rank``
+    consecutive tokens) or decode (``requests_per_rank`` live requests, one token each a step),
+    and the kernel's sending rule."""
+
+    phase: Literal["prefill", "decode"] = "prefill"
+    tokens_per_rank: int = 1024
+    requests_per_rank: int = 32
+    kernel: Literal["rank", "node", "expert"] = "rank"
+
+    def __post_init__(self):
+        if self.phase not in ("prefill", "decode"):
+            raise MoeplaceError(f"phase must be prefill or decode, got {self.phase!r}")
+        if self.kernel not in KERNELS:
+            raise MoeplaceError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
+        if self.tokens_per_rank < 1 or self.requests_per_rank < 1:
+            raise MoeplaceError("tokens per rank and requests per rank must be at least 1")
+
+    @property
+    def batch(self) -> int:
+        """Tokens a rank runs in a full step."""
+        return self.tokens_per_rank if self.phase == "prefill" else self.requests_per_rank
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCost:
+    """Per MoE layer, figures per step averaged over steps, in tokens (pairs for ``pairs``).
+
+    ``straggler[figure]``: float ``[L]``, the busiest rank's count per step; ``mean[figure]``:
+    float ``[L]``, the mean rank's. ``steps``: steps replayed; ``batch``: tokens a rank runs in a
+    full step (to read the figures per token of a batch).
+    """
+
+    straggler: dict[str, np.ndarray]
+    mean: dict[str, np.ndarray]
+    steps: int
+    batch: int
+
+    def summary(self) -> dict:
+        """Means over layers, per token of a rank's batch: received (both links), pairs."""
+        received = self.straggler["received_nvlink"] + self.straggler["received_rdma"]
+        received_mean = self.mean["received_nvlink"] + self.mean["received_rdma"]
+        return {
+            "steps": self.steps,
+            "received_straggler": float(received.mean() / self.batch),
+            "received_mean": float(received_mean.mean() / self.batch),
+            "rdma_received_straggler": float(self.straggler["received_rdma"].mean() / self.batch),
+            "pairs_straggler": float(self.straggler["pairs"].mean() / self.batch),
+            "pairs_mean": float(self.mean["pairs"].mean() / self.batch),
+        }
+
+
+def schedule(doc_offsets: np.ndarray, num_ranks: int, workload: Workload) -> tuple[np.ndarray, np.ndarray]:
+    """Step and rank of every token, int64 ``[T]`` each. ``doc_offsets``: int ``[D+1]``."""
+    lengths = np.diff(doc_offsets)
+    doc_rank, doc_start = (_prefill if workload.phase == "prefill" else _decode)(lengths, num_ranks, workload)
+    doc_of_token = np.repeat(np.arange(lengths.shape[0]), lengths)
+    within = np.arange(int(doc_offsets[-1])) - doc_offsets[doc_of_token]
+    rank = doc_rank[doc_of_token]
+    if workload.phase == "decode":
+        return doc_start[doc_of_token] + within, rank
+    position = doc_start[doc_of_token] + within  # place in its rank's queue of prefill tokens
+    return position // workload.tokens_per_rank, rank
+
+
+def _prefill(lengths: np.ndarray, num_ranks: int, workload: Workload) -> tuple[np.ndarray, np.ndarray]:
+    """Each request to the rank with the fewest tokens queued; its first token's queue place."""
+    queued = np.zeros(num_ranks, np.int64)
+    rank, start = np.zeros(lengths.shape[0], np.int64), np.zeros(lengths.shape[0], np.int64)
+    for doc, length in enumerate(lengths):
+        rank[doc] = int(np.argmin(queued))
+        start[doc] = queued[rank[doc]]
+        queued[rank[doc]] += length
+    return rank, start
+
+
+def _decode(lengths: np.ndarray, num_ranks: int, workload: Workload) -> tuple[np.ndarray, np.ndarray]:
+    """Each request to the slot that frees first (slots: ranks x live requests); its first step."""
+    free = [(0, rank, slot) for rank in range(num_ranks) for slot in range(workload.requests_per_rank)]
+    heapq.heapify(free)
+    rank, start = np.zeros(lengths.shape[0], np.int64), np.zeros(lengths.shape[0], np.int64)
+    for doc, length in enumerate(lengths):
+        step, rank[doc], slot = heapq.heappop(free)
+        start[doc] = step
+        heapq.heappush(free, (step + int(length), int(rank[doc]), slot))
+    return rank, start
+
+
+def step_cost(
+    physical_to_logical: np.ndarray, trace: Trace, topology: Topology, workload: Workload
+) -> StepCost:
+    """Replay ``trace`` as steps under ``workload`` on a placement, int ``[L, P]`` expert of each
+    physical slot (``Placement.physical_to_logical``); replicas chosen by the dispatch policy."""
+    if workload.kernel == "node" and topology.num_nodes == 1:
+        workload = dataclasses.replace(workload, kernel="rank")  # one node: no RDMA to dedup across
+    ranks, layers = topology.num_devices, trace.num_layers
+    step, source = schedule(trace.doc_offsets, ranks, workload)
+    steps = int(step.max()) + 1 if step.size else 0
+    totals = {figure: np.zeros((layers, steps, ranks)) for figure in FIGURES}
+    offsets = trace.doc_offsets
+    for first, end in trace.document_chunks(1 << 16):
+        lo, hi = int(offsets[first]), int(offsets[end])
+        chunk = np.asarray(trace.topk_ids[lo:hi])
+        for layer in range(layers):
+            replicas = replica_devices(
+                physical_to_logical[layer], topology.num_experts, topology.slots_per_device
+            )
+            served = dispatch(chunk[:, layer, :], np.ones(hi - lo), replicas, ranks)  # [t, k] device
+            for figure, counts in rank_traffic(
+                served, step[lo:hi], source[lo:hi], steps, topology, workload.kernel
+            ).items():
+                totals[figure][layer] += counts
+        release_pages(trace.topk_ids)
+    return StepCost(
+        straggler={figure: counts.max(axis=2).mean(axis=1) for figure, counts in totals.items()},
+        mean={figure: counts.mean(axis=2).mean(axis=1) for figure, counts in totals.items()},
+        steps=steps,
+        batch=workload.batch,
+    )
+
+
+def rank_traffic(
+    served: np.ndarray, step: np.ndarray, source: np.ndarray, steps: int, topology: Topology, kernel: str
+) -> dict[str, np.ndarray]:
+    """Per step and rank, float ``[S, D]`` each of ``FIGURES``, for tokens whose experts are on
+    ranks ``served`` int ``[T, k]`` (-1 none), run at ``step`` by rank ``source`` (int ``[T]``)."""
+    ranks, node = topology.num_devices, topology.node_of_device
+
+    def at(tokens: np.ndarray, where: np.ndarray) -> np.ndarray:
+        """How many events (the step of ``tokens``, rank ``where``) fall in each cell."""
+        keys = step[tokens] * ranks + where
+        return np.bincount(keys, minlength=steps * ranks).reshape(steps, ranks).astype(np.float64)
+
+    valid = served >= 0
+    token = np.broadcast_to(np.arange(served.shape[0])[:, None], served.shape)[valid]
+    dest = served[valid]
+    out = {"pairs": at(token, dest)}
+    if kernel != "expert":  # one message per destination rank
+        unique = np.unique(token * ranks + dest)
+        token, dest = unique // ranks, unique % ranks
+    src = source[token]
+    remote, same_node = dest != src, node[dest] == node[src]
+    if kernel != "node":
+        nvlink, rdma = remote & same_node, remote & ~same_node
+        return out | {
+            "sent_nvlink": at(token[nvlink], src[nvlink]),
+            "received_nvlink": at(token[nvlink], dest[nvlink]),
+            "sent_rdma": at(token[rdma], src[rdma]),
+            "received_rdma": at(token[rdma], dest[rdma]),
+        }
+    # node: one RDMA copy per (token, remote node) to the rank of the source's local index there,
+    # which forwards it over NVLink to the other destination ranks of its node
+    per_node, nodes = topology.devices_per_node, topology.num_nodes
+    direct, far = remote & same_node, ~same_node
+    relay = node[dest] * per_node + src % per_node  # the relay of each message (for far ones)
+    hops = np.unique(token[far] * nodes + node[dest[far]])
+    hop_token, hop_node = hops // nodes, hops % nodes
+    forward = far & (dest != relay)
+    return out | {
+        "sent_rdma": at(hop_token, source[hop_token]),
+        "received_rdma": at(hop_token, hop_node * per_node + source[hop_token] % per_node),
+        "sent_nvlink": at(token[direct], src[direct]) + at(token[forward], relay[forward]),
+        "received_nvlink": at(token[direct], dest[direct]) + at(token[forward], dest[forward]),
+    }
