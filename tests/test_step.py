@@ -30,13 +30,16 @@ TOPOLOGY = Topology(8, 4, num_nodes=2)  # ranks 0-1 on node 0, 2-3 on node 1
 def traffic(served, kernel, sources=(0,)):
     """Totals over the one step: rank -> figure -> count."""
     served = np.array(served)
-    out = rank_traffic(served, np.zeros(len(served), np.int64), np.array(sources), 1, TOPOLOGY, kernel)
+    out = rank_traffic(
+        served, served, np.zeros(len(served), np.int64), np.array(sources), 1, TOPOLOGY, kernel
+    )
     return {figure: counts[0].tolist() for figure, counts in out.items()}
 
 
 def test_rank_rule_sends_once_per_remote_rank():
     got = traffic([[0, 1, 1, 3]], "rank")  # two experts on rank 1: one copy
     assert got["pairs"] == [1, 2, 0, 1]
+    assert got["experts"] == [1, 1, 0, 1]  # the ids here are the ranks: rank 1 reads one expert twice
     assert got["sent_nvlink"] == [1, 0, 0, 0] and got["received_nvlink"] == [0, 1, 0, 0]
     assert got["sent_rdma"] == [1, 0, 0, 0] and got["received_rdma"] == [0, 0, 0, 1]
 
@@ -65,7 +68,8 @@ def test_expert_rule_sends_every_remote_pair():
 def test_a_rank_of_its_own_experts_pays_no_traffic():
     for kernel in ("rank", "node", "expert"):
         got = traffic([[2, 2, 2, -1]], kernel, sources=(2,))
-        assert sum(map(sum, (got[f] for f in got if f != "pairs"))) == 0 and got["pairs"] == [0, 0, 3, 0]
+        moved = sum(sum(got[f]) for f in got if f.startswith(("sent", "received")))
+        assert moved == 0 and got["pairs"] == [0, 0, 3, 0]
 
 
 def test_the_straggler_is_the_busiest_rank_of_each_step_averaged_over_steps():
@@ -108,3 +112,54 @@ def test_real_routing_colocation_cuts_copies_more_than_the_straggler(real_split,
     assert ours["pairs_straggler"] > base["pairs_straggler"] and ours["pairs_mean"] == pytest.approx(
         base["pairs_mean"]
     )
+
+
+def test_validate_reports_the_step_and_gates_on_it(tmp_path, real_split):
+    """The CLI: the step section beside the proxy, in JSON too, and --min-speedup failing on it."""
+    import json
+
+    from conftest import run
+    from moeplace.calibrate.trace_io import save_trace
+
+    fit, held = real_split
+    save_trace(fit, tmp_path / "fit.npz")
+    save_trace(held, tmp_path / "held.npz")
+    planned = run("plan", tmp_path / "fit.npz", "--devices", 8, "--solver", "greedy-capped",
+                  "--load-tolerance", 0.1, "--out", tmp_path / "p.yaml")  # fmt: skip
+    assert planned.exit_code == 0, planned.output
+    result = run("validate", tmp_path / "p.yaml", tmp_path / "held.npz", "--step", "decode", "--json")
+    assert result.exit_code == 0, result.output
+    step = json.loads(result.output)["step"]
+    assert "a model, not a measurement" in step["model"] and step["workload"]["phase"] == "decode"
+    assert step["seconds"]["step"] > 0 and step["traffic"]["pairs_straggler"] >= step["traffic"]["pairs_mean"]
+    gated = run(
+        "validate", tmp_path / "p.yaml", tmp_path / "held.npz", "--step", "prefill", "--min-speedup", 0.5
+    )
+    assert gated.exit_code == 1 and "estimated step speedup" in gated.stderr
+    assert "serving step, prefill" in gated.output
+    refused = run("validate", tmp_path / "p.yaml", tmp_path / "held.npz", "--min-speedup", 0.1)
+    assert refused.exit_code == 2 and "--min-speedup needs --step" in refused.stderr
+
+
+def test_a_profile_file_replaces_the_built_in_figures(tmp_path):
+    from moeplace.validators.profile import H800, ModelShape, load_profile, step_time
+    from moeplace.validators.step import StepCost
+
+    (tmp_path / "slow.yaml").write_text(
+        "nvlink: {rank: [1.0, 1.0], node: [1.0, 1.0], expert: [1.0, 1.0]}\n"
+        "rdma: {rank: [1.0, 1.0], node: [1.0, 1.0], expert: [1.0, 1.0]}\n"
+        "tflops: 1.0\nhbm_tbps: 1.0\nefficiency: 1.0\nsource: a test\n"
+    )
+    slow = load_profile(str(tmp_path / "slow.yaml"))
+    figures = ("sent_nvlink", "sent_rdma", "received_nvlink", "received_rdma", "pairs", "experts")
+    cost = StepCost({f: np.array([1.0]) for f in figures}, {f: np.array([1.0]) for f in figures}, 1, 1)
+    shape = ModelShape(hidden=128, intermediate=64)
+    time = step_time(cost, shape, slow, "rank")
+    # one token each way at 1 GB/s: (128 * (1 + 4/128)) bytes over NVLink and over RDMA
+    assert time.dispatch == pytest.approx(2 * 132 / 1e9)
+    assert time.compute == pytest.approx(max(6 * 128 * 64 / 1e12, 3 * 128 * 64 / 1e12))
+    assert time.total(overlap=True) == max(time.dispatch + time.combine, time.compute)
+    assert step_time(cost, shape, H800, "rank").dispatch < time.dispatch
+    (tmp_path / "bad.yaml").write_text("tflops: 1\n")
+    with pytest.raises(MoeplaceError, match="not a profile"):
+        load_profile(str(tmp_path / "bad.yaml"))

@@ -12,7 +12,9 @@ from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import Placement, yaml_safe
 from moeplace.planner.solvers import BASELINE, frequency_placement
 from moeplace.validators.metrics import balance_floor, devices_lower_bound, random_expected_devices
+from moeplace.validators.profile import ModelShape, Profile, StepTime, step_time
 from moeplace.validators.score import Score, score_placement
+from moeplace.validators.step import StepCost, Workload, step_cost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +25,7 @@ class Validation:
     holdout: Trace
     score: Score
     baseline: Score
+    baseline_slots: np.ndarray  # int [L, N]: the frequency baseline's expert in each slot
 
     @property
     def reduction(self) -> float:
@@ -96,12 +99,68 @@ def validate(placement: Placement, holdout: Trace, baseline_load: np.ndarray | N
     load = placement.calibration_load if baseline_load is None else baseline_load
     topology = placement.topology
     plain = topology.without_replicas
-    baseline = np.stack([frequency_placement(x, plain) for x in load])
+    baseline = np.argsort(np.stack([frequency_placement(x, plain) for x in load]), axis=1, kind="stable")
     return Validation(
         placement=placement,
         holdout=holdout,
         score=score_placement(placement.physical_to_logical, holdout, topology),
-        baseline=score_placement(np.argsort(baseline, axis=1, kind="stable"), holdout, plain),
+        baseline=score_placement(baseline, holdout, plain),
+        baseline_slots=baseline,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class StepComparison:
+    """The serving step of a placement and of the frequency baseline on the same held-out steps
+    (``step_time`` seconds per step, summed over layers; ``step_cost`` counts behind them)."""
+
+    workload: Workload
+    profile: Profile
+    overlap: bool
+    time: StepTime
+    baseline_time: StepTime
+    cost: StepCost
+    baseline_cost: StepCost
+
+    @property
+    def speedup(self) -> float:
+        """1 - step time / the baseline's step time."""
+        return 1.0 - self.time.total(self.overlap) / self.baseline_time.total(self.overlap)
+
+    def summary(self) -> dict:
+        def times(t: StepTime) -> dict:
+            return dataclasses.asdict(t) | {"step": t.total(self.overlap)}
+
+        return yaml_safe(
+            {
+                "model": self.profile.assumptions(),
+                "workload": dataclasses.asdict(self.workload) | {"overlap": self.overlap},
+                "seconds": times(self.time),
+                "baseline_seconds": times(self.baseline_time),
+                "speedup": self.speedup,
+                "traffic": self.cost.summary(),
+                "baseline_traffic": self.baseline_cost.summary(),
+            }
+        )
+
+
+def compare_steps(
+    validation: Validation, workload: Workload, profile: Profile, shape: ModelShape, overlap: bool
+) -> StepComparison:
+    """Replay the held-out trace as serving steps on the placement and on its baseline."""
+    topology = validation.placement.topology
+    cost = step_cost(validation.placement.physical_to_logical, validation.holdout, topology, workload)
+    baseline_cost = step_cost(
+        validation.baseline_slots, validation.holdout, topology.without_replicas, workload
+    )
+    return StepComparison(
+        workload,
+        profile,
+        overlap,
+        step_time(cost, shape, profile, workload.kernel),
+        step_time(baseline_cost, shape, profile, workload.kernel),
+        cost,
+        baseline_cost,
     )
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 from typing import Literal
 
 import numpy as np
@@ -40,7 +41,8 @@ from moeplace.planner.dispatch import dispatch, replica_devices
 from moeplace.planner.topology import Topology
 
 KERNELS = ("rank", "node", "expert")
-FIGURES = ("sent_nvlink", "sent_rdma", "received_nvlink", "received_rdma", "pairs")
+FIGURES = ("sent_nvlink", "sent_rdma", "received_nvlink", "received_rdma", "pairs", "experts")
+STEP_TOKENS = 1 << 16  # tokens replayed at once: whole steps, so distinct experts per step are exact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,18 +145,22 @@ def step_cost(
     step, source = schedule(trace.doc_offsets, ranks, workload)
     steps = int(step.max()) + 1 if step.size else 0
     totals = {figure: np.zeros((layers, steps, ranks)) for figure in FIGURES}
-    offsets = trace.doc_offsets
-    for first, end in trace.document_chunks(1 << 16):
-        lo, hi = int(offsets[first]), int(offsets[end])
-        chunk = np.asarray(trace.topk_ids[lo:hi])
+    replicas = [
+        replica_devices(row, topology.num_experts, topology.slots_per_device) for row in physical_to_logical
+    ]
+    order = np.argsort(step, kind="stable")  # tokens step by step, every step whole in one chunk
+    ends = np.searchsorted(step[order], np.arange(1, steps + 1))  # where each step's tokens end
+    cuts = [0, *ends[np.diff(ends // STEP_TOKENS, prepend=0) > 0].tolist(), step.shape[0]]
+    for lo, hi in itertools.pairwise(sorted(set(cuts))):
+        tokens = np.sort(order[lo:hi])  # ascending: a memory-mapped trace is read in order
+        chunk = np.asarray(trace.topk_ids[tokens])
         for layer in range(layers):
-            replicas = replica_devices(
-                physical_to_logical[layer], topology.num_experts, topology.slots_per_device
+            ids = chunk[:, layer, :]
+            served = dispatch(ids, np.ones(tokens.shape[0]), replicas[layer], ranks)  # [t, k] device
+            traffic = rank_traffic(
+                served, ids, step[tokens], source[tokens], steps, topology, workload.kernel
             )
-            served = dispatch(chunk[:, layer, :], np.ones(hi - lo), replicas, ranks)  # [t, k] device
-            for figure, counts in rank_traffic(
-                served, step[lo:hi], source[lo:hi], steps, topology, workload.kernel
-            ).items():
+            for figure, counts in traffic.items():
                 totals[figure][layer] += counts
         release_pages(trace.topk_ids)
     return StepCost(
@@ -166,21 +172,35 @@ def step_cost(
 
 
 def rank_traffic(
-    served: np.ndarray, step: np.ndarray, source: np.ndarray, steps: int, topology: Topology, kernel: str
+    served: np.ndarray,
+    experts: np.ndarray,
+    step: np.ndarray,
+    source: np.ndarray,
+    steps: int,
+    topology: Topology,
+    kernel: str,
 ) -> dict[str, np.ndarray]:
-    """Per step and rank, float ``[S, D]`` each of ``FIGURES``, for tokens whose experts are on
-    ranks ``served`` int ``[T, k]`` (-1 none), run at ``step`` by rank ``source`` (int ``[T]``)."""
+    """Per step and rank, float ``[S, D]`` each of ``FIGURES``, for tokens whose ``experts`` (int
+    ``[T, k]``, -1 none) are served on ranks ``served`` (int ``[T, k]``), run at ``step`` by rank
+    ``source`` (int ``[T]``). The tokens hold whole steps: ``experts`` counts each rank's distinct
+    experts in a step (the weights it reads)."""
     ranks, node = topology.num_devices, topology.node_of_device
+    cells = steps * ranks
 
     def at(tokens: np.ndarray, where: np.ndarray) -> np.ndarray:
         """How many events (the step of ``tokens``, rank ``where``) fall in each cell."""
         keys = step[tokens] * ranks + where
-        return np.bincount(keys, minlength=steps * ranks).reshape(steps, ranks).astype(np.float64)
+        return np.bincount(keys, minlength=cells).reshape(steps, ranks).astype(np.float64)
 
     valid = served >= 0
     token = np.broadcast_to(np.arange(served.shape[0])[:, None], served.shape)[valid]
     dest = served[valid]
-    out = {"pairs": at(token, dest)}
+    width = int(experts.max(initial=0)) + 1
+    active = np.unique((step[token] * ranks + dest) * width + experts[valid]) // width  # cell of each
+    out = {
+        "pairs": at(token, dest),
+        "experts": np.bincount(active, minlength=cells).reshape(steps, ranks).astype(np.float64),
+    }
     if kernel != "expert":  # one message per destination rank
         unique = np.unique(token * ranks + dest)
         token, dest = unique // ranks, unique % ranks

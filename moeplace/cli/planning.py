@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from pathlib import Path
 from typing import Annotated
@@ -65,8 +66,10 @@ from moeplace.planner.solvers import (
 from moeplace.planner.topology import Topology
 from moeplace.validators.compare import COMPARISON_KINDS, fit_figures, markdown_table, write_comparison
 from moeplace.validators.compare import compare as compare_solvers
-from moeplace.validators.report import check_compatible, gate_failures
+from moeplace.validators.profile import ModelShape, load_profile, shape_of
+from moeplace.validators.report import StepComparison, check_compatible, compare_steps, gate_failures
 from moeplace.validators.report import validate as validate_placement
+from moeplace.validators.step import KERNELS, Workload
 
 StatsInputArg = Annotated[
     Path,
@@ -210,6 +213,14 @@ def plan(
     out.print(f"placement ({solver}, D={devices}, {len(placement.layers)} layers) -> {out_path}")
 
 
+class Phase(str, enum.Enum):
+    prefill = "prefill"
+    decode = "decode"
+
+
+Kernel = enum.Enum("Kernel", {name: name for name in KERNELS}, type=str)
+
+
 @app.command()
 @user_errors
 def validate(
@@ -241,11 +252,59 @@ def validate(
             help=f"Gate: fail if the dev/token reduction vs {BASELINE} is below this fraction (0.1 = 10%).",
         ),
     ] = None,
+    step: Annotated[
+        Phase | None,
+        typer.Option(
+            help="Also replay the held-out requests as serving steps (a model): prefill chunks or "
+            "continuous-batching decode, and estimate each step's dispatch, expert compute and combine.",
+        ),
+    ] = None,
+    tokens_per_rank: Annotated[
+        int, typer.Option(min=1, max=1 << 20, help="--step prefill: tokens a rank runs a step.")
+    ] = 1024,
+    requests_per_rank: Annotated[
+        int,
+        typer.Option(
+            min=1, max=1 << 16, help="--step decode: live requests a rank serves, one token each a step."
+        ),
+    ] = 32,
+    kernel: Annotated[
+        Kernel,
+        typer.Option(
+            help="--step: how dispatch sends a token: once per remote rank (DeepEP normal, one node), once "
+            "per remote node then per rank (DeepEP normal across nodes), or per expert (DeepEP low-latency).",
+        ),
+    ] = Kernel.rank,
+    profile: Annotated[
+        str, typer.Option(help="--step: hardware profile, h800 or a YAML file of measured numbers.")
+    ] = "h800",
+    overlap: Annotated[
+        bool, typer.Option(help="--step: two-micro-batch overlap of communication and compute.")
+    ] = True,
+    min_speedup: Annotated[
+        float | None,
+        typer.Option(
+            callback=bounded(
+                -1.0, 1.0, f"a fraction of {BASELINE}'s estimated step time between -1 and 1 (0.05 = 5%)"
+            ),
+            help=f"Gate (with --step): fail unless the estimated step is this much faster than {BASELINE}'s.",
+        ),
+    ] = None,
+    hidden: Annotated[
+        int | None,
+        typer.Option(min=1, max=1 << 20, help="--step: the model's hidden size (known models: built in)."),
+    ] = None,
+    intermediate: Annotated[
+        int | None, typer.Option(min=1, max=1 << 20, help="--step: one expert's intermediate size.")
+    ] = None,
 ):
     """Score a placement on held-out traffic beside the frequency baseline; gate on the result.
 
-    Exits 1 if a gate fails, saying why.
+    With --step, also the serving step it buys: a model of what each rank sends, receives and
+    computes per step, and the time that takes on a hardware profile. Exits 1 if a gate fails.
     """
+    if min_speedup is not None and step is None:
+        raise MoeplaceError("--min-speedup needs --step prefill or decode")
     placement = load_placement(placement_file)
     if max_load_ratio is not None and max_load_ratio > placement.num_devices:
         raise MoeplaceError(
@@ -263,6 +322,18 @@ def validate(
         validation = validate_placement(placement, held, baseline_load)
     summary = validation.summary()
     failures = gate_failures(summary, max_load_ratio, min_reduction)
+    steps = None
+    if step is not None:
+        workload = Workload(step.value, tokens_per_rank, requests_per_rank, kernel.value)
+        with named(holdout):
+            shape = ModelShape(hidden, intermediate) if hidden and intermediate else shape_of(held.meta.model)
+            steps = compare_steps(validation, workload, load_profile(profile), shape, overlap)
+        summary = summary | {"step": steps.summary()}
+        if min_speedup is not None and not steps.speedup >= min_speedup:
+            failures.append(
+                f"estimated step speedup {steps.speedup:+.4f} vs {BASELINE} is below --min-speedup "
+                f"{min_speedup}"
+            )
     if summary["holdout"]["fingerprint"] == placement.calibration.get("fingerprint"):
         err.print(
             tagged("warning:", "yellow", "the held-out trace is the calibration trace: figures are in-sample")
@@ -276,6 +347,8 @@ def validate(
     else:
         print_layers(validation.layers())
         print_summary(summary)
+        if steps is not None:
+            print_steps(steps)
         out.print(Text("PASSED", "green") if not failures else Text("FAILED", "red"))
     for failure in failures:
         err.print(tagged("gate failed:", "red", failure))
@@ -415,4 +488,31 @@ def print_summary(summary: dict) -> None:
     out.print(
         f"for scale: random placement {summary['random_expected_dev_per_token']:.3f} dev/token, "
         f"lower bound {summary['dev_per_token_lower_bound']}, balance floor {summary['balance_floor']:.3f}"
+    )
+
+
+def print_steps(steps: StepComparison) -> None:
+    """The serving step beside the baseline's: estimated times, then the counts behind them."""
+    w, ours, base = steps.workload, steps.summary()["traffic"], steps.summary()["baseline_traffic"]
+    batch = f"{w.tokens_per_rank} tokens" if w.phase == "prefill" else f"{w.requests_per_rank} live requests"
+    out.print(
+        f"serving step, {w.phase}, {batch} a rank, kernel {w.kernel}, {ours['steps']} steps: "
+        f"{steps.profile.assumptions()}"
+    )
+    t, b = steps.time, steps.baseline_time
+
+    def ms(x: float) -> str:
+        return f"{x * 1e3:.3f}"
+
+    out.print(
+        f"  per step (ms): dispatch {ms(t.dispatch)} vs {ms(b.dispatch)}, expert compute {ms(t.compute)} vs "
+        f"{ms(b.compute)}, combine {ms(t.combine)} vs {ms(b.combine)}; step {ms(t.total(steps.overlap))} vs "
+        f"{BASELINE} {ms(b.total(steps.overlap))} ({steps.speedup:+.1%}, "
+        f"{'overlapped' if steps.overlap else 'in a row'})"
+    )
+    out.print(
+        f"  per token of a rank's batch, busiest rank (mean rank): received {ours['received_straggler']:.3f} "
+        f"({ours['received_mean']:.3f}) vs {base['received_straggler']:.3f} ({base['received_mean']:.3f}); "
+        f"token-expert pairs {ours['pairs_straggler']:.3f} ({ours['pairs_mean']:.3f}) vs "
+        f"{base['pairs_straggler']:.3f} ({base['pairs_mean']:.3f})"
     )
