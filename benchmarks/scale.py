@@ -5,7 +5,8 @@
     python benchmarks/scale.py --tokens 100000 --layers 8  # a quick look
 
 Each stage runs in a child process so its peak resident memory is its own. Stages: generate the
-synthetic trace (once; reused from --workdir), accumulate statistics, validate one placement,
+synthetic trace (once; reused from --workdir), accumulate statistics, validate one placement, the
+step model on it (prefill and decode, nodes of 8 GPUs),
 solver wall time per layer at D = 8, 32, 64, 256 (each capped by --solver-timeout), full plans at
 D = 64, and statistics and validation over the streamed trace. Synthetic routing: speed and memory
 only.
@@ -53,6 +54,8 @@ def main() -> None:
     ]
     rows.append(child(args, "statistics", str(trace), str(stats)))
     rows.append(child(args, "validate", str(trace), str(stats)))
+    for phase in ("prefill", "decode"):
+        rows.append(child(args, "step", str(trace), str(stats), phase))
     for solver in args.solvers.split(","):
         for devices in args.devices.split(","):
             rows.append(child(args, "solve", str(stats), solver, devices, timeout=args.solver_timeout))
@@ -137,6 +140,31 @@ def stage_validate(args, path: str, stats_path: str) -> dict:
     }
 
 
+def stage_step(args, path: str, stats_path: str, phase: str) -> dict:
+    """The step model on one placement (the frequency plan at --plan-devices in 8-GPU nodes)."""
+    from moeplace.calibrate.stats_io import load_statistics
+    from moeplace.calibrate.trace_io import load_trace
+    from moeplace.planner.plan import plan
+    from moeplace.planner.solvers import SolverOptions
+    from moeplace.planner.topology import Topology
+    from moeplace.validators.step import Workload, step_cost
+
+    stats, trace = load_statistics(stats_path), load_trace(path)
+    devices = int(args.plan_devices)
+    topology = Topology(stats.meta.num_experts, devices, max(devices // 8, 1))
+    placement = plan(stats, topology, "frequency", SolverOptions(), {})
+    start = time.perf_counter()
+    cost = step_cost(placement.physical_to_logical, trace, topology, Workload(phase, kernel="node"))
+    seconds = time.perf_counter() - start
+    return {
+        "stage": "step",
+        "phase": phase,
+        "steps": cost.steps,
+        "tokens": trace.num_tokens,
+        "seconds": seconds,
+    }
+
+
 def stage_solve(args, stats_path: str, solver: str, devices: str) -> dict:
     from moeplace.calibrate.stats_io import load_statistics
     from moeplace.planner.plan import solve_layer
@@ -180,6 +208,7 @@ STAGES = {
     "generate": stage_generate,
     "statistics": stage_statistics,
     "validate": stage_validate,
+    "step": stage_step,
     "solve": stage_solve,
     "plan": stage_plan,
 }

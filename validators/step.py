@@ -31,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -151,18 +153,23 @@ def step_cost(
     order = np.argsort(step, kind="stable")  # tokens step by step, every step whole in one chunk
     ends = np.searchsorted(step[order], np.arange(1, steps + 1))  # where each step's tokens end
     cuts = [0, *ends[np.diff(ends // STEP_TOKENS, prepend=0) > 0].tolist(), step.shape[0]]
-    for lo, hi in itertools.pairwise(sorted(set(cuts))):
-        tokens = np.sort(order[lo:hi])  # ascending: a memory-mapped trace is read in order
-        chunk = np.asarray(trace.topk_ids[tokens])
-        for layer in range(layers):
-            ids = chunk[:, layer, :]
-            served = dispatch(ids, np.ones(tokens.shape[0]), replicas[layer], ranks)  # [t, k] device
-            traffic = rank_traffic(
-                served, ids, step[tokens], source[tokens], steps, topology, workload.kernel
-            )
-            for figure, counts in traffic.items():
-                totals[figure][layer] += counts
-        release_pages(trace.topk_ids)
+    with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, layers))) as pool:
+        for lo, hi in itertools.pairwise(sorted(set(cuts))):
+            tokens = np.sort(order[lo:hi])  # ascending: a memory-mapped trace is read in order
+            chunk = np.asarray(trace.topk_ids[tokens])
+
+            def layer_traffic(layer: int, chunk=chunk, tokens=tokens) -> tuple[int, dict]:
+                ids = chunk[:, layer, :]
+                served = dispatch(ids, np.ones(tokens.shape[0]), replicas[layer], ranks)  # [t, k] device
+                return layer, rank_traffic(
+                    served, ids, step[tokens], source[tokens], steps, topology, workload.kernel
+                )
+
+            # layers on threads (NumPy releases the GIL in its loops); each adds into its own rows
+            for layer, traffic in pool.map(layer_traffic, range(layers)):
+                for figure, counts in traffic.items():
+                    totals[figure][layer] += counts
+            release_pages(trace.topk_ids)
     return StepCost(
         straggler={figure: counts.max(axis=2).mean(axis=1) for figure, counts in totals.items()},
         mean={figure: counts.mean(axis=2).mean(axis=1) for figure, counts in totals.items()},
@@ -186,45 +193,66 @@ def rank_traffic(
     experts in a step (the weights it reads)."""
     ranks, node = topology.num_devices, topology.node_of_device
     cells = steps * ranks
+    rows = np.broadcast_to(np.arange(served.shape[0])[:, None], served.shape)
 
     def at(tokens: np.ndarray, where: np.ndarray) -> np.ndarray:
         """How many events (the step of ``tokens``, rank ``where``) fall in each cell."""
-        keys = step[tokens] * ranks + where
-        return np.bincount(keys, minlength=cells).reshape(steps, ranks).astype(np.float64)
+        return (
+            np.bincount(step[tokens] * ranks + where, minlength=cells)
+            .reshape(steps, ranks)
+            .astype(np.float64)
+        )
 
     valid = served >= 0
-    token = np.broadcast_to(np.arange(served.shape[0])[:, None], served.shape)[valid]
-    dest = served[valid]
     width = int(experts.max(initial=0)) + 1
-    active = np.unique((step[token] * ranks + dest) * width + experts[valid]) // width  # cell of each
+    cell_expert = np.sort(((step[:, None] * ranks + served) * width + experts)[valid])
+    active = cell_expert[_first(cell_expert)] // width
     out = {
-        "pairs": at(token, dest),
+        "pairs": at(rows[valid], served[valid]),
         "experts": np.bincount(active, minlength=cells).reshape(steps, ranks).astype(np.float64),
     }
-    if kernel != "expert":  # one message per destination rank
-        unique = np.unique(token * ranks + dest)
-        token, dest = unique // ranks, unique % ranks
-    src = source[token]
-    remote, same_node = dest != src, node[dest] == node[src]
+    # messages: every (token, expert) pair, or one per (token, destination rank)
+    dests = served if kernel == "expert" else _first_in_row(served)
+    src = np.broadcast_to(source[:, None], served.shape)
+    same_node = node[np.maximum(served, 0)] == node[src]
+    remote = (dests >= 0) & (dests != src)
     if kernel != "node":
         nvlink, rdma = remote & same_node, remote & ~same_node
         return out | {
-            "sent_nvlink": at(token[nvlink], src[nvlink]),
-            "received_nvlink": at(token[nvlink], dest[nvlink]),
-            "sent_rdma": at(token[rdma], src[rdma]),
-            "received_rdma": at(token[rdma], dest[rdma]),
+            "sent_nvlink": at(rows[nvlink], src[nvlink]),
+            "received_nvlink": at(rows[nvlink], dests[nvlink]),
+            "sent_rdma": at(rows[rdma], src[rdma]),
+            "received_rdma": at(rows[rdma], dests[rdma]),
         }
     # node: one RDMA copy per (token, remote node) to the rank of the source's local index there,
     # which forwards it over NVLink to the other destination ranks of its node
-    per_node, nodes = topology.devices_per_node, topology.num_nodes
-    direct, far = remote & same_node, ~same_node
-    relay = node[dest] * per_node + src % per_node  # the relay of each message (for far ones)
-    hops = np.unique(token[far] * nodes + node[dest[far]])
-    hop_token, hop_node = hops // nodes, hops % nodes
-    forward = far & (dest != relay)
+    per_node = topology.devices_per_node
+    direct, far = remote & same_node, remote & ~same_node
+    hops = _first_in_row(np.where(far, node[np.maximum(dests, 0)], -1))  # [T, k] remote nodes, once
+    hop = hops >= 0
+    relay = node[np.maximum(dests, 0)] * per_node + src % per_node
+    forward = far & (dests != relay)
     return out | {
-        "sent_rdma": at(hop_token, source[hop_token]),
-        "received_rdma": at(hop_token, hop_node * per_node + source[hop_token] % per_node),
-        "sent_nvlink": at(token[direct], src[direct]) + at(token[forward], relay[forward]),
-        "received_nvlink": at(token[direct], dest[direct]) + at(token[forward], dest[forward]),
+        "sent_rdma": at(rows[hop], src[hop]),
+        "received_rdma": at(rows[hop], hops[hop] * per_node + src[hop] % per_node),
+        "sent_nvlink": at(rows[direct], src[direct]) + at(rows[forward], relay[forward]),
+        "received_nvlink": at(rows[direct], dests[direct]) + at(rows[forward], dests[forward]),
     }
+
+
+def _first_in_row(values: np.ndarray) -> np.ndarray:
+    """``values`` int ``[T, k]`` with every repeat of a value within its row set to -1."""
+    order = np.argsort(values, axis=1, kind="stable")
+    ordered = np.take_along_axis(values, order, axis=1)
+    repeat = np.zeros(values.shape, bool)
+    repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    out = values.copy()
+    np.put_along_axis(out, order, np.where(repeat, -1, ordered), axis=1)
+    return out
+
+
+def _first(ordered: np.ndarray) -> np.ndarray:
+    """bool mask of the first of each run of equal values in a sorted array."""
+    first = np.ones(ordered.shape[0], bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    return first
