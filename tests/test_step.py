@@ -163,3 +163,19 @@ def test_a_profile_file_replaces_the_built_in_figures(tmp_path):
     (tmp_path / "bad.yaml").write_text("tflops: 1\n")
     with pytest.raises(MoeplaceError, match="not a profile"):
         load_profile(str(tmp_path / "bad.yaml"))
+
+
+def test_compare_adds_the_step_columns(tmp_path):
+    from conftest import run
+    from moeplace.demo import demo_trace_path
+
+    result = run("compare", demo_trace_path(), "--devices", 8, "--solvers", "frequency,greedy-capped",
+                 "--load-tolerance", 0.1, "--step", "decode", "--jobs", 1,
+                 "--out", tmp_path / "c")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = (tmp_path / "c" / "comparison.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"step_ms", "step_speedup", "received_straggler", "pairs_straggler"} <= set(header)
+    frequency = dict(zip(header, rows[1].split(","), strict=True))
+    assert frequency["solver"] == "frequency" and float(frequency["step_speedup"]) == 0.0
+    assert "serving step: decode" in (tmp_path / "c" / "comparison.md").read_text()

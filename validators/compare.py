@@ -29,7 +29,7 @@ from moeplace.planner.plan import plan
 from moeplace.planner.solvers import BASELINE, UNCAPPED, SolverOptions
 from moeplace.planner.topology import Topology
 from moeplace.validators.plots import devices_png, frontier_png, series
-from moeplace.validators.report import validate
+from moeplace.validators.report import StepComparison, StepSetting, compare_steps, validate
 
 COLUMNS = {  # CSV name -> Markdown header
     "devices": "D",
@@ -42,6 +42,10 @@ COLUMNS = {  # CSV name -> Markdown header
     "max_mean_load": "max/mean load",
     "worst_layer_max_mean_load": "worst layer max/mean",
     "node_per_token": "nodes/token",
+    "step_ms": "est. step (ms)",
+    "step_speedup": f"step vs {BASELINE}",
+    "received_straggler": "busiest rank received/token",
+    "pairs_straggler": "busiest rank pairs/token",
     "fit_dev_per_token": "fit dev/token",
     "lower_bound_dev_per_token": "lower bound",
     "bound_gap": "bound gap",
@@ -76,6 +80,7 @@ def compare(
     executor: Executor | None = None,
     nodes: int = 1,
     redundant_slots: Sequence[int] = (0,),
+    step: StepSetting | None = None,
 ) -> Comparison:
     """Plan ``fit`` with every solver, device count and tolerance; validate each on ``holdout``.
 
@@ -85,6 +90,8 @@ def compare(
 
     Solvers that ignore the load cap (``UNCAPPED``: ``random``, ``frequency``, ``greedy``, ``eplb``)
     run once per device count, unless ``options.refine`` puts the capped local search after them.
+    With a ``step`` setting, rows also hold the serving step (a model): estimated time per step,
+    its change against the baseline, and the busiest rank's received tokens and pairs per token.
     """
     stats = compute_statistics(fit, resamples=resamples, seed=options.seed)
     held_stats = compute_statistics(holdout, resamples=resamples, seed=options.seed) if oracle else None
@@ -100,7 +107,8 @@ def compare(
                 start = time.perf_counter()
                 placement = plan(stats, topology, solver, run, fit.provenance(), on_layer, executor)
                 seconds = time.perf_counter() - start
-                summary = validate(placement, holdout).summary()
+                validation = validate(placement, holdout)
+                summary = validation.summary()
                 placement = dataclasses.replace(placement, validation=summary)
                 placements[topology.num_devices, solver, eps, topology.redundant_slots] = placement
                 row = {"devices": topology.num_devices, "solver": solver, "load_tolerance": eps}
@@ -109,6 +117,8 @@ def compare(
                 row |= {k: summary[k] for k in COLUMNS if k in summary} | fit_figures(placement)
                 if nodes == 1:
                     del row["node_per_token"]
+                if step is not None:
+                    row |= step_columns(compare_steps(validation, step))
                 if held_stats is not None:
                     best = plan(held_stats, topology, solver, run, holdout.provenance(), on_layer, executor)
                     oracle_summary = validate(best, holdout).summary()
@@ -124,8 +134,26 @@ def compare(
         f"load tolerance {tolerance_text}"
         + (f"; {nodes} nodes, node cost {options.node_cost:g}" if nodes > 1 else "")
         + (f"; R = {', '.join(map(str, redundant_slots))} redundant slots" if any(redundant_slots) else "")
+        + (f"; serving step: {_step_text(step)}" if step is not None else "")
     )
     return Comparison(rows, placements, title)
+
+
+def _step_text(step: StepSetting) -> str:
+    w = step.workload
+    batch = f"{w.tokens_per_rank} tokens" if w.phase == "prefill" else f"{w.requests_per_rank} live requests"
+    return f"{w.phase}, {batch} a rank, kernel {w.kernel} ({step.profile.assumptions()})"
+
+
+def step_columns(steps: StepComparison) -> dict:
+    """A comparison row's serving-step figures."""
+    traffic = steps.summary()["traffic"]
+    return {
+        "step_ms": steps.time.total(steps.overlap) * 1e3,
+        "step_speedup": steps.speedup,
+        "received_straggler": traffic["received_straggler"],
+        "pairs_straggler": traffic["pairs_straggler"],
+    }
 
 
 def fit_figures(placement: Placement) -> dict:
@@ -175,8 +203,8 @@ def markdown_table(rows: list[dict]) -> str:
 def _fmt(key: str, value) -> str:
     if value is None or value == "":
         return "-"
-    if key in ("reduction", "bound_gap", "oracle_gap"):
-        return f"{value:+.1%}" if key == "reduction" else f"{value:.1%}"
+    if key in ("reduction", "step_speedup", "bound_gap", "oracle_gap"):
+        return f"{value:+.1%}" if key in ("reduction", "step_speedup") else f"{value:.1%}"
     if key == "load_tolerance":
         return f"{value:g}"
     if isinstance(value, float):

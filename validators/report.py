@@ -110,6 +110,17 @@ def validate(placement: Placement, holdout: Trace, baseline_load: np.ndarray | N
 
 
 @dataclasses.dataclass(frozen=True)
+class StepSetting:
+    """How to replay and time serving steps: the workload, hardware profile, model sizes, and
+    whether communication overlaps compute."""
+
+    workload: Workload
+    profile: Profile
+    shape: ModelShape
+    overlap: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class StepComparison:
     """The serving step of a placement and of the frequency baseline on the same held-out steps
     (``step_time`` seconds per step, summed over layers; ``step_cost`` counts behind them)."""
@@ -144,10 +155,9 @@ class StepComparison:
         )
 
 
-def compare_steps(
-    validation: Validation, workload: Workload, profile: Profile, shape: ModelShape, overlap: bool
-) -> StepComparison:
+def compare_steps(validation: Validation, setting: StepSetting) -> StepComparison:
     """Replay the held-out trace as serving steps on the placement and on its baseline."""
+    workload, profile, shape, overlap = setting.workload, setting.profile, setting.shape, setting.overlap
     topology = validation.placement.topology
     cost = step_cost(validation.placement.physical_to_logical, validation.holdout, topology, workload)
     baseline_cost = step_cost(

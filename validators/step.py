@@ -66,11 +66,6 @@ class Workload:
         if self.tokens_per_rank < 1 or self.requests_per_rank < 1:
             raise MoeplaceError("tokens per rank and requests per rank must be at least 1")
 
-    @property
-    def batch(self) -> int:
-        """Tokens a rank runs in a full step."""
-        return self.tokens_per_rank if self.phase == "prefill" else self.requests_per_rank
-
 
 @dataclasses.dataclass(frozen=True)
 class StepCost:
@@ -78,13 +73,13 @@ class StepCost:
 
     ``straggler[figure]``: float ``[L]``, the busiest rank's count per step; ``mean[figure]``:
     float ``[L]``, the mean rank's. ``steps``: steps replayed; ``batch``: tokens a rank runs in a
-    full step (to read the figures per token of a batch).
+    step, on average over steps and ranks (to read the figures per token of a batch).
     """
 
     straggler: dict[str, np.ndarray]
     mean: dict[str, np.ndarray]
     steps: int
-    batch: int
+    batch: float
 
     def summary(self) -> dict:
         """Means over layers, per token of a rank's batch: received (both links), pairs."""
@@ -174,7 +169,7 @@ def step_cost(
         straggler={figure: counts.max(axis=2).mean(axis=1) for figure, counts in totals.items()},
         mean={figure: counts.mean(axis=2).mean(axis=1) for figure, counts in totals.items()},
         steps=steps,
-        batch=workload.batch,
+        batch=trace.num_tokens / max(steps * ranks, 1),
     )
 
 

@@ -7,6 +7,7 @@ file and the problem).
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import math
 import os
@@ -30,6 +31,9 @@ from rich.text import Text
 
 from moeplace.errors import MoeplaceError
 from moeplace.planner.solvers import SOLVERS
+from moeplace.validators.profile import ModelShape, load_profile, shape_of
+from moeplace.validators.report import StepSetting
+from moeplace.validators.step import KERNELS, Workload
 
 app = typer.Typer(
     help="Plan expert placement for sharded MoE inference: fewer devices per token, balanced load.",
@@ -41,10 +45,14 @@ app = typer.Typer(
 
 class _Console(Console):
     """A console for user text (paths, model names, labels): no markup, no emoji codes, and
-    control characters in strings escaped so a file can neither split a line nor drive the terminal."""
+    control characters in strings escaped (line breaks of multi-line text kept) so a file cannot
+    drive the terminal. One-line messages go through ``tagged``, which escapes line breaks too."""
 
     def print(self, *objects, **kwargs):
-        super().print(*(printable(o) if isinstance(o, str) else o for o in objects), **kwargs)
+        def clean(text: str) -> str:
+            return "\n".join(printable(line) for line in text.split("\n"))
+
+        super().print(*(clean(o) if isinstance(o, str) else o for o in objects), **kwargs)
 
 
 out = _Console(soft_wrap=True, markup=False, highlight=False, emoji=False)
@@ -168,6 +176,60 @@ SetTokensOpt = Annotated[
 
 
 INTERRUPTS: dict[str, int] = {}  # the signal that interrupted this run, set by its handler
+
+
+class Phase(str, enum.Enum):
+    prefill = "prefill"
+    decode = "decode"
+
+
+Kernel = enum.Enum("Kernel", {name: name for name in KERNELS}, type=str)
+
+StepOpt = Annotated[
+    Phase | None,
+    typer.Option(
+        help="Also replay the held-out requests as serving steps (a model): prefill chunks or "
+        "continuous-batching decode, and estimate each step's dispatch, expert compute and combine.",
+    ),
+]
+TokensPerRankOpt = Annotated[
+    int, typer.Option(min=1, max=1 << 20, help="--step prefill: tokens a rank runs a step.")
+]
+RequestsPerRankOpt = Annotated[
+    int,
+    typer.Option(
+        min=1, max=1 << 16, help="--step decode: live requests a rank serves, one token each a step."
+    ),
+]
+KernelOpt = Annotated[
+    Kernel,
+    typer.Option(
+        help="--step: how dispatch sends a token: once per remote rank (DeepEP normal, one node), once "
+        "per remote node then per rank (DeepEP normal across nodes), or per expert (DeepEP low-latency).",
+    ),
+]
+ProfileOpt = Annotated[
+    str, typer.Option(help="--step: hardware profile, h800 or a YAML file of measured numbers.")
+]
+OverlapOpt = Annotated[
+    bool, typer.Option(help="--step: two-micro-batch overlap of communication and compute.")
+]
+HiddenOpt = Annotated[
+    int | None,
+    typer.Option(min=1, max=1 << 20, help="--step: the model's hidden size (known models: built in)."),
+]
+IntermediateOpt = Annotated[
+    int | None, typer.Option(min=1, max=1 << 20, help="--step: one expert's intermediate size.")
+]
+
+
+def step_setting(
+    phase, tokens, requests, kernel, profile, overlap, hidden, intermediate, meta
+) -> StepSetting:
+    """The step options as one ``StepSetting`` (the model's sizes from the options or built in)."""
+    shape = ModelShape(hidden, intermediate) if hidden and intermediate else shape_of(meta.model)
+    workload = Workload(phase.value, tokens, requests, kernel.value)
+    return StepSetting(workload, load_profile(profile), shape, overlap)
 
 
 def user_errors(command):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 from pathlib import Path
 from typing import Annotated
@@ -26,17 +25,26 @@ from moeplace.calibrate.stats_io import load_trace_or_statistics
 from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.cli.app import (
     CORES,
+    HiddenOpt,
     HoldoutShareOpt,
+    IntermediateOpt,
     JobsOpt,
+    Kernel,
+    KernelOpt,
     NodeCostOpt,
     NodesOpt,
+    OverlapOpt,
+    ProfileOpt,
     RedundantOpt,
     RefineOpt,
+    RequestsPerRankOpt,
     ResamplesOpt,
     SearchStepsOpt,
     SeedOpt,
     SetTokensOpt,
+    StepOpt,
     TimeLimitOpt,
+    TokensPerRankOpt,
     ToleranceOpt,
     TraceArg,
     app,
@@ -49,6 +57,7 @@ from moeplace.cli.app import (
     parse_tolerances,
     printable,
     progress_bar,
+    step_setting,
     tagged,
     user_errors,
 )
@@ -66,10 +75,8 @@ from moeplace.planner.solvers import (
 from moeplace.planner.topology import Topology
 from moeplace.validators.compare import COMPARISON_KINDS, fit_figures, markdown_table, write_comparison
 from moeplace.validators.compare import compare as compare_solvers
-from moeplace.validators.profile import ModelShape, load_profile, shape_of
 from moeplace.validators.report import StepComparison, check_compatible, compare_steps, gate_failures
 from moeplace.validators.report import validate as validate_placement
-from moeplace.validators.step import KERNELS, Workload
 
 StatsInputArg = Annotated[
     Path,
@@ -213,14 +220,6 @@ def plan(
     out.print(f"placement ({solver}, D={devices}, {len(placement.layers)} layers) -> {out_path}")
 
 
-class Phase(str, enum.Enum):
-    prefill = "prefill"
-    decode = "decode"
-
-
-Kernel = enum.Enum("Kernel", {name: name for name in KERNELS}, type=str)
-
-
 @app.command()
 @user_errors
 def validate(
@@ -252,35 +251,12 @@ def validate(
             help=f"Gate: fail if the dev/token reduction vs {BASELINE} is below this fraction (0.1 = 10%).",
         ),
     ] = None,
-    step: Annotated[
-        Phase | None,
-        typer.Option(
-            help="Also replay the held-out requests as serving steps (a model): prefill chunks or "
-            "continuous-batching decode, and estimate each step's dispatch, expert compute and combine.",
-        ),
-    ] = None,
-    tokens_per_rank: Annotated[
-        int, typer.Option(min=1, max=1 << 20, help="--step prefill: tokens a rank runs a step.")
-    ] = 1024,
-    requests_per_rank: Annotated[
-        int,
-        typer.Option(
-            min=1, max=1 << 16, help="--step decode: live requests a rank serves, one token each a step."
-        ),
-    ] = 32,
-    kernel: Annotated[
-        Kernel,
-        typer.Option(
-            help="--step: how dispatch sends a token: once per remote rank (DeepEP normal, one node), once "
-            "per remote node then per rank (DeepEP normal across nodes), or per expert (DeepEP low-latency).",
-        ),
-    ] = Kernel.rank,
-    profile: Annotated[
-        str, typer.Option(help="--step: hardware profile, h800 or a YAML file of measured numbers.")
-    ] = "h800",
-    overlap: Annotated[
-        bool, typer.Option(help="--step: two-micro-batch overlap of communication and compute.")
-    ] = True,
+    step: StepOpt = None,
+    tokens_per_rank: TokensPerRankOpt = 1024,
+    requests_per_rank: RequestsPerRankOpt = 32,
+    kernel: KernelOpt = Kernel.rank,
+    profile: ProfileOpt = "h800",
+    overlap: OverlapOpt = True,
     min_speedup: Annotated[
         float | None,
         typer.Option(
@@ -290,13 +266,8 @@ def validate(
             help=f"Gate (with --step): fail unless the estimated step is this much faster than {BASELINE}'s.",
         ),
     ] = None,
-    hidden: Annotated[
-        int | None,
-        typer.Option(min=1, max=1 << 20, help="--step: the model's hidden size (known models: built in)."),
-    ] = None,
-    intermediate: Annotated[
-        int | None, typer.Option(min=1, max=1 << 20, help="--step: one expert's intermediate size.")
-    ] = None,
+    hidden: HiddenOpt = None,
+    intermediate: IntermediateOpt = None,
 ):
     """Score a placement on held-out traffic beside the frequency baseline; gate on the result.
 
@@ -324,10 +295,19 @@ def validate(
     failures = gate_failures(summary, max_load_ratio, min_reduction)
     steps = None
     if step is not None:
-        workload = Workload(step.value, tokens_per_rank, requests_per_rank, kernel.value)
+        setting = step_setting(
+            step,
+            tokens_per_rank,
+            requests_per_rank,
+            kernel,
+            profile,
+            overlap,
+            hidden,
+            intermediate,
+            held.meta,
+        )
         with named(holdout):
-            shape = ModelShape(hidden, intermediate) if hidden and intermediate else shape_of(held.meta.model)
-            steps = compare_steps(validation, workload, load_profile(profile), shape, overlap)
+            steps = compare_steps(validation, setting)
         summary = summary | {"step": steps.summary()}
         if min_speedup is not None and not steps.speedup >= min_speedup:
             failures.append(
@@ -391,6 +371,14 @@ def compare(
         bool,
         typer.Option(help="Also fit each solver on the held-out trace itself: search vs generalization."),
     ] = False,
+    step: StepOpt = None,
+    tokens_per_rank: TokensPerRankOpt = 1024,
+    requests_per_rank: RequestsPerRankOpt = 32,
+    kernel: KernelOpt = Kernel.rank,
+    profile: ProfileOpt = "h800",
+    overlap: OverlapOpt = True,
+    hidden: HiddenOpt = None,
+    intermediate: IntermediateOpt = None,
     jobs: JobsOpt = CORES,
 ):
     """Every solver at every device count (and load tolerance): fit on one split, score on the other."""
@@ -401,6 +389,13 @@ def compare(
     data = load_trace(trace)
     with named(trace):
         fit, held = split_documents(data, holdout, seed)
+    steps = (
+        None
+        if step is None
+        else step_setting(
+            step, tokens_per_rank, requests_per_rank, kernel, profile, overlap, hidden, intermediate, fit.meta
+        )
+    )
     options = SolverOptions(
         seed=seed, time_limit=time_limit, search_steps=search_steps, refine=refine, node_cost=node_cost
     )
@@ -420,6 +415,7 @@ def compare(
             pool,
             nodes,
             parse_ints(redundant_slots, "--redundant-slots"),
+            steps,
         )
     with output_dir(out_dir):
         paths = write_comparison(comparison, out_dir)
