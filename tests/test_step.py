@@ -179,3 +179,45 @@ def test_compare_adds_the_step_columns(tmp_path):
     frequency = dict(zip(header, rows[1].split(","), strict=True))
     assert frequency["solver"] == "frequency" and float(frequency["step_speedup"]) == 0.0
     assert "serving step: decode" in (tmp_path / "c" / "comparison.md").read_text()
+
+
+@pytest.mark.parametrize(("links_gbps", "wins"), [(0.01, "co-location"), (1e6, "frequency")])
+def test_auto_tolerance_follows_the_step(tmp_path, links_gbps, wins):
+    """Links so slow that traffic is the step: auto co-locates; links so fast that only the compute
+    straggler counts: auto keeps frequency. Chosen on the calibration trace, said in the file."""
+    import yaml
+
+    from conftest import run
+    from moeplace.demo import demo_trace_path
+    from moeplace.planner.placement import load_placement
+
+    (tmp_path / "hw.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "nvlink": {k: [links_gbps, links_gbps] for k in ("rank", "node", "expert")},
+                "rdma": {k: [links_gbps, links_gbps] for k in ("rank", "node", "expert")},
+                "tflops": 1000.0,
+                "hbm_tbps": 3.0,
+                "efficiency": 0.5,
+            }
+        )
+    )
+    result = run("plan", demo_trace_path(), "--devices", 8, "--load-tolerance", "auto", "--step", "prefill",
+                 "--profile", tmp_path / "hw.yaml", "--jobs", 1, "--out", tmp_path / "p.yaml")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    placement = load_placement(tmp_path / "p.yaml")
+    auto = placement.options["load_tolerance_auto"]
+    assert set(auto["step_seconds"]) >= {"frequency", "eps=0", "eps=0.1"}
+    if wins == "frequency":
+        assert placement.solver == "frequency" and auto["chose"] is None
+    else:
+        assert placement.solver == "greedy-capped" and auto["chose"] is not None
+        assert auto["step_seconds"][f"eps={auto['chose']:g}"] < auto["step_seconds"]["frequency"]
+
+
+def test_auto_tolerance_needs_a_step_and_a_trace(tmp_path, good):
+    from conftest import refused, run
+
+    plan = ("plan", good / "trace.npz", "--devices", 4, "--out", tmp_path / "o.yaml")
+    refused(run(*plan, "--load-tolerance", "auto"), None, "needs --step")
+    refused(run(*plan, "--load-tolerance", "lots"), None, "--load-tolerance")

@@ -73,6 +73,7 @@ from moeplace.planner.solvers import (
     SolverOptions,
 )
 from moeplace.planner.topology import Topology
+from moeplace.validators.choose import AUTO_TOLERANCES, choose_tolerance
 from moeplace.validators.compare import COMPARISON_KINDS, fit_figures, markdown_table, write_comparison
 from moeplace.validators.compare import compare as compare_solvers
 from moeplace.validators.report import StepComparison, check_compatible, compare_steps, gate_failures
@@ -148,7 +149,14 @@ def plan(
     devices: Annotated[int, typer.Option(help="Number of expert-parallel devices D.")],
     out_path: Annotated[Path, typer.Option("--out", help="Placement YAML to write.")],
     solver: Annotated[str, typer.Option(help=f"One of: {', '.join(SOLVERS)}.")] = "greedy-capped",
-    load_tolerance: ToleranceOpt = 0.05,
+    load_tolerance: Annotated[
+        str,
+        typer.Option(
+            help="eps, a fraction (0.1 = 10%): capped solvers keep every device's load <= (1 + eps) x mean "
+            "load. auto (with --step): the eps of the balance frontier, or frequency, whose serving step "
+            "replayed on the calibration trace is cheapest.",
+        ),
+    ] = "0.05",
     seed: SeedOpt = 0,
     time_limit: TimeLimitOpt = 2.0,
     search_steps: SearchStepsOpt = 2000,
@@ -162,17 +170,31 @@ def plan(
         Path | None,
         typer.Option(help="Held-out trace: score the placement on it and record the figures in the file."),
     ] = None,
+    step: StepOpt = None,
+    tokens_per_rank: TokensPerRankOpt = 1024,
+    requests_per_rank: RequestsPerRankOpt = 32,
+    kernel: KernelOpt = Kernel.rank,
+    profile: ProfileOpt = "h800",
+    overlap: OverlapOpt = True,
+    hidden: HiddenOpt = None,
+    intermediate: IntermediateOpt = None,
     jobs: JobsOpt = CORES,
 ):
     """Solve a placement for every MoE layer and write the placement YAML."""
     parse_solvers(solver)
+    auto = load_tolerance == "auto"
+    tolerance = 0.0 if auto else parse_tolerances(load_tolerance)[0]
+    if auto and step is None:
+        raise MoeplaceError("--load-tolerance auto needs --step prefill or decode: the step it minimizes")
     check_distinct([trace, holdout], [out_path])
     check_output_file(out_path)
     source = load_trace_or_statistics(trace)
+    if auto and isinstance(source, Statistics):
+        raise MoeplaceError(f"{trace}: --load-tolerance auto replays the calibration trace; give the trace")
     held = load_trace(holdout) if holdout is not None else None
     topology = Topology(source.meta.num_experts, devices, nodes, redundant_slots)
     options = SolverOptions(
-        load_tolerance=load_tolerance,
+        load_tolerance=tolerance,
         seed=seed,
         time_limit=time_limit,
         search_steps=search_steps,
@@ -183,12 +205,54 @@ def plan(
         statistics = source  # resampled with the seed and count it was made with
     else:
         statistics = compute_statistics(source, resamples=resamples, seed=seed, set_tokens=set_tokens)
-    with (
-        named(trace),
-        progress_bar(f"{solver}, D={devices}", statistics.num_layers) as advance,
-        layer_executor(jobs) as pool,
-    ):
-        placement = plan_layers(statistics, topology, solver, options, source.provenance(), advance, pool)
+    if auto:
+        setting = step_setting(
+            step,
+            tokens_per_rank,
+            requests_per_rank,
+            kernel,
+            profile,
+            overlap,
+            hidden,
+            intermediate,
+            source.meta,
+        )
+        runs = 1 + len(AUTO_TOLERANCES)
+        with (
+            named(trace),
+            progress_bar(f"{solver}, D={devices}, eps auto", runs * statistics.num_layers) as advance,
+            layer_executor(jobs) as pool,
+        ):
+
+            def plan_one(stats, topology, solver, options, provenance):
+                return plan_layers(stats, topology, solver, options, provenance, advance, pool)
+
+            choice = choose_tolerance(
+                source, statistics, topology, solver, options, setting, source.provenance(), plan_one
+            )
+        placement = dataclasses.replace(
+            choice.placement,
+            options=choice.placement.options
+            | {"load_tolerance_auto": {"chose": choice.tolerance, "step_seconds": choice.estimates}},
+        )
+        verdict = (
+            f"eps {choice.tolerance:g}"
+            if choice.tolerance is not None
+            else f"{BASELINE} (co-location does not pay this step)"
+        )
+        out.print(
+            "load tolerance auto, estimated step on the calibration trace (ms): "
+            + ", ".join(f"{name} {value * 1e3:.3f}" for name, value in choice.estimates.items())
+            + f"; chose {verdict}"
+        )
+        solver = placement.solver
+    else:
+        with (
+            named(trace),
+            progress_bar(f"{solver}, D={devices}", statistics.num_layers) as advance,
+            layer_executor(jobs) as pool,
+        ):
+            placement = plan_layers(statistics, topology, solver, options, source.provenance(), advance, pool)
     relaxed = [layer.layer_id for layer in placement.layers if layer.solver_report.get("cap_relaxed")]
     if relaxed:
         err.print(
