@@ -48,6 +48,6 @@ def test_scale_benchmark_runs_at_toy_size(tmp_path):
     done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=True)
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     stages = {row["stage"] for row in rows}
-    assert stages == {"generate", "statistics", "validate", "solve", "plan"}
+    assert stages == {"generate", "statistics", "validate", "step", "solve", "plan"}
     assert all("error" not in row and "timeout" not in row for row in rows)
     assert all(row["peak_gib"] > 0 for row in rows)
