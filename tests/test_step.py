@@ -84,6 +84,22 @@ def test_the_straggler_is_the_busiest_rank_of_each_step_averaged_over_steps():
     np.testing.assert_array_equal(cost.mean["pairs"], [4.0])
 
 
+def test_only_steps_with_full_batches_count_unless_none_has_them():
+    # decode, 2 ranks x 1 live request: request 0 (3 tokens) on rank 0, 1 (1 token) on rank 1, then
+    # request 2 (1 token) on rank 1 at step 1; at step 2 rank 1 has nothing left: the drain
+    ids = np.array([[0, 2], [0, 2], [1, 3], [2, 3], [0, 1]])[:, None, :]
+    trace = make_trace(ids, [3, 1, 1], 4)
+    cost = step_cost(np.array([[0, 1, 2, 3]]), trace, Topology(4, 2), Workload("decode", requests_per_rank=1))
+    assert (cost.steps, cost.replayed, cost.batch) == (2, 3, 1.0)
+    # rank 0 sends a token to rank 1 in steps 0 and 1, rank 1 one to rank 0 in step 1: 1 a step
+    np.testing.assert_array_equal(cost.straggler["received_nvlink"], [1.0])
+    # with 2 live requests a rank no step is full: every step counts
+    drained = step_cost(
+        np.array([[0, 1, 2, 3]]), trace, Topology(4, 2), Workload("decode", requests_per_rank=2)
+    )
+    assert (drained.steps, drained.replayed) == (3, 3)
+
+
 def test_a_workload_that_cannot_be_is_refused():
     with pytest.raises(MoeplaceError, match="kernel"):
         Workload(kernel="magic")
@@ -120,18 +136,23 @@ def test_validate_reports_the_step_and_gates_on_it(tmp_path, real_split):
 
     from conftest import run
     from moeplace.calibrate.trace_io import save_trace
+    from moeplace.planner.placement import load_placement
 
     fit, held = real_split
     save_trace(fit, tmp_path / "fit.npz")
     save_trace(held, tmp_path / "held.npz")
     planned = run("plan", tmp_path / "fit.npz", "--devices", 8, "--solver", "greedy-capped",
-                  "--load-tolerance", 0.1, "--out", tmp_path / "p.yaml")  # fmt: skip
+                  "--load-tolerance", 0.1, "--holdout", tmp_path / "held.npz", "--step", "decode",
+                  "--out", tmp_path / "p.yaml")  # fmt: skip
     assert planned.exit_code == 0, planned.output
+    recorded = load_placement(tmp_path / "p.yaml").validation["step"]
     result = run("validate", tmp_path / "p.yaml", tmp_path / "held.npz", "--step", "decode", "--json")
     assert result.exit_code == 0, result.output
     step = json.loads(result.output)["step"]
     assert "a model, not a measurement" in step["model"] and step["workload"]["phase"] == "decode"
     assert step["seconds"]["step"] > 0 and step["traffic"]["pairs_straggler"] >= step["traffic"]["pairs_mean"]
+    assert step["eplb_seconds"]["step"] > 0 and -1 < step["speedup_vs_eplb"] < 1
+    assert recorded["seconds"] == pytest.approx(step["seconds"])  # plan --holdout records the same figures
     gated = run(
         "validate", tmp_path / "p.yaml", tmp_path / "held.npz", "--step", "prefill", "--min-speedup", 0.5
     )
@@ -159,7 +180,16 @@ def test_a_profile_file_replaces_the_built_in_figures(tmp_path):
     assert time.dispatch == pytest.approx(2 * 132 / 1e9)
     assert time.compute == pytest.approx(max(6 * 128 * 64 / 1e12, 3 * 128 * 64 / 1e12))
     assert time.total(overlap=True) == max(time.dispatch + time.combine, time.compute)
+    assert time.total(overlap=False) == time.dispatch + time.combine + time.compute
     assert step_time(cost, shape, H800, "rank").dispatch < time.dispatch
+    # two layers, one waiting on its links and one on its GEMMs: overlap hides each layer's lesser part
+    two = {f: np.array([1000.0, 1.0]) if f.startswith(("sent", "received")) else np.array([1.0, 1e6])
+           for f in figures}  # fmt: skip
+    time = step_time(StepCost(two, two, 1, 1), shape, slow, "rank")
+    per_layer = [step_time(StepCost({f: v[[i]] for f, v in two.items()}, two, 1, 1), shape, slow, "rank")
+                 for i in (0, 1)]  # fmt: skip
+    assert time.total(overlap=True) == pytest.approx(sum(t.total(overlap=True) for t in per_layer))
+    assert time.total(overlap=True) > max(time.communication, time.compute)
     (tmp_path / "bad.yaml").write_text("tflops: 1\n")
     with pytest.raises(MoeplaceError, match="not a profile"):
         load_profile(str(tmp_path / "bad.yaml"))
@@ -178,6 +208,9 @@ def test_compare_adds_the_step_columns(tmp_path):
     assert {"step_ms", "step_speedup", "received_straggler", "pairs_straggler"} <= set(header)
     frequency = dict(zip(header, rows[1].split(","), strict=True))
     assert frequency["solver"] == "frequency" and float(frequency["step_speedup"]) == 0.0
+    solvers = [dict(zip(header, row.split(","), strict=True))["solver"] for row in rows[1:]]
+    assert solvers == ["frequency", "eplb", "greedy-capped"]  # the references come with every step
+    assert (tmp_path / "c" / "steps.png").read_bytes().startswith(b"\x89PNG")
     assert "serving step: decode" in (tmp_path / "c" / "comparison.md").read_text()
 
 
@@ -207,12 +240,15 @@ def test_auto_tolerance_follows_the_step(tmp_path, links_gbps, wins):
     assert result.exit_code == 0, result.output
     placement = load_placement(tmp_path / "p.yaml")
     auto = placement.options["load_tolerance_auto"]
-    assert set(auto["step_seconds"]) >= {"frequency", "eps=0", "eps=0.1"}
+    assert set(auto["step_seconds"]) >= {"frequency", "eplb", "eps=0", "eps=0.1"}
     if wins == "frequency":
-        assert placement.solver == "frequency" and auto["chose"] is None
+        assert placement.solver == "frequency" and auto["chose"] == "frequency" and auto["tolerance"] is None
+        assert "co-location does not pay this step" in result.stdout
     else:
-        assert placement.solver == "greedy-capped" and auto["chose"] is not None
-        assert auto["step_seconds"][f"eps={auto['chose']:g}"] < auto["step_seconds"]["frequency"]
+        assert placement.solver == "greedy-capped" and auto["tolerance"] is not None
+        assert auto["chose"] == f"eps={auto['tolerance']:g}"
+        assert auto["step_seconds"][auto["chose"]] < auto["step_seconds"]["frequency"]
+        assert auto["step_seconds"][auto["chose"]] < auto["step_seconds"]["eplb"]
 
 
 def test_auto_tolerance_needs_a_step_and_a_trace(tmp_path, good):
@@ -221,3 +257,26 @@ def test_auto_tolerance_needs_a_step_and_a_trace(tmp_path, good):
     plan = ("plan", good / "trace.npz", "--devices", 4, "--out", tmp_path / "o.yaml")
     refused(run(*plan, "--load-tolerance", "auto"), None, "needs --step")
     refused(run(*plan, "--load-tolerance", "lots"), None, "--load-tolerance")
+
+
+def test_auto_keeps_the_shortest_step_and_equal_steps_go_to_less_traffic():
+    from moeplace.validators.choose import Choice, cheapest
+    from moeplace.validators.profile import StepTime
+
+    def t(dispatch, compute):
+        return StepTime(dispatch, compute, dispatch, max(2 * dispatch, compute))
+
+    times = {
+        "frequency": t(1.0, 10.0),
+        "eplb": t(1.0, 10.0),
+        "eps=0.1": t(0.5, 10.0),
+        "eps=0.2": t(0.1, 11.0),
+    }
+    assert cheapest(times, overlap=True) == "eps=0.1"  # hidden traffic, equal steps: the lighter links
+    assert cheapest(times, overlap=False) == "eps=0.1"
+    assert cheapest({"frequency": t(1.0, 10.0), "eplb": t(1.0, 10.0)}, overlap=True) == "frequency"
+    choice = Choice(None, "frequency", None, {"frequency": t(1.0, 10.0)}, overlap=True)
+    assert "waits on expert compute" in choice.verdict("rank")
+    assert "one message per expert" in choice.verdict("expert")
+    assert "compute imbalance" in Choice(None, "eplb", None, {"eplb": t(10.0, 1.0)}, True).verdict("rank")
+    assert Choice(None, "eps=0.1", 0.1, times, True).verdict("rank").startswith("eps 0.1: co-location pays")

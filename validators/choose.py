@@ -1,11 +1,12 @@
-"""``--load-tolerance auto``: the point of the balance frontier whose serving step is cheapest.
+"""``--load-tolerance auto``: the plan whose serving step is cheapest, or load balancing.
 
 A tighter load cap keeps the compute straggler near frequency's; a looser one cuts more traffic
 and loads the busiest rank more. Which wins depends on the step (phase, batch, kernel, hardware),
 so this plans the solver at each tolerance of a grid, replays the *calibration* trace as serving
-steps on each placement and on the frequency baseline (never the held-out trace, which judges
-the choice afterwards), and keeps the cheapest. When no tolerance beats frequency, frequency is the
-plan: co-location does not pay that step.
+steps on each placement and on the load balancers (frequency, and EPLB with the same slots; never
+the held-out trace, which judges the choice afterwards), and keeps the cheapest. Equal estimates
+go to less communication: traffic hidden under compute still holds links and SMs. When a balancer
+wins, that is the plan: co-location does not pay that step.
 """
 
 from __future__ import annotations
@@ -20,21 +21,43 @@ from moeplace.planner.placement import Placement
 from moeplace.planner.plan import plan
 from moeplace.planner.solvers import BASELINE, SolverOptions
 from moeplace.planner.topology import Topology
-from moeplace.validators.profile import step_time
+from moeplace.validators.profile import StepTime, step_time
 from moeplace.validators.report import StepSetting
 from moeplace.validators.step import step_cost
 
 AUTO_TOLERANCES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2)
+BALANCERS = (BASELINE, "eplb")  # load balancing only: the plans co-location must beat
 
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    """The chosen placement and the estimated step (seconds, on the calibration trace) of every
-    candidate: ``{"frequency": s, "eps=0.02": s, ...}``; ``tolerance`` None when frequency won."""
+    """The chosen placement, its candidate's name (``"frequency"``, ``"eplb"`` or ``"eps=0.02"``),
+    its tolerance (None for a balancer) and the estimated step of every candidate on the
+    calibration trace."""
 
     placement: Placement
+    name: str
     tolerance: float | None
-    estimates: dict[str, float]
+    times: dict[str, StepTime]
+    overlap: bool
+
+    @property
+    def estimates(self) -> dict[str, float]:
+        """Seconds per step of every candidate."""
+        return {name: t.total(self.overlap) for name, t in self.times.items()}
+
+    def verdict(self, kernel: str) -> str:
+        """Why the choice, in a line."""
+        if self.tolerance is not None:
+            return f"eps {self.tolerance:g}: co-location pays this step"
+        chosen = self.times[self.name]
+        if kernel == "expert":
+            why = "the kernel sends one message per expert, so co-location saves no bytes"
+        elif self.overlap and chosen.compute >= chosen.communication:
+            why = "the step waits on expert compute, which co-location can only make less even"
+        else:
+            why = "its traffic savings cost more in compute imbalance than they save"
+        return f"{self.name}: co-location does not pay this step ({why}); balance load instead"
 
 
 def choose_tolerance(
@@ -48,21 +71,30 @@ def choose_tolerance(
     plan_layers: Callable[..., Placement] = plan,
     tolerances: tuple[float, ...] = AUTO_TOLERANCES,
 ) -> Choice:
-    """Plan ``solver`` at each of ``tolerances`` (those the balance floor allows) and frequency;
-    keep the one whose serving step, replayed on ``trace`` (the calibration trace), is cheapest.
-    ``plan_layers(stats, topology, solver, options, provenance)`` plans (progress, pools)."""
-
-    def seconds(placement: Placement) -> float:
-        cost = step_cost(placement.physical_to_logical, trace, topology, setting.workload)
-        return step_time(cost, setting.shape, setting.profile, setting.workload.kernel).total(setting.overlap)
-
-    candidates = [(BASELINE, None, plan_layers(stats, topology, BASELINE, options, provenance))]
+    """Plan the balancers and ``solver`` at each of ``tolerances`` (those the balance floor
+    allows); keep the one whose serving step, replayed on ``trace`` (the calibration trace), is
+    cheapest, ties to less communication. ``plan_layers(stats, topology, solver, options,
+    provenance)`` plans (progress, pools)."""
+    candidates = [(name, None, plan_layers(stats, topology, name, options, provenance)) for name in BALANCERS]
     for eps in tolerances:
         try:
             run = dataclasses.replace(options, load_tolerance=eps)
             candidates.append((f"eps={eps:g}", eps, plan_layers(stats, topology, solver, run, provenance)))
         except MoeplaceError:  # below a layer's balance floor: no placement meets this cap
             continue
-    estimates = {name: seconds(placement) for name, _, placement in candidates}
-    _, eps, placement = min(candidates, key=lambda c: estimates[c[0]])  # ties: the first, frequency
-    return Choice(placement, eps, estimates)
+    times = {
+        name: step_time(
+            step_cost(placement.physical_to_logical, trace, topology, setting.workload),
+            setting.shape,
+            setting.profile,
+            setting.workload.kernel,
+        )
+        for name, _, placement in candidates
+    }
+    name, eps, placement = next(c for c in candidates if c[0] == cheapest(times, setting.overlap))
+    return Choice(placement, name, eps, times, setting.overlap)
+
+
+def cheapest(times: dict[str, StepTime], overlap: bool) -> str:
+    """The name of the shortest step; equal steps go to less communication, then to the first."""
+    return min(times, key=lambda name: (times[name].total(overlap), times[name].communication))

@@ -28,7 +28,7 @@ from moeplace.planner.placement import Placement
 from moeplace.planner.plan import plan
 from moeplace.planner.solvers import BASELINE, UNCAPPED, SolverOptions
 from moeplace.planner.topology import Topology
-from moeplace.validators.plots import devices_png, frontier_png, series
+from moeplace.validators.plots import devices_png, frontier_png, series, steps_png
 from moeplace.validators.report import StepComparison, StepSetting, compare_steps, validate
 
 COLUMNS = {  # CSV name -> Markdown header
@@ -42,6 +42,9 @@ COLUMNS = {  # CSV name -> Markdown header
     "max_mean_load": "max/mean load",
     "worst_layer_max_mean_load": "worst layer max/mean",
     "node_per_token": "nodes/token",
+    "dispatch_ms": "est. dispatch (ms)",
+    "compute_ms": "est. compute (ms)",
+    "combine_ms": "est. combine (ms)",
     "step_ms": "est. step (ms)",
     "step_speedup": f"step vs {BASELINE}",
     "received_straggler": "busiest rank received/token",
@@ -90,9 +93,13 @@ def compare(
 
     Solvers that ignore the load cap (``UNCAPPED``: ``random``, ``frequency``, ``greedy``, ``eplb``)
     run once per device count, unless ``options.refine`` puts the capped local search after them.
-    With a ``step`` setting, rows also hold the serving step (a model): estimated time per step,
-    its change against the baseline, and the busiest rank's received tokens and pairs per token.
+    With a ``step`` setting, rows also hold the serving step (a model): the busiest rank's
+    estimated dispatch, compute and combine time, the step, its change against the baseline, and
+    the busiest rank's received tokens and pairs per token; frequency and eplb are then always
+    among the solvers, the references a step is read against.
     """
+    if step is not None:
+        solvers = list(dict.fromkeys([BASELINE, "eplb", *solvers]))
     stats = compute_statistics(fit, resamples=resamples, seed=options.seed)
     held_stats = compute_statistics(holdout, resamples=resamples, seed=options.seed) if oracle else None
     # fail early on a bad count
@@ -149,6 +156,9 @@ def step_columns(steps: StepComparison) -> dict:
     """A comparison row's serving-step figures."""
     traffic = steps.summary()["traffic"]
     return {
+        "dispatch_ms": steps.time.dispatch * 1e3,
+        "compute_ms": steps.time.compute * 1e3,
+        "combine_ms": steps.time.combine * 1e3,
         "step_ms": steps.time.total(steps.overlap) * 1e3,
         "step_speedup": steps.speedup,
         "received_straggler": traffic["received_straggler"],
@@ -212,11 +222,12 @@ def _fmt(key: str, value) -> str:
     return str(value)
 
 
-COMPARISON_KINDS = ("md", "csv", "png")  # comparison.<kind> in the output folder
+COMPARISON_KINDS = ("md", "csv", "png")  # comparison.<kind> in the output folder; steps.png with a step
 
 
 def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
-    """Write ``comparison.md``, ``comparison.csv`` and ``comparison.png`` into ``out_dir``.
+    """Write ``comparison.md``, ``comparison.csv`` and ``comparison.png`` into ``out_dir``, and with
+    step figures ``steps.png``, their time breakdown.
 
     The plot is the balance frontier (held-out dev/token against max/mean load, one panel per
     device count) when several tolerances were compared, else both figures against device count.
@@ -231,4 +242,7 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
     tolerances = {row["load_tolerance"] for row in comparison.rows} - {None}
     plot = frontier_png if len(tolerances) > 1 else devices_png
     write_bytes(paths["png"], plot(comparison.rows, comparison.title))
+    if all("step_ms" in row for row in comparison.rows):
+        paths["steps"] = out_dir / "steps.png"
+        write_bytes(paths["steps"], steps_png(comparison.rows, comparison.title))
     return paths

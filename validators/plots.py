@@ -1,4 +1,5 @@
-"""Comparison plots (PNG bytes): figures against device count, and the balance frontier."""
+"""Comparison plots (PNG bytes): figures against device count, the balance frontier, and the
+serving step's time breakdown."""
 
 from __future__ import annotations
 
@@ -94,3 +95,38 @@ def frontier_png(rows: list[dict], title: str) -> bytes:
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
     return png(fig, title + "  (labels: load tolerance eps; lower left is better)")
+
+
+def steps_png(rows: list[dict], title: str) -> bytes:
+    """Estimated time per step of every row, one panel per device count (and replicas): the busiest
+    rank's dispatch and combine in one bar, its expert compute in another, a tick at the step."""
+    plt = pyplot()
+    panels = sorted({(row["devices"], row.get("redundant_slots") or 0) for row in rows})
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.6 * len(panels), 0.5 + 0.45 * len(rows) / len(panels) + 1.2),
+        constrained_layout=True, squeeze=False,
+    )  # fmt: skip
+    for ax, (d, r) in zip(axes[0], panels, strict=True):
+        mine = [row for row in rows if (row["devices"], row.get("redundant_slots") or 0) == (d, r)]
+        labels = [
+            series(row) + ("" if row["load_tolerance"] is None else f" eps={row['load_tolerance']:g}")
+            for row in mine
+        ]
+        y = list(range(len(mine)))
+        dispatch = [row["dispatch_ms"] for row in mine]
+        combine = [row["combine_ms"] for row in mine]
+        ax.barh([i - 0.2 for i in y], dispatch, height=0.38, color="tab:blue", label="dispatch")
+        ax.barh([i - 0.2 for i in y], combine, left=dispatch, height=0.38, color="tab:cyan", label="combine")
+        ax.barh([i + 0.2 for i in y], [row["compute_ms"] for row in mine], height=0.38, color="tab:orange",
+                label="expert compute")  # fmt: skip
+        ax.scatter(
+            [row["step_ms"] for row in mine], y, marker="|", s=300, color="black", label="step", zorder=3
+        )
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(f"D = {d}" + (f", R = {r}" if r else ""), fontsize=9)
+        ax.set_xlabel("estimated ms per step, busiest rank (a model)")
+        ax.grid(alpha=0.3, axis="x")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=4, fontsize=7)
+    return png(fig, title)

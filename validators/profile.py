@@ -6,7 +6,8 @@ profile's bandwidths), its expert compute as long as the busiest rank's GEMMs, w
 of their arithmetic (6 x hidden x expert-intermediate FLOPs a token-expert pair, at the profile's
 throughput) and reading the weights of every expert they touch (FP8, at the profile's memory
 bandwidth: what bounds decode), and its combine like its dispatch with the combine's bytes. Without
-overlap a layer costs the sum; with two-micro-batch overlap the larger of communication and compute.
+overlap a layer costs the sum; with two-micro-batch overlap (one micro-batch's dispatch and combine
+run while the other's experts compute) the larger of its communication and its compute.
 
 Built-in profile ``h800`` (every figure from a public source, cited beside it): DeepEP's measured
 bandwidths on H800 with CX7 400 Gb/s InfiniBand (README, normal and low-latency tables) and the
@@ -137,12 +138,16 @@ class StepTime:
     dispatch: float
     compute: float
     combine: float
+    overlapped: float  # with two-micro-batch overlap: per layer the larger of communication and compute
+
+    @property
+    def communication(self) -> float:
+        return self.dispatch + self.combine
 
     def total(self, overlap: bool) -> float:
-        """A step: phases in a row, or with two-micro-batch overlap the larger of communication
-        and compute."""
-        communication = self.dispatch + self.combine
-        return max(communication, self.compute) if overlap else communication + self.compute
+        """A step: phases in a row, or with two-micro-batch overlap, layer by layer, the larger of
+        communication and compute."""
+        return self.overlapped if overlap else self.communication + self.compute
 
 
 def step_time(cost: StepCost, shape: ModelShape, profile: Profile, kernel: str) -> StepTime:
@@ -163,8 +168,10 @@ def step_time(cost: StepCost, shape: ModelShape, profile: Profile, kernel: str) 
     arithmetic = cost.straggler["pairs"] * shape.pair_flops / (profile.tflops * 1e12 * profile.efficiency)
     weights = cost.straggler["experts"] * shape.expert_bytes / (profile.hbm_tbps * 1e12 * profile.efficiency)
     compute = np.maximum(arithmetic, weights)
+    dispatch, combine = moving(dispatch_bytes, 0), moving(combine_bytes, 1)
     return StepTime(
-        dispatch=float(moving(dispatch_bytes, 0).sum()),
+        dispatch=float(dispatch.sum()),
         compute=float(compute.sum()),
-        combine=float(moving(combine_bytes, 1).sum()),
+        combine=float(combine.sum()),
+        overlapped=float(np.maximum(dispatch + combine, compute).sum()),
     )

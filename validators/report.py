@@ -11,6 +11,7 @@ from moeplace.calibrate.trace import Trace, TraceMeta
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import Placement, yaml_safe
 from moeplace.planner.solvers import BASELINE, frequency_placement
+from moeplace.planner.solvers.eplb import eplb_slots
 from moeplace.validators.metrics import balance_floor, devices_lower_bound, random_expected_devices
 from moeplace.validators.profile import ModelShape, Profile, StepTime, step_time
 from moeplace.validators.score import Score, score_placement
@@ -119,6 +120,15 @@ class StepSetting:
     shape: ModelShape
     overlap: bool = True
 
+    def summary(self) -> dict:
+        """The setting as a placement file records it."""
+        return dataclasses.asdict(self.workload) | {
+            "overlap": self.overlap,
+            "profile": self.profile.name,
+            "hidden": self.shape.hidden,
+            "intermediate": self.shape.intermediate,
+        }
+
 
 @dataclasses.dataclass(frozen=True)
 class StepComparison:
@@ -132,11 +142,17 @@ class StepComparison:
     baseline_time: StepTime
     cost: StepCost
     baseline_cost: StepCost
+    eplb_time: StepTime  # DeepSeek's EPLB with the placement's slots and nodes, fit on the same load
 
     @property
     def speedup(self) -> float:
         """1 - step time / the baseline's step time."""
         return 1.0 - self.time.total(self.overlap) / self.baseline_time.total(self.overlap)
+
+    @property
+    def speedup_vs_eplb(self) -> float:
+        """1 - step time / EPLB's step time."""
+        return 1.0 - self.time.total(self.overlap) / self.eplb_time.total(self.overlap)
 
     def summary(self) -> dict:
         def times(t: StepTime) -> dict:
@@ -148,7 +164,9 @@ class StepComparison:
                 "workload": dataclasses.asdict(self.workload) | {"overlap": self.overlap},
                 "seconds": times(self.time),
                 "baseline_seconds": times(self.baseline_time),
+                "eplb_seconds": times(self.eplb_time),
                 "speedup": self.speedup,
+                "speedup_vs_eplb": self.speedup_vs_eplb,
                 "traffic": self.cost.summary(),
                 "baseline_traffic": self.baseline_cost.summary(),
             }
@@ -163,6 +181,7 @@ def compare_steps(validation: Validation, setting: StepSetting) -> StepCompariso
     baseline_cost = step_cost(
         validation.baseline_slots, validation.holdout, topology.without_replicas, workload
     )
+    eplb = eplb_slots(validation.placement.calibration_load.astype(np.float32), topology)
     return StepComparison(
         workload,
         profile,
@@ -171,6 +190,7 @@ def compare_steps(validation: Validation, setting: StepSetting) -> StepCompariso
         step_time(baseline_cost, shape, profile, workload.kernel),
         cost,
         baseline_cost,
+        step_time(step_cost(eplb, validation.holdout, topology, workload), shape, profile, workload.kernel),
     )
 
 

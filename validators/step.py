@@ -72,14 +72,16 @@ class StepCost:
     """Per MoE layer, figures per step averaged over steps, in tokens (pairs for ``pairs``).
 
     ``straggler[figure]``: float ``[L]``, the busiest rank's count per step; ``mean[figure]``:
-    float ``[L]``, the mean rank's. ``steps``: steps replayed; ``batch``: tokens a rank runs in a
-    step, on average over steps and ranks (to read the figures per token of a batch).
+    float ``[L]``, the mean rank's. ``steps``: steps counted, those in which every rank runs a full
+    batch (all ``replayed`` steps when none does); ``batch``: tokens a rank runs in a counted step,
+    on average (to read the figures per token of a batch).
     """
 
     straggler: dict[str, np.ndarray]
     mean: dict[str, np.ndarray]
     steps: int
     batch: float
+    replayed: int = 0
 
     def summary(self) -> dict:
         """Means over layers, per token of a rank's batch: received (both links), pairs."""
@@ -87,6 +89,7 @@ class StepCost:
         received_mean = self.mean["received_nvlink"] + self.mean["received_rdma"]
         return {
             "steps": self.steps,
+            "replayed_steps": self.replayed,
             "received_straggler": float(received.mean() / self.batch),
             "received_mean": float(received_mean.mean() / self.batch),
             "rdma_received_straggler": float(self.straggler["received_rdma"].mean() / self.batch),
@@ -165,12 +168,29 @@ def step_cost(
                 for figure, counts in traffic.items():
                     totals[figure][layer] += counts
             release_pages(trace.topk_ids)
+    batches = np.bincount(step * ranks + source, minlength=steps * ranks).reshape(steps, ranks)
+    counted = full_steps(batches, workload)
     return StepCost(
-        straggler={figure: counts.max(axis=2).mean(axis=1) for figure, counts in totals.items()},
-        mean={figure: counts.mean(axis=2).mean(axis=1) for figure, counts in totals.items()},
-        steps=steps,
-        batch=trace.num_tokens / max(steps * ranks, 1),
+        straggler={figure: counts[:, counted].max(axis=2).mean(axis=1) for figure, counts in totals.items()},
+        mean={figure: counts[:, counted].mean(axis=2).mean(axis=1) for figure, counts in totals.items()},
+        steps=int(counted.sum()),
+        batch=float(batches[counted].mean()),
+        replayed=steps,
     )
+
+
+def full_steps(batches: np.ndarray, workload: Workload) -> np.ndarray:
+    """bool ``[S]``: the steps in which every rank runs a full batch, from ``batches`` int ``[S, D]``
+    (tokens each rank runs in each step); every step when none is full.
+
+    A server under load runs full batches; the trace's ramp and drain (a rank waiting for its
+    last requests to finish) are an artifact of replaying a finite trace, and in them a
+    co-location placement concentrates the few active experts on few ranks. Measured in the steady
+    state, a placement is judged where serving time is spent.
+    """
+    size = workload.tokens_per_rank if workload.phase == "prefill" else workload.requests_per_rank
+    full = (batches == size).all(axis=1)
+    return full if full.any() else np.ones(batches.shape[0], bool)
 
 
 def rank_traffic(

@@ -73,7 +73,7 @@ from moeplace.planner.solvers import (
     SolverOptions,
 )
 from moeplace.planner.topology import Topology
-from moeplace.validators.choose import AUTO_TOLERANCES, choose_tolerance
+from moeplace.validators.choose import AUTO_TOLERANCES, BALANCERS, choose_tolerance
 from moeplace.validators.compare import COMPARISON_KINDS, fit_figures, markdown_table, write_comparison
 from moeplace.validators.compare import compare as compare_solvers
 from moeplace.validators.report import StepComparison, check_compatible, compare_steps, gate_failures
@@ -205,8 +205,10 @@ def plan(
         statistics = source  # resampled with the seed and count it was made with
     else:
         statistics = compute_statistics(source, resamples=resamples, seed=seed, set_tokens=set_tokens)
-    if auto:
-        setting = step_setting(
+    setting = (
+        None
+        if step is None
+        else step_setting(
             step,
             tokens_per_rank,
             requests_per_rank,
@@ -217,7 +219,9 @@ def plan(
             intermediate,
             source.meta,
         )
-        runs = 1 + len(AUTO_TOLERANCES)
+    )
+    if auto:
+        runs = len(BALANCERS) + len(AUTO_TOLERANCES)
         with (
             named(trace),
             progress_bar(f"{solver}, D={devices}, eps auto", runs * statistics.num_layers) as advance,
@@ -233,18 +237,21 @@ def plan(
         placement = dataclasses.replace(
             choice.placement,
             options=choice.placement.options
-            | {"load_tolerance_auto": {"chose": choice.tolerance, "step_seconds": choice.estimates}},
-        )
-        verdict = (
-            f"eps {choice.tolerance:g}"
-            if choice.tolerance is not None
-            else f"{BASELINE} (co-location does not pay this step)"
+            | {
+                "load_tolerance_auto": {
+                    "chose": choice.name,
+                    "tolerance": choice.tolerance,
+                    "solver": solver,
+                    "step": setting.summary(),
+                    "step_seconds": choice.estimates,
+                }
+            },
         )
         out.print(
-            "load tolerance auto, estimated step on the calibration trace (ms): "
+            "load tolerance auto, estimated step on the calibration trace (ms, a model): "
             + ", ".join(f"{name} {value * 1e3:.3f}" for name, value in choice.estimates.items())
-            + f"; chose {verdict}"
         )
+        out.print(f"chose {choice.verdict(setting.workload.kernel)}")
         solver = placement.solver
     else:
         with (
@@ -277,9 +284,15 @@ def plan(
         )
     if held is not None:
         with named(holdout):
-            summary = validate_placement(placement, held).summary()
+            validation = validate_placement(placement, held)
+            summary = validation.summary()
+            steps = None if setting is None else compare_steps(validation, setting)
+        if steps is not None:
+            summary = summary | {"step": steps.summary()}
         placement = dataclasses.replace(placement, validation=summary)
         print_summary(summary)
+        if steps is not None:
+            print_steps(steps)
     save_placement(placement, out_path)
     out.print(f"placement ({solver}, D={devices}, {len(placement.layers)} layers) -> {out_path}")
 
@@ -404,7 +417,10 @@ def validate(
 @user_errors
 def compare(
     trace: TraceArg,
-    out_dir: Annotated[Path, typer.Option("--out", help="Directory for comparison.md, .csv and .png.")],
+    out_dir: Annotated[
+        Path,
+        typer.Option("--out", help="Directory for comparison.md, .csv and .png (and steps.png with --step)."),
+    ],
     devices: Annotated[str, typer.Option(help="Device counts, comma-separated.")] = "2,4,8",
     solvers: Annotated[
         str, typer.Option(help=f"Solvers, comma-separated (any of: {', '.join(SOLVERS)}).")
@@ -446,7 +462,9 @@ def compare(
     jobs: JobsOpt = CORES,
 ):
     """Every solver at every device count (and load tolerance): fit on one split, score on the other."""
-    check_distinct([trace], [out_dir / f"comparison.{kind}" for kind in COMPARISON_KINDS])
+    check_distinct(
+        [trace], [out_dir / f"comparison.{kind}" for kind in COMPARISON_KINDS] + [out_dir / "steps.png"]
+    )
     check_output_dir(out_dir)
     device_counts, names = parse_ints(devices, "--devices"), parse_solvers(solvers)
     tolerances = parse_tolerances(load_tolerance)
@@ -556,7 +574,8 @@ def print_steps(steps: StepComparison) -> None:
     w, ours, base = steps.workload, steps.summary()["traffic"], steps.summary()["baseline_traffic"]
     batch = f"{w.tokens_per_rank} tokens" if w.phase == "prefill" else f"{w.requests_per_rank} live requests"
     out.print(
-        f"serving step, {w.phase}, {batch} a rank, kernel {w.kernel}, {ours['steps']} steps: "
+        f"serving step, {w.phase}, {batch} a rank, kernel {w.kernel}, {ours['steps']} full steps of "
+        f"{ours['replayed_steps']} replayed: "
         f"{steps.profile.assumptions()}"
     )
     t, b = steps.time, steps.baseline_time
@@ -567,8 +586,9 @@ def print_steps(steps: StepComparison) -> None:
     out.print(
         f"  per step (ms): dispatch {ms(t.dispatch)} vs {ms(b.dispatch)}, expert compute {ms(t.compute)} vs "
         f"{ms(b.compute)}, combine {ms(t.combine)} vs {ms(b.combine)}; step {ms(t.total(steps.overlap))} vs "
-        f"{BASELINE} {ms(b.total(steps.overlap))} ({steps.speedup:+.1%}, "
-        f"{'overlapped' if steps.overlap else 'in a row'})"
+        f"{BASELINE} {ms(b.total(steps.overlap))} ({steps.speedup:+.1%}) and eplb "
+        f"{ms(steps.eplb_time.total(steps.overlap))} ({steps.speedup_vs_eplb:+.1%}); "
+        f"{'communication overlapped with compute' if steps.overlap else 'phases in a row'}"
     )
     out.print(
         f"  per token of a rank's batch, busiest rank (mean rank): received {ours['received_straggler']:.3f} "

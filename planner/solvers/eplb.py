@@ -154,16 +154,22 @@ def rebalance_experts(
     return rebalance_hierarchical(weight, num_physical, 1, 1, num_gpus)
 
 
-def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solution:
-    """One layer: ``N + R`` physical slots over D GPUs in M nodes, by calibration load.
+def eplb_slots(load: np.ndarray, topology: Topology) -> np.ndarray:
+    """int64 ``[X, N + R]``: the expert in each physical slot of ``topology`` for each row of
+    expert loads ``load`` ``[X, N]``.
 
     The routed experts are one group (the shared traces do not record the model's groups), so
-    with several nodes this is EPLB's global policy."""
-    phy2log = rebalance_experts(
-        stats.load[None, :],
+    with several nodes this is EPLB's global policy, as DeepSeek's code runs it for one group."""
+    return rebalance_experts(
+        load,
         topology.num_physical,
         num_groups=1,
         num_nodes=topology.num_nodes,
         num_gpus=topology.num_devices,
-    )[0]
+    )
+
+
+def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solution:
+    """One layer: ``N + R`` physical slots over D GPUs in M nodes, by calibration load."""
+    phy2log = eplb_slots(stats.load[None, :], topology)[0]
     return Solution.from_slots(phy2log, topology, {"replicated": int(topology.redundant_slots)})

@@ -1,0 +1,117 @@
+"""The step model's verdict on the shared traces: frequency, EPLB and the recommended plan per setting.
+
+    python benchmarks/step_targets.py > docs/step-model-results.md     # about 25 minutes on 2 cores
+
+Per trace (50/50 document split, seed 0; fit on one half, scored on the other) and setting (D,
+nodes, phase, batch, kernel, overlap), the recommended plan is ``plan --solver S --load-tolerance
+auto``: the cheapest estimated step replayed on the calibration half among frequency, EPLB and S at
+each tolerance of the grid. Printed on the held-out half, from the ``h800`` profile: the busiest
+rank's dispatch, expert compute and combine time per step (and the mean rank's, what a perfect
+balance would pay), the step, its change against frequency and EPLB, and the change in
+communication and compute against frequency. Estimates of a model, not measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from moeplace.calibrate.split import split_documents
+from moeplace.calibrate.stats import compute_statistics
+from moeplace.calibrate.trace_io import load_trace
+from moeplace.planner.plan import plan
+from moeplace.planner.solvers import SolverOptions
+from moeplace.planner.topology import Topology
+from moeplace.validators.choose import BALANCERS, choose_tolerance
+from moeplace.validators.profile import H800, StepTime, shape_of, step_time
+from moeplace.validators.report import StepSetting
+from moeplace.validators.step import Workload, step_cost
+
+# (devices, nodes, phase, kernel, overlap): the issue's settings; batches 512 tokens / 32 requests a rank
+SETTINGS = [
+    (8, 1, "decode", "rank", True),
+    (8, 1, "decode", "rank", False),
+    (8, 1, "prefill", "rank", True),
+    (8, 1, "prefill", "rank", False),
+    (16, 2, "prefill", "node", True),
+    (16, 2, "decode", "node", True),
+    (8, 1, "prefill", "expert", True),
+    (8, 1, "decode", "expert", True),
+    (16, 2, "prefill", "expert", True),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--traces", type=Path, default=Path(__file__).parents[1] / ".." / "shared" / "traces")
+    parser.add_argument("--names", default="gpt-oss-20b-decode,esft-dsv2lite-prefill")
+    parser.add_argument("--solvers", default="refine,greedy-capped")
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args()
+    print(__doc__.split("\n\n")[2].replace("\n", " ").strip() + "\n")
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for name in args.names.split(","):
+            trace = load_trace(args.traces / f"{name}.npz")
+            fit, held = split_documents(trace, 0.5, 0)
+            stats = compute_statistics(fit, resamples=16, seed=0)
+            shape = shape_of(trace.meta.model)
+            plans = {}
+
+            def cached(stats, topology, solver, options, provenance, plans=plans):
+                key = (topology, solver, options.load_tolerance if solver not in BALANCERS else None)
+                if key not in plans:
+                    plans[key] = plan(stats, topology, solver, options, provenance, executor=pool)
+                return plans[key]
+
+            print(
+                f"## {trace.meta.model}: fit {fit.num_documents} documents, held out {held.num_documents}\n"
+            )
+            print(
+                "| D | phase | kernel | overlap | plan | dispatch | compute | combine | step (ms) "
+                "| vs frequency | vs eplb | comm. vs freq. | compute vs freq. | mean rank: dispatch, "
+                "compute, combine |"
+            )
+            print("|" + "---|" * 14)
+            for devices, nodes, phase, kernel, overlap in SETTINGS:
+                topology = Topology(trace.meta.num_experts, devices, nodes)
+                setting = StepSetting(Workload(phase, 512, 32, kernel), H800, shape, overlap)
+                for solver in args.solvers.split(","):
+                    choice = choose_tolerance(
+                        fit, stats, topology, solver, SolverOptions(seed=0), setting, {}, cached
+                    )
+                    rows = {b: cached(stats, topology, b, SolverOptions(seed=0), {}) for b in BALANCERS}
+                    rows[f"{solver} auto: {choice.name}"] = choice.placement
+                    times = {}
+                    for label, placement in rows.items():
+                        if label in BALANCERS and label in times:
+                            continue
+                        cost = step_cost(placement.physical_to_logical, held, topology, setting.workload)
+                        mean = step_time(dataclasses.replace(cost, straggler=cost.mean), shape, H800, kernel)
+                        times[label] = (step_time(cost, shape, H800, kernel), mean)
+                    for label, (time, mean) in times.items():
+                        if label in BALANCERS and solver != args.solvers.split(",")[0]:
+                            continue  # the balancers once per setting
+                        print(row(devices, phase, kernel, overlap, label, time, mean, times))
+
+
+def row(devices, phase, kernel, overlap, label, time: StepTime, mean: StepTime, times) -> str:
+    freq, eplb = times["frequency"][0], times["eplb"][0]
+
+    def change(a: float, b: float) -> str:
+        return f"{a / b - 1:+.1%}"
+
+    step = time.total(overlap)
+    return (
+        f"| {devices} | {phase} | {kernel} | {'yes' if overlap else 'no'} | {label} "
+        f"| {time.dispatch * 1e3:.3f} | {time.compute * 1e3:.3f} | {time.combine * 1e3:.3f} "
+        f"| {step * 1e3:.3f} "
+        f"| {change(step, freq.total(overlap))} | {change(step, eplb.total(overlap))} "
+        f"| {change(time.communication, freq.communication)} | {change(time.compute, freq.compute)} "
+        f"| {mean.dispatch * 1e3:.3f}, {mean.compute * 1e3:.3f}, {mean.combine * 1e3:.3f} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
