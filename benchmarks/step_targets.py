@@ -1,11 +1,12 @@
 """The step model's verdict on the shared traces: frequency, EPLB and the recommended plan per setting.
 
-    python benchmarks/step_targets.py > docs/step-model-results.md     # about 25 minutes on 2 cores
+    python benchmarks/step_targets.py > docs/step-model-results.md     # about 30 minutes on 2 cores
 
 Per trace (50/50 document split, seed 0; fit on one half, scored on the other) and setting (D,
 nodes, phase, batch, kernel, overlap), the recommended plan is ``plan --solver S --load-tolerance
 auto``: the cheapest estimated step replayed on the calibration half among frequency, EPLB and S at
-each tolerance of the grid. Printed on the held-out half, from the ``h800`` profile: the busiest
+each tolerance of the grid, then (for the first solver) polished by ``--step-search`` swaps.
+Printed on the held-out half, from the ``h800`` profile: the busiest
 rank's dispatch, expert compute and combine time per step (and the mean rank's, what a perfect
 balance would pay), the step, its change against frequency and EPLB, and the change in
 communication and compute against frequency. Estimates of a model, not measurements.
@@ -28,6 +29,7 @@ from moeplace.validators.choose import BALANCERS, choose_tolerance
 from moeplace.validators.profile import H800, StepTime, shape_of, step_time
 from moeplace.validators.report import StepSetting
 from moeplace.validators.step import Workload, step_cost
+from moeplace.validators.step_search import step_search
 
 # (devices, nodes, phase, kernel, overlap): the issue's settings; batches 512 tokens / 32 requests a rank
 SETTINGS = [
@@ -49,6 +51,7 @@ def main() -> None:
     parser.add_argument("--names", default="gpt-oss-20b-decode,esft-dsv2lite-prefill")
     parser.add_argument("--solvers", default="refine,greedy-capped")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--step-search", type=int, default=200, help="swaps a layer after auto (0: none)")
     args = parser.parse_args()
     print(__doc__.split("\n\n")[2].replace("\n", " ").strip() + "\n")
     with ProcessPoolExecutor(args.jobs) as pool:
@@ -83,6 +86,10 @@ def main() -> None:
                     )
                     rows = {b: cached(stats, topology, b, SolverOptions(seed=0), {}) for b in BALANCERS}
                     rows[f"{solver} auto: {choice.name}"] = choice.placement
+                    if args.step_search and solver == args.solvers.split(",")[0]:
+                        rows[f"{solver} auto: {choice.name} + step search"] = step_search(
+                            choice.placement, fit, setting, args.step_search, executor=pool
+                        )
                     times = {}
                     for label, placement in rows.items():
                         if label in BALANCERS and label in times:

@@ -155,18 +155,20 @@ def step_cost(
         for lo, hi in itertools.pairwise(sorted(set(cuts))):
             tokens = np.sort(order[lo:hi])  # ascending: a memory-mapped trace is read in order
             chunk = np.asarray(trace.topk_ids[tokens])
+            first, last = int(step[order[lo]]), int(step[order[hi - 1]])  # the chunk's steps, in a row
+            local = step[tokens] - first
 
-            def layer_traffic(layer: int, chunk=chunk, tokens=tokens) -> tuple[int, dict]:
+            def layer_traffic(layer: int, chunk=chunk, tokens=tokens, local=local, span=last - first + 1):
                 ids = chunk[:, layer, :]
                 served = dispatch(ids, np.ones(tokens.shape[0]), replicas[layer], ranks)  # [t, k] device
                 return layer, rank_traffic(
-                    served, ids, step[tokens], source[tokens], steps, topology, workload.kernel
+                    served, ids, local, source[tokens], span, topology, workload.kernel
                 )
 
             # layers on threads (NumPy releases the GIL in its loops); each adds into its own rows
             for layer, traffic in pool.map(layer_traffic, range(layers)):
                 for figure, counts in traffic.items():
-                    totals[figure][layer] += counts
+                    totals[figure][layer, first : last + 1] += counts
             release_pages(trace.topk_ids)
     batches = np.bincount(step * ranks + source, minlength=steps * ranks).reshape(steps, ranks)
     counted = full_steps(batches, workload)
@@ -220,11 +222,11 @@ def rank_traffic(
 
     valid = served >= 0
     width = int(experts.max(initial=0)) + 1
-    cell_expert = np.sort(((step[:, None] * ranks + served) * width + experts)[valid])
-    active = cell_expert[_first(cell_expert)] // width
+    # distinct experts a rank reads in a step: (step, rank, expert) cells hit at least once
+    hits = np.bincount(((step[:, None] * ranks + served) * width + experts)[valid], minlength=cells * width)
     out = {
         "pairs": at(rows[valid], served[valid]),
-        "experts": np.bincount(active, minlength=cells).reshape(steps, ranks).astype(np.float64),
+        "experts": (hits.reshape(steps, ranks, width) > 0).sum(axis=2).astype(np.float64),
     }
     # messages: every (token, expert) pair, or one per (token, destination rank)
     dests = served if kernel == "expert" else _first_in_row(served)
@@ -256,18 +258,18 @@ def rank_traffic(
 
 
 def _first_in_row(values: np.ndarray) -> np.ndarray:
-    """``values`` int ``[T, k]`` with every repeat of a value within its row set to -1."""
-    order = np.argsort(values, axis=1, kind="stable")
-    ordered = np.take_along_axis(values, order, axis=1)
-    repeat = np.zeros(values.shape, bool)
-    repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    """``values`` int ``[T, k]`` (-1 none) with every repeat of a value within its row set to -1.
+
+    Column by column (k is small: many times faster than sorting each row), with the values seen
+    so far as a bit mask when they are below 64, else compared column against column."""
     out = values.copy()
-    np.put_along_axis(out, order, np.where(repeat, -1, ordered), axis=1)
+    if values.max(initial=0) < 64:
+        seen = np.zeros(values.shape[0], np.uint64)
+        for j in range(values.shape[1]):
+            bit = np.where(values[:, j] >= 0, np.left_shift(np.uint64(1), values[:, j].astype(np.uint64)), 0)
+            out[(seen & bit) != 0, j] = -1
+            seen |= bit
+        return out
+    for j in range(1, values.shape[1]):
+        out[(values[:, :j] == values[:, j : j + 1]).any(axis=1), j] = -1
     return out
-
-
-def _first(ordered: np.ndarray) -> np.ndarray:
-    """bool mask of the first of each run of equal values in a sorted array."""
-    first = np.ones(ordered.shape[0], bool)
-    first[1:] = ordered[1:] != ordered[:-1]
-    return first

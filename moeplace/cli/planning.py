@@ -78,6 +78,7 @@ from moeplace.validators.compare import COMPARISON_KINDS, fit_figures, markdown_
 from moeplace.validators.compare import compare as compare_solvers
 from moeplace.validators.report import StepComparison, check_compatible, compare_steps, gate_failures
 from moeplace.validators.report import validate as validate_placement
+from moeplace.validators.step_search import step_search
 
 StatsInputArg = Annotated[
     Path,
@@ -178,6 +179,17 @@ def plan(
     overlap: OverlapOpt = True,
     hidden: HiddenOpt = None,
     intermediate: IntermediateOpt = None,
+    step_search_swaps: Annotated[
+        int,
+        typer.Option(
+            "--step-search",
+            min=0,
+            max=1_000_000,
+            help="With --step: after planning, try this many swaps of two experts a layer against the "
+            "serving step estimated on steps sampled from the calibration trace, keeping those that "
+            "shorten it (0: off). It ignores the load cap: the step prices imbalance step by step.",
+        ),
+    ] = 0,
     jobs: JobsOpt = CORES,
 ):
     """Solve a placement for every MoE layer and write the placement YAML."""
@@ -186,11 +198,16 @@ def plan(
     tolerance = 0.0 if auto else parse_tolerances(load_tolerance)[0]
     if auto and step is None:
         raise MoeplaceError("--load-tolerance auto needs --step prefill or decode: the step it minimizes")
+    if step_search_swaps and step is None:
+        raise MoeplaceError("--step-search needs --step prefill or decode: the step it shortens")
+    if step_search_swaps and redundant_slots:
+        raise MoeplaceError("--step-search places one copy of each expert: drop --redundant-slots")
     check_distinct([trace, holdout], [out_path])
     check_output_file(out_path)
     source = load_trace_or_statistics(trace)
-    if auto and isinstance(source, Statistics):
-        raise MoeplaceError(f"{trace}: --load-tolerance auto replays the calibration trace; give the trace")
+    if (auto or step_search_swaps) and isinstance(source, Statistics):
+        option = "--load-tolerance auto" if auto else "--step-search"
+        raise MoeplaceError(f"{trace}: {option} replays the calibration trace; give the trace")
     held = load_trace(holdout) if holdout is not None else None
     topology = Topology(source.meta.num_experts, devices, nodes, redundant_slots)
     options = SolverOptions(
@@ -260,6 +277,21 @@ def plan(
             layer_executor(jobs) as pool,
         ):
             placement = plan_layers(statistics, topology, solver, options, source.provenance(), advance, pool)
+    if step_search_swaps:
+        with (
+            named(trace),
+            progress_bar(f"step search, {step_search_swaps} swaps a layer", statistics.num_layers) as advance,
+            layer_executor(jobs) as pool,
+        ):
+            placement = step_search(
+                placement, source, setting, step_search_swaps, seed=seed, executor=pool, on_layer=advance
+            )
+        searched = [layer.solver_report["step_search"] for layer in placement.layers]
+        out.print(
+            f"step search on {placement.options['step_search']['steps']} steps sampled from the calibration "
+            f"trace (a model): estimated step {sum(r['seconds_before'] for r in searched) * 1e3:.3f} -> "
+            f"{sum(r['seconds_after'] for r in searched) * 1e3:.3f} ms"
+        )
     relaxed = [layer.layer_id for layer in placement.layers if layer.solver_report.get("cap_relaxed")]
     if relaxed:
         err.print(
