@@ -139,8 +139,7 @@ def step_cost(
 ) -> StepCost:
     """Replay ``trace`` as steps under ``workload`` on a placement, int ``[L, P]`` expert of each
     physical slot (``Placement.physical_to_logical``); replicas chosen by the dispatch policy."""
-    if workload.kernel == "node" and topology.num_nodes == 1:
-        workload = dataclasses.replace(workload, kernel="rank")  # one node: no RDMA to dedup across
+    workload = dataclasses.replace(workload, kernel=sending_rule(workload.kernel, topology))
     ranks, layers = topology.num_devices, trace.num_layers
     step, source = schedule(trace.doc_offsets, ranks, workload)
     steps = int(step.max()) + 1 if step.size else 0
@@ -179,6 +178,12 @@ def step_cost(
         batch=float(batches[counted].mean()),
         replayed=steps,
     )
+
+
+def sending_rule(kernel: str, topology: Topology) -> str:
+    """The rule a kernel applies on ``topology``: with one node, ``node`` has no RDMA to
+    deduplicate across and sends as ``rank`` does."""
+    return "rank" if kernel == "node" and topology.num_nodes == 1 else kernel
 
 
 def full_steps(batches: np.ndarray, workload: Workload) -> np.ndarray:

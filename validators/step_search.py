@@ -24,7 +24,7 @@ from moeplace.planner.placement import Placement
 from moeplace.planner.topology import Topology
 from moeplace.validators.profile import step_time
 from moeplace.validators.report import StepSetting
-from moeplace.validators.step import StepCost, full_steps, rank_traffic, schedule
+from moeplace.validators.step import StepCost, full_steps, rank_traffic, schedule, sending_rule
 
 SWAPS_PER_ROUND = 32
 
@@ -81,9 +81,7 @@ def layer_step_seconds(
 ) -> float:
     """Estimated seconds of one layer's step, averaged over ``steps``, for tokens routed to
     ``ids`` int ``[T', k]`` (-1 none) under ``expert_to_device`` int ``[N]``."""
-    kernel = setting.workload.kernel
-    if kernel == "node" and topology.num_nodes == 1:
-        kernel = "rank"
+    kernel = sending_rule(setting.workload.kernel, topology)
     served = np.where(ids >= 0, expert_to_device[np.maximum(ids, 0)], -1)
     traffic = rank_traffic(served, ids, steps.step, steps.source, steps.num_steps, topology, kernel)
     cost = StepCost(
