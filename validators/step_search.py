@@ -171,7 +171,14 @@ def step_search(
             layer,
             expert_to_device=placed,
             solver_report=layer.solver_report
-            | {"step_search": {"evaluations": evaluations, "seconds_before": before, "seconds_after": after}},
+            | {
+                "step_search": {
+                    "evaluations": evaluations,
+                    "seconds_before": before,
+                    "seconds_after": after,
+                    "note": "the solver's figures in this report are of the placement before the search",
+                }
+            },
         )
         for layer, (placed, before, after) in zip(placement.layers, results, strict=True)
     )

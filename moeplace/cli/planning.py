@@ -277,21 +277,6 @@ def plan(
             layer_executor(jobs) as pool,
         ):
             placement = plan_layers(statistics, topology, solver, options, source.provenance(), advance, pool)
-    if step_search_swaps:
-        with (
-            named(trace),
-            progress_bar(f"step search, {step_search_swaps} swaps a layer", statistics.num_layers) as advance,
-            layer_executor(jobs) as pool,
-        ):
-            placement = step_search(
-                placement, source, setting, step_search_swaps, seed=seed, executor=pool, on_layer=advance
-            )
-        searched = [layer.solver_report["step_search"] for layer in placement.layers]
-        out.print(
-            f"step search on {placement.options['step_search']['steps']} steps sampled from the calibration "
-            f"trace (a model): estimated step {sum(r['seconds_before'] for r in searched) * 1e3:.3f} -> "
-            f"{sum(r['seconds_after'] for r in searched) * 1e3:.3f} ms"
-        )
     relaxed = [layer.layer_id for layer in placement.layers if layer.solver_report.get("cap_relaxed")]
     if relaxed:
         err.print(
@@ -313,6 +298,21 @@ def plan(
                 if statistics.set_sample_rate < 1
                 else ""
             )
+        )
+    if step_search_swaps:
+        with (
+            named(trace),
+            progress_bar(f"step search, {step_search_swaps} swaps a layer", statistics.num_layers) as advance,
+            layer_executor(jobs) as pool,
+        ):
+            placement = step_search(
+                placement, source, setting, step_search_swaps, seed=seed, executor=pool, on_layer=advance
+            )
+        searched = [layer.solver_report["step_search"] for layer in placement.layers]
+        out.print(
+            f"step search on {placement.options['step_search']['steps']} steps sampled from the calibration "
+            f"trace (a model): estimated step {sum(r['seconds_before'] for r in searched) * 1e3:.3f} -> "
+            f"{sum(r['seconds_after'] for r in searched) * 1e3:.3f} ms"
         )
     if held is not None:
         with named(holdout):
