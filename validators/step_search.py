@@ -105,6 +105,7 @@ def search_layer(
     """The layer's placement after the search, int64 ``[N]``, and its estimated seconds before and
     after. ``ids``: int ``[T', k]``, the sampled tokens' experts in this layer."""
     placed = np.array(expert_to_device, dtype=np.int64)
+    ids = np.asarray(ids, dtype=np.int64)
     rng = np.random.default_rng(seed)
     start = best = layer_step_seconds(placed, ids, steps, topology, setting)
     used = 0
@@ -134,16 +135,21 @@ def step_search(
     seed: int = 0,
     orders: int = 4,
     max_steps: int = 64,
+    max_tokens: int = 1 << 19,
     executor: Executor | None = None,
     on_layer: Callable[[], None] | None = None,
 ) -> Placement:
     """``placement`` with every layer searched (``evaluations`` swaps tried a layer) against the
-    step replayed from ``trace``, the calibration trace; each layer's estimate before and after
+    step replayed from ``trace``, the calibration trace (at most ``max_steps`` steps sampled, and
+    at most ``max_tokens`` tokens: each swap replays them all); each layer's estimate before and after
     goes into its solver report. Layers run on ``executor`` when given; ``on_layer`` is called as
     each finishes (progress)."""
     if placement.redundant_slots:
         raise MoeplaceError("the step search places one copy of each expert: plan without --redundant-slots")
     topology = placement.topology
+    workload = setting.workload
+    batch = workload.tokens_per_rank if workload.phase == "prefill" else workload.requests_per_rank
+    max_steps = max(1, min(max_steps, max_tokens // (batch * topology.num_devices)))  # evaluation cost
     steps = sample_steps(trace.doc_offsets, topology.num_devices, setting, orders, max_steps, seed)
     rows = np.sort(steps.tokens)
     order = np.argsort(steps.tokens, kind="stable")
@@ -152,7 +158,7 @@ def step_search(
     jobs = [
         (
             layer.expert_to_device,
-            sampled[:, i, :].astype(np.int64),
+            sampled[:, i, :],  # int16 until its layer is searched: memory stays near the sample's
             steps,
             topology,
             setting,
