@@ -28,7 +28,7 @@ from moeplace.planner.topology import Topology
 from moeplace.validators.choose import BALANCERS, choose_tolerance
 from moeplace.validators.profile import H800, StepTime, shape_of, step_time
 from moeplace.validators.report import StepSetting
-from moeplace.validators.step import Workload, step_cost
+from moeplace.validators.step import Workload
 from moeplace.validators.step_search import step_search
 
 # (devices, nodes, phase, kernel, overlap): the settings; batches 512 tokens / 32 requests a rank
@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--step-search", type=int, default=200, help="swaps a layer after auto (0: none)")
     args = parser.parse_args()
+    solvers = args.solvers.split(",")
     print(__doc__.split("\n\n")[2].replace("\n", " ").strip() + "\n")
     with ProcessPoolExecutor(args.jobs) as pool:
         for name in args.names.split(","):
@@ -80,27 +81,23 @@ def main() -> None:
             for devices, nodes, phase, kernel, overlap in SETTINGS:
                 topology = Topology(trace.meta.num_experts, devices, nodes)
                 setting = StepSetting(Workload(phase, 512, 32, kernel), H800, shape, overlap)
-                for solver in args.solvers.split(","):
+                rows = {b: cached(stats, topology, b, SolverOptions(seed=0), {}) for b in BALANCERS}
+                for solver in solvers:
                     choice = choose_tolerance(
                         fit, stats, topology, solver, SolverOptions(seed=0), setting, {}, cached
                     )
-                    rows = {b: cached(stats, topology, b, SolverOptions(seed=0), {}) for b in BALANCERS}
                     rows[f"{solver} auto: {choice.name}"] = choice.placement
-                    if args.step_search and solver == args.solvers.split(",")[0]:
+                    if args.step_search and solver == solvers[0]:
                         rows[f"{solver} auto: {choice.name} + step search"] = step_search(
                             choice.placement, fit, setting, args.step_search, executor=pool
                         )
-                    times = {}
-                    for label, placement in rows.items():
-                        if label in BALANCERS and label in times:
-                            continue
-                        cost = step_cost(placement.physical_to_logical, held, topology, setting.workload)
-                        mean = step_time(dataclasses.replace(cost, straggler=cost.mean), shape, H800, kernel)
-                        times[label] = (step_time(cost, shape, H800, kernel), mean)
-                    for label, (time, mean) in times.items():
-                        if label in BALANCERS and solver != args.solvers.split(",")[0]:
-                            continue  # the balancers once per setting
-                        print(row(devices, phase, kernel, overlap, label, time, mean, times))
+                times = {}
+                for label, placement in rows.items():
+                    cost, time = setting.replay(placement.physical_to_logical, held, topology)
+                    mean = step_time(dataclasses.replace(cost, straggler=cost.mean), shape, H800, kernel)
+                    times[label] = (time, mean)
+                for label, (time, mean) in times.items():
+                    print(row(devices, phase, kernel, overlap, label, time, mean, times))
 
 
 def row(devices, phase, kernel, overlap, label, time: StepTime, mean: StepTime, times) -> str:

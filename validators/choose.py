@@ -21,9 +21,8 @@ from moeplace.planner.placement import Placement
 from moeplace.planner.plan import plan
 from moeplace.planner.solvers import BASELINE, SolverOptions
 from moeplace.planner.topology import Topology
-from moeplace.validators.profile import StepTime, step_time
+from moeplace.validators.profile import StepTime
 from moeplace.validators.report import StepSetting
-from moeplace.validators.step import step_cost
 
 AUTO_TOLERANCES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2)
 BALANCERS = (BASELINE, "eplb")  # load balancing only: the plans co-location must beat
@@ -83,12 +82,7 @@ def choose_tolerance(
         except MoeplaceError:  # below a layer's balance floor: no placement meets this cap
             continue
     times = {
-        name: step_time(
-            step_cost(placement.physical_to_logical, trace, topology, setting.workload),
-            setting.shape,
-            setting.profile,
-            setting.workload.kernel,
-        )
+        name: setting.replay(placement.physical_to_logical, trace, topology)[1]
         for name, _, placement in candidates
     }
     name, eps, placement = next(c for c in candidates if c[0] == cheapest(times, setting.overlap))

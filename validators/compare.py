@@ -148,8 +148,7 @@ def compare(
 
 def _step_text(step: StepSetting) -> str:
     w = step.workload
-    batch = f"{w.tokens_per_rank} tokens" if w.phase == "prefill" else f"{w.requests_per_rank} live requests"
-    return f"{w.phase}, {batch} a rank, kernel {w.kernel} ({step.profile.assumptions()})"
+    return f"{w.phase}, {w.batch_text}, kernel {w.kernel} ({step.profile.assumptions()})"
 
 
 def step_columns(steps: StepComparison) -> dict:
@@ -222,7 +221,8 @@ def _fmt(key: str, value) -> str:
     return str(value)
 
 
-COMPARISON_KINDS = ("md", "csv", "png")  # comparison.<kind> in the output folder; steps.png with a step
+COMPARISON_KINDS = ("md", "csv", "png")  # comparison.<kind> in the output folder
+COMPARISON_FILES = (*(f"comparison.{kind}" for kind in COMPARISON_KINDS), "steps.png")  # with a step
 
 
 def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
@@ -243,6 +243,6 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
     plot = frontier_png if len(tolerances) > 1 else devices_png
     write_bytes(paths["png"], plot(comparison.rows, comparison.title))
     if all("step_ms" in row for row in comparison.rows):
-        paths["steps"] = out_dir / "steps.png"
+        paths["steps"] = out_dir / COMPARISON_FILES[-1]
         write_bytes(paths["steps"], steps_png(comparison.rows, comparison.title))
     return paths

@@ -12,6 +12,7 @@ from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import Placement, yaml_safe
 from moeplace.planner.solvers import BASELINE, frequency_placement
 from moeplace.planner.solvers.eplb import eplb_slots
+from moeplace.planner.topology import Topology
 from moeplace.validators.metrics import balance_floor, devices_lower_bound, random_expected_devices
 from moeplace.validators.profile import ModelShape, Profile, StepTime, step_time
 from moeplace.validators.score import Score, score_placement
@@ -129,20 +130,29 @@ class StepSetting:
             "intermediate": self.shape.intermediate,
         }
 
+    def replay(
+        self, physical_to_logical: np.ndarray, trace: Trace, topology: Topology
+    ) -> tuple[StepCost, StepTime]:
+        """The counts and the estimated time of ``trace``'s steps on a placement, int ``[L, P]``."""
+        cost = step_cost(physical_to_logical, trace, topology, self.workload)
+        return cost, step_time(cost, self.shape, self.profile, self.workload.kernel)
+
 
 @dataclasses.dataclass(frozen=True)
 class StepComparison:
     """The serving step of a placement and of the frequency baseline on the same held-out steps
     (``step_time`` seconds per step, summed over layers; ``step_cost`` counts behind them)."""
 
-    workload: Workload
-    profile: Profile
-    overlap: bool
+    setting: StepSetting
     time: StepTime
     baseline_time: StepTime
     cost: StepCost
     baseline_cost: StepCost
     eplb_time: StepTime  # DeepSeek's EPLB with the placement's slots and nodes, fit on the same load
+
+    @property
+    def overlap(self) -> bool:
+        return self.setting.overlap
 
     @property
     def speedup(self) -> float:
@@ -160,8 +170,8 @@ class StepComparison:
 
         return yaml_safe(
             {
-                "model": self.profile.assumptions(),
-                "workload": dataclasses.asdict(self.workload) | {"overlap": self.overlap},
+                "model": self.setting.profile.assumptions(),
+                "workload": dataclasses.asdict(self.setting.workload) | {"overlap": self.overlap},
                 "seconds": times(self.time),
                 "baseline_seconds": times(self.baseline_time),
                 "eplb_seconds": times(self.eplb_time),
@@ -175,23 +185,12 @@ class StepComparison:
 
 def compare_steps(validation: Validation, setting: StepSetting) -> StepComparison:
     """Replay the held-out trace as serving steps on the placement and on its baseline."""
-    workload, profile, shape, overlap = setting.workload, setting.profile, setting.shape, setting.overlap
-    topology = validation.placement.topology
-    cost = step_cost(validation.placement.physical_to_logical, validation.holdout, topology, workload)
-    baseline_cost = step_cost(
-        validation.baseline_slots, validation.holdout, topology.without_replicas, workload
-    )
-    eplb = eplb_slots(validation.placement.calibration_load.astype(np.float32), topology)
-    return StepComparison(
-        workload,
-        profile,
-        overlap,
-        step_time(cost, shape, profile, workload.kernel),
-        step_time(baseline_cost, shape, profile, workload.kernel),
-        cost,
-        baseline_cost,
-        step_time(step_cost(eplb, validation.holdout, topology, workload), shape, profile, workload.kernel),
-    )
+    placement, held = validation.placement, validation.holdout
+    topology = placement.topology
+    cost, time = setting.replay(placement.physical_to_logical, held, topology)
+    baseline_cost, baseline_time = setting.replay(validation.baseline_slots, held, topology.without_replicas)
+    _, eplb_time = setting.replay(eplb_slots(placement.calibration_load, topology), held, topology)
+    return StepComparison(setting, time, baseline_time, cost, baseline_cost, eplb_time)
 
 
 def gate_failures(summary: dict, max_load_ratio: float | None, min_reduction: float | None) -> list[str]:

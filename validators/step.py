@@ -66,6 +66,16 @@ class Workload:
         if self.tokens_per_rank < 1 or self.requests_per_rank < 1:
             raise MoeplaceError("tokens per rank and requests per rank must be at least 1")
 
+    @property
+    def batch(self) -> int:
+        """Tokens a rank runs in a full step."""
+        return self.tokens_per_rank if self.phase == "prefill" else self.requests_per_rank
+
+    @property
+    def batch_text(self) -> str:
+        unit = "tokens" if self.phase == "prefill" else "live requests"
+        return f"{self.batch} {unit} a rank"
+
 
 @dataclasses.dataclass(frozen=True)
 class StepCost:
@@ -82,6 +92,20 @@ class StepCost:
     steps: int
     batch: float
     replayed: int = 0
+
+    @classmethod
+    def from_counts(
+        cls, counts: dict[str, np.ndarray], counted: np.ndarray, batch: float, replayed: int
+    ) -> StepCost:
+        """From per-step counts, float ``[L, S, D]`` per figure, over the ``counted`` steps
+        (bool ``[S]``)."""
+        return cls(
+            straggler={figure: c[:, counted].max(axis=2).mean(axis=1) for figure, c in counts.items()},
+            mean={figure: c[:, counted].mean(axis=2).mean(axis=1) for figure, c in counts.items()},
+            steps=int(counted.sum()),
+            batch=batch,
+            replayed=replayed,
+        )
 
     def summary(self) -> dict:
         """Means over layers, per token of a rank's batch: received (both links), pairs."""
@@ -171,13 +195,7 @@ def step_cost(
             release_pages(trace.topk_ids)
     batches = np.bincount(step * ranks + source, minlength=steps * ranks).reshape(steps, ranks)
     counted = full_steps(batches, workload)
-    return StepCost(
-        straggler={figure: counts[:, counted].max(axis=2).mean(axis=1) for figure, counts in totals.items()},
-        mean={figure: counts[:, counted].mean(axis=2).mean(axis=1) for figure, counts in totals.items()},
-        steps=int(counted.sum()),
-        batch=float(batches[counted].mean()),
-        replayed=steps,
-    )
+    return StepCost.from_counts(totals, counted, float(batches[counted].mean()), steps)
 
 
 def sending_rule(kernel: str, topology: Topology) -> str:
@@ -195,8 +213,7 @@ def full_steps(batches: np.ndarray, workload: Workload) -> np.ndarray:
     co-location placement concentrates the few active experts on few ranks. Measured in the steady
     state, a placement is judged where serving time is spent.
     """
-    size = workload.tokens_per_rank if workload.phase == "prefill" else workload.requests_per_rank
-    full = (batches == size).all(axis=1)
+    full = (batches == workload.batch).all(axis=1)
     return full if full.any() else np.ones(batches.shape[0], bool)
 
 

@@ -84,12 +84,8 @@ def layer_step_seconds(
     kernel = sending_rule(setting.workload.kernel, topology)
     served = np.where(ids >= 0, expert_to_device[np.maximum(ids, 0)], -1)
     traffic = rank_traffic(served, ids, steps.step, steps.source, steps.num_steps, topology, kernel)
-    cost = StepCost(
-        {figure: counts.max(axis=1).mean()[None] for figure, counts in traffic.items()},
-        {figure: counts.mean()[None] for figure, counts in traffic.items()},
-        steps.num_steps,
-        1.0,
-    )
+    every = np.ones(steps.num_steps, bool)  # sampled steps are full already
+    cost = StepCost.from_counts({f: c[None] for f, c in traffic.items()}, every, 1.0, steps.num_steps)
     return step_time(cost, setting.shape, setting.profile, setting.workload.kernel).total(setting.overlap)
 
 
@@ -147,9 +143,8 @@ def step_search(
     if placement.redundant_slots:
         raise MoeplaceError("the step search places one copy of each expert: plan without --redundant-slots")
     topology = placement.topology
-    workload = setting.workload
-    batch = workload.tokens_per_rank if workload.phase == "prefill" else workload.requests_per_rank
-    max_steps = max(1, min(max_steps, max_tokens // (batch * topology.num_devices)))  # evaluation cost
+    step_tokens = setting.workload.batch * topology.num_devices
+    max_steps = max(1, min(max_steps, max_tokens // step_tokens))  # each swap replays them all
     steps = sample_steps(trace.doc_offsets, topology.num_devices, setting, orders, max_steps, seed)
     rows = np.sort(steps.tokens)
     order = np.argsort(steps.tokens, kind="stable")

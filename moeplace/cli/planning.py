@@ -74,7 +74,7 @@ from moeplace.planner.solvers import (
 )
 from moeplace.planner.topology import Topology
 from moeplace.validators.choose import AUTO_TOLERANCES, BALANCERS, choose_tolerance
-from moeplace.validators.compare import COMPARISON_KINDS, fit_figures, markdown_table, write_comparison
+from moeplace.validators.compare import COMPARISON_FILES, fit_figures, markdown_table, write_comparison
 from moeplace.validators.compare import compare as compare_solvers
 from moeplace.validators.report import StepComparison, check_compatible, compare_steps, gate_failures
 from moeplace.validators.report import validate as validate_placement
@@ -494,9 +494,7 @@ def compare(
     jobs: JobsOpt = CORES,
 ):
     """Every solver at every device count (and load tolerance): fit on one split, score on the other."""
-    check_distinct(
-        [trace], [out_dir / f"comparison.{kind}" for kind in COMPARISON_KINDS] + [out_dir / "steps.png"]
-    )
+    check_distinct([trace], [out_dir / name for name in COMPARISON_FILES])
     check_output_dir(out_dir)
     device_counts, names = parse_ints(devices, "--devices"), parse_solvers(solvers)
     tolerances = parse_tolerances(load_tolerance)
@@ -603,12 +601,11 @@ def print_summary(summary: dict) -> None:
 
 def print_steps(steps: StepComparison) -> None:
     """The serving step beside the baseline's: estimated times, then the counts behind them."""
-    w, ours, base = steps.workload, steps.summary()["traffic"], steps.summary()["baseline_traffic"]
-    batch = f"{w.tokens_per_rank} tokens" if w.phase == "prefill" else f"{w.requests_per_rank} live requests"
+    w, ours, base = steps.setting.workload, steps.summary()["traffic"], steps.summary()["baseline_traffic"]
     out.print(
-        f"serving step, {w.phase}, {batch} a rank, kernel {w.kernel}, {ours['steps']} full steps of "
+        f"serving step, {w.phase}, {w.batch_text}, kernel {w.kernel}, {ours['steps']} full steps of "
         f"{ours['replayed_steps']} replayed: "
-        f"{steps.profile.assumptions()}"
+        f"{steps.setting.profile.assumptions()}"
     )
     t, b = steps.time, steps.baseline_time
 
