@@ -232,50 +232,56 @@ def rank_traffic(
     experts in a step (the weights it reads)."""
     ranks, node = topology.num_devices, topology.node_of_device
     cells = steps * ranks
-    rows = np.broadcast_to(np.arange(served.shape[0])[:, None], served.shape)
+    cell = step * ranks  # [T] the first cell of each token's step
 
-    def at(tokens: np.ndarray, where: np.ndarray) -> np.ndarray:
-        """How many events (the step of ``tokens``, rank ``where``) fall in each cell."""
-        return (
-            np.bincount(step[tokens] * ranks + where, minlength=cells)
-            .reshape(steps, ranks)
-            .astype(np.float64)
-        )
+    def per_source(messages: np.ndarray) -> np.ndarray:
+        """Messages a token sends, int ``[T]``, summed per (step, source rank) cell."""
+        return np.bincount(cell + source, weights=messages, minlength=cells).reshape(steps, ranks)
+
+    def per_rank(where: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Events at rank ``where`` (int ``[T, k]``) where ``mask``, counted per (step, rank) cell.
+        Masked-out events go to one spare cell past the end (cheaper than selecting the rest)."""
+        at = np.where(mask, cell[:, None] + where, cells)
+        return np.bincount(at.ravel(), minlength=cells + 1)[:cells].reshape(steps, ranks).astype(np.float64)
 
     valid = served >= 0
     width = int(experts.max(initial=0)) + 1
     # distinct experts a rank reads in a step: (step, rank, expert) cells hit at least once
-    hits = np.bincount(((step[:, None] * ranks + served) * width + experts)[valid], minlength=cells * width)
+    hits = np.bincount(
+        np.where(valid, (cell[:, None] + served) * width + experts, cells * width).ravel(),
+        minlength=cells * width + 1,
+    )[: cells * width]
     out = {
-        "pairs": at(rows[valid], served[valid]),
+        "pairs": per_rank(served, valid),
         "experts": (hits.reshape(steps, ranks, width) > 0).sum(axis=2).astype(np.float64),
     }
     # messages: every (token, expert) pair, or one per (token, destination rank)
     dests = served if kernel == "expert" else _first_in_row(served)
-    src = np.broadcast_to(source[:, None], served.shape)
-    same_node = node[np.maximum(served, 0)] == node[src]
-    remote = (dests >= 0) & (dests != src)
+    same_node = node[np.maximum(served, 0)] == node[source][:, None]
+    remote = (dests >= 0) & (dests != source[:, None])
     if kernel != "node":
         nvlink, rdma = remote & same_node, remote & ~same_node
         return out | {
-            "sent_nvlink": at(rows[nvlink], src[nvlink]),
-            "received_nvlink": at(rows[nvlink], dests[nvlink]),
-            "sent_rdma": at(rows[rdma], src[rdma]),
-            "received_rdma": at(rows[rdma], dests[rdma]),
+            "sent_nvlink": per_source(nvlink.sum(axis=1)),
+            "received_nvlink": per_rank(dests, nvlink),
+            "sent_rdma": per_source(rdma.sum(axis=1)),
+            "received_rdma": per_rank(dests, rdma),
         }
     # node: one RDMA copy per (token, remote node) to the rank of the source's local index there,
     # which forwards it over NVLink to the other destination ranks of its node
     per_node = topology.devices_per_node
     direct, far = remote & same_node, remote & ~same_node
-    hops = _first_in_row(np.where(far, node[np.maximum(dests, 0)], -1))  # [T, k] remote nodes, once
+    dest_node = node[np.maximum(dests, 0)]
+    hops = _first_in_row(np.where(far, dest_node, -1))  # [T, k] remote nodes, once
     hop = hops >= 0
-    relay = node[np.maximum(dests, 0)] * per_node + src % per_node
+    local_index = (source % per_node)[:, None]
+    relay = dest_node * per_node + local_index
     forward = far & (dests != relay)
     return out | {
-        "sent_rdma": at(rows[hop], src[hop]),
-        "received_rdma": at(rows[hop], hops[hop] * per_node + src[hop] % per_node),
-        "sent_nvlink": at(rows[direct], src[direct]) + at(rows[forward], relay[forward]),
-        "received_nvlink": at(rows[direct], dests[direct]) + at(rows[forward], dests[forward]),
+        "sent_rdma": per_source(hop.sum(axis=1)),
+        "received_rdma": per_rank(hops * per_node + local_index, hop),
+        "sent_nvlink": per_source(direct.sum(axis=1)) + per_rank(relay, forward),
+        "received_nvlink": per_rank(dests, direct | forward),
     }
 
 
