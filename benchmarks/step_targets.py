@@ -2,14 +2,14 @@
 
     python benchmarks/step_targets.py > docs/step-model-results.md     # about 30 minutes on 2 cores
 
-Per trace (50/50 document split, seed 0; fit on one half, scored on the other) and setting (D,
-nodes, phase, batch, kernel, overlap), the recommended plan is ``plan --solver S --load-tolerance
-auto``: the cheapest estimated step replayed on the calibration half among frequency, EPLB and S at
-each tolerance of the grid, then (for the first solver) polished by ``--step-search`` swaps.
-Printed on the held-out half, from the ``h800`` profile: the busiest
-rank's dispatch, expert compute and combine time per step (and the mean rank's, what a perfect
-balance would pay), the step, its change against frequency and EPLB, and the change in
-communication and compute against frequency. Estimates of a model, not measurements.
+Per trace (50/50 document split, seed 0 unless --seed; fit on one half, scored on the other) and
+setting (D, nodes, phase, batch, kernel, overlap), the recommended plan is ``plan --solver S
+--load-tolerance auto``: the cheapest estimated step replayed on the calibration half among
+frequency, EPLB and S at each tolerance of the grid, then (for the first solver) polished by
+``--step-search`` swaps. Printed on the held-out half, from the ``h800`` profile: the busiest rank's
+dispatch, expert compute and combine time per step (and the mean rank's, what a perfect balance
+would pay), the step, its change against frequency and EPLB, and the change in communication and
+compute against frequency. Estimates of a model, not measurements.
 """
 
 from __future__ import annotations
@@ -52,13 +52,15 @@ def main() -> None:
     parser.add_argument("--solvers", default="refine,greedy-capped")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--step-search", type=int, default=200, help="swaps a layer after auto (0: none)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the 50/50 document split")
+    parser.add_argument("--settings", help="indices into SETTINGS, e.g. 0,2 (default: all)")
     args = parser.parse_args()
     solvers = args.solvers.split(",")
     print(__doc__.split("\n\n")[2].replace("\n", " ").strip() + "\n")
     with ProcessPoolExecutor(args.jobs) as pool:
         for name in args.names.split(","):
             trace = load_trace(args.traces / f"{name}.npz")
-            fit, held = split_documents(trace, 0.5, 0)
+            fit, held = split_documents(trace, 0.5, args.seed)
             stats = compute_statistics(fit, resamples=16, seed=0)
             shape = shape_of(trace.meta.model)
             plans = {}
@@ -78,7 +80,8 @@ def main() -> None:
                 "compute, combine |"
             )
             print("|" + "---|" * 14)
-            for devices, nodes, phase, kernel, overlap in SETTINGS:
+            chosen = [int(i) for i in args.settings.split(",")] if args.settings else range(len(SETTINGS))
+            for devices, nodes, phase, kernel, overlap in (SETTINGS[i] for i in chosen):
                 topology = Topology(trace.meta.num_experts, devices, nodes)
                 setting = StepSetting(Workload(phase, 512, 32, kernel), H800, shape, overlap)
                 rows = {b: cached(stats, topology, b, SolverOptions(seed=0), {}) for b in BALANCERS}

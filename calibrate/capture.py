@@ -37,7 +37,7 @@ def load_model(name_or_path: str, device: str = "cpu", dtype: str = "auto"):
     import transformers
 
     if dtype not in DTYPES:
-        raise MoeplaceError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise MoeplaceError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if name_or_path.startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().is_dir():
         raise MoeplaceError(f"{name_or_path}: no such model folder")  # a path, not a hub id: say so
     kwargs = {"dtype": DTYPES[dtype]} | ({"device_map": "auto"} if device == "auto" else {})
@@ -195,7 +195,7 @@ def capture_routing(
 def _windows(token_ids, max_length: int, max_tokens: int | None) -> list[tuple[int, np.ndarray]]:
     """(document, token ids) pieces of at most ``max_length``, stopping at ``max_tokens`` in all."""
     if max_length < 1:
-        raise MoeplaceError(f"--max-length must be at least 1, got {max_length}")
+        raise MoeplaceError(f"the maximum length must be at least 1, got {max_length}")
     windows, budget = [], max_tokens if max_tokens is not None else float("inf")
     for doc, ids in enumerate(token_ids):
         for start in range(0, ids.shape[0], max_length):

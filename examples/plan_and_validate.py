@@ -7,14 +7,8 @@ Without TRACE it uses the gpt-oss-20b trace packaged with moeplace.
 
 import argparse
 
-from moeplace.calibrate.split import split_documents
-from moeplace.calibrate.stats import compute_statistics
-from moeplace.calibrate.trace_io import load_trace
+import moeplace
 from moeplace.demo import demo_trace_path
-from moeplace.planner.plan import plan
-from moeplace.planner.solvers import SolverOptions
-from moeplace.planner.topology import Topology
-from moeplace.validators.report import validate
 
 
 def main() -> None:
@@ -25,12 +19,12 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=8)
     args = parser.parse_args()
 
-    fit, held = split_documents(load_trace(args.trace), holdout=0.5, seed=0)
-    stats = compute_statistics(fit)  # load, co-activation and resampled loads per MoE layer
-    topology = Topology(fit.meta.num_experts, args.devices)
-    options = SolverOptions(load_tolerance=0.10, seed=0)
+    fit, held = moeplace.split_documents(moeplace.load_trace(args.trace), holdout_share=0.5, seed=0)
+    stats = moeplace.compute_statistics(fit)  # load, co-activation and resampled loads per MoE layer
+    topology = moeplace.Topology(fit.meta.num_experts, args.devices)
+    options = moeplace.SolverOptions(load_tolerance=0.10, seed=0)
     for solver in ("frequency", "greedy", "greedy-capped"):
-        summary = validate(plan(stats, topology, solver, options, fit.provenance()), held).summary()
+        summary = moeplace.validate(moeplace.plan(stats, topology, solver, options), held).summary()
         print(
             f"{solver:>14}: dev/token {summary['dev_per_token']:.3f} "
             f"({summary['reduction']:+.1%} vs frequency), "

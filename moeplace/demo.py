@@ -51,7 +51,7 @@ def run_demo(
         f"demo trace: {trace.meta.model}, {trace.num_documents} documents, {trace.num_tokens} tokens, "
         f"{trace.num_layers} MoE layers, {trace.meta.num_experts} experts, top-{trace.meta.top_k}"
     )
-    fit, held = split_documents(trace, holdout=0.5, seed=0)
+    fit, held = split_documents(trace, holdout_share=0.5, seed=0)
 
     options = SolverOptions(
         load_tolerance=load_tolerance, seed=0, time_limit=time_limit, search_steps=search_steps

@@ -19,15 +19,7 @@ from moeplace.planner.bounds import fanout_lower_bounds
 from moeplace.planner.objective import fanout
 from moeplace.planner.placement import LayerPlacement, Placement, yaml_safe
 from moeplace.planner.replicas import add_replicas, replica_counts
-from moeplace.planner.solvers import (
-    LOAD_ONLY_SOLVERS,
-    REFINED,
-    REPLICATING,
-    SOLVERS,
-    UNCAPPED,
-    Solution,
-    SolverOptions,
-)
+from moeplace.planner.solvers import SOLVERS, Solution, SolverOptions, load_only_solvers
 from moeplace.planner.solvers.caps import balance_floor, load_caps
 from moeplace.planner.solvers.refine import local_search
 from moeplace.planner.topology import Topology
@@ -37,30 +29,39 @@ def plan(
     stats: Statistics,
     topology: Topology,
     solver: str,
-    options: SolverOptions,
-    calibration: dict,
+    options: SolverOptions | None = None,
+    calibration: dict | None = None,
     on_layer: Callable[[], None] | None = None,
     executor: Executor | None = None,
 ) -> Placement:
     """Placement of every MoE layer of ``stats`` by ``solver``.
 
-    ``calibration`` describes the calibration trace (fingerprint, tokens, documents) for the file;
+    ``options`` default to ``SolverOptions()``; ``calibration`` describes the calibration trace
+    (``Trace.provenance()``: fingerprint, tokens, documents) for the file;
     ``on_layer`` is called as each layer finishes (progress); with an ``executor`` the layers are
     solved in parallel. Layers are independent and solvers deterministic, so the result is the same.
     """
     if solver not in SOLVERS:
         raise MoeplaceError(f"unknown solver {solver!r}; choose from {', '.join(SOLVERS)}")
-    if stats.load_only and solver not in LOAD_ONLY_SOLVERS:
+    options = SolverOptions() if options is None else options
+    calibration = {} if calibration is None else calibration
+    spec = SOLVERS[solver]
+    if stats.load_only and spec.uses_coactivation:
         raise MoeplaceError(
             f"solver {solver!r} needs co-activation counts, but these statistics hold expert load only "
-            f"({stats.meta.source or 'load-only source'}); use --solver {' or '.join(LOAD_ONLY_SOLVERS)}, "
+            f"({stats.meta.source or 'load-only source'}); use solver {' or '.join(load_only_solvers())}, "
             "or record per-token routing (a trace)"
+        )
+    if (spec.needs_sets or options.refine) and stats.topk_sets is None:
+        what = f"solver {solver!r}" if spec.needs_sets else "the exact local search (refine)"
+        raise MoeplaceError(
+            f"{what} needs the distinct top-k sets of a per-token trace; these statistics have none"
         )
     if topology.num_experts != stats.meta.num_experts:
         raise MoeplaceError(
             f"topology has {topology.num_experts} experts, statistics {stats.meta.num_experts}"
         )
-    if solver not in UNCAPPED:
+    if spec.capped:
         check_tolerance(stats, topology, options.load_tolerance)
     layers = [stats.layer(i) for i in range(stats.num_layers)]
     if executor is None:
@@ -100,7 +101,7 @@ def plan(
                 layer_id,
                 solution.expert_to_device,
                 stats.load[i],
-                yaml_safe(solution.info),
+                yaml_safe(solution.report),
                 solution.physical_to_logical,
             )
             for i, (layer_id, solution) in enumerate(zip(stats.meta.layer_ids, solutions, strict=True))
@@ -135,7 +136,7 @@ def check_tolerance(stats: Statistics, topology: Topology, tolerance: float) -> 
         raise MoeplaceError(
             f"load tolerance {tolerance:g} cannot be met at D={topology.num_devices}: the hottest expert "
             f"of MoE layer {stats.meta.layer_ids[worst]} alone is {floors[worst]:.3f} x the mean device "
-            f"load (its balance floor; {over} layer(s) above 1 + eps); use --load-tolerance >= "
+            f"load (its balance floor; {over} layer(s) above 1 + eps); use a load tolerance >= "
             f"{least_tolerance(stats, topology):.3f}, redundant slots, or fewer devices"
         )
 
@@ -148,13 +149,15 @@ def solve_layer(solver: str, stats: LayerStats, topology: Topology, options: Sol
     """One layer: the solver, the exact local search after it if asked, and the fit fan-out beside
     its lower bounds (when the statistics have top-k sets); then replicas, if the topology has
     redundant slots and the solver does not place them itself."""
-    if topology.redundant_slots and solver in REPLICATING:
-        return SOLVERS[solver](stats, topology, options)
+    spec = SOLVERS[solver]
+    if topology.redundant_slots and spec.places_replicas:
+        return spec.solve(stats, topology, options)
     if topology.redundant_slots:
         if stats.topk_sets is None:
+            replicating = (name for name, s in SOLVERS.items() if s.places_replicas)
             raise MoeplaceError(
                 f"placing replicas after {solver!r} needs the top-k sets of a per-token trace; "
-                f"use --solver {' or '.join(REPLICATING)} with load-only statistics"
+                f"use solver {' or '.join(replicating)} with load-only statistics"
             )
         # the primaries are placed for the load each will keep once its replicas take their share
         copies = replica_counts(stats.load, topology)
@@ -163,18 +166,18 @@ def solve_layer(solver: str, stats: LayerStats, topology: Topology, options: Sol
         )
         solution = solve_layer(solver, shared, topology.without_replicas, options)
         slots, report = add_replicas(stats, topology, solution.expert_to_device, options)
-        info = {key: value for key, value in solution.info.items() if key not in FIT_FIGURES}
+        info = {key: value for key, value in solution.report.items() if key not in FIT_FIGURES}
         return Solution.from_slots(slots, topology, info | {"replicas": report})
-    solution = SOLVERS[solver](stats, topology, options)
-    placement, info = solution.expert_to_device, dict(solution.info)
-    if options.refine and solver not in REFINED:
+    solution = spec.solve(stats, topology, options)
+    placement, info = solution.expert_to_device, dict(solution.report)
+    if options.refine and not spec.refines:
         caps = load_caps(stats, topology, options.load_tolerance)
         placement, info["refine"] = local_search(stats, topology, caps, placement, options)
     if stats.topk_sets is not None:
         tokens = int(stats.topk_sets.counts.sum())
         fit = fanout(stats.topk_sets, placement)
         bound = fanout_lower_bounds(
-            stats, topology, info.get("bound_colocated_coactivation"), info.get("bound_fanout")
+            stats, topology, solution.bound_colocated_coactivation, solution.bound_fanout
         )["best"]
         info |= {
             "fit_dev_per_token": fit / tokens,

@@ -10,8 +10,6 @@ therefore places the copies of an expert on distinct devices, and every placemen
 from __future__ import annotations
 
 import numpy as np
-from scipy import sparse
-from scipy.sparse.csgraph import maximum_flow
 
 
 def copies_fit(copies: np.ndarray, holds: np.ndarray, room: np.ndarray) -> bool:
@@ -36,6 +34,9 @@ def copies_fit(copies: np.ndarray, holds: np.ndarray, room: np.ndarray) -> bool:
     head = np.concatenate([1 + np.arange(n), n + 1 + allowed_device, np.full(d, n + d + 1)])
     capacity = np.concatenate([copies[experts], np.ones(allowed_device.shape[0], np.int64), room])
     size = n + d + 2
+    from scipy import sparse  # imported here: it is slow to import, and most runs need no replicas
+    from scipy.sparse.csgraph import maximum_flow
+
     graph = sparse.csr_matrix((capacity.astype(np.int32), (tail, head)), shape=(size, size))
     return int(maximum_flow(graph, 0, size - 1).flow_value) == need
 

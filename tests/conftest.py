@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+
 import numpy as np
 import pytest
 
@@ -10,6 +13,72 @@ from moeplace.calibrate.stats import compute_statistics
 from moeplace.calibrate.trace import Trace, TraceMeta
 from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.demo import demo_trace_path
+
+# tiny Hugging Face MoE models, built in-process from configs (tests that use them need transformers)
+TINY_MOE = dict(
+    vocab_size=128,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+TINY_MLA = TINY_MOE | dict(
+    num_key_value_heads=4, kv_lora_rank=16, qk_rope_head_dim=8, v_head_dim=8, qk_nope_head_dim=8
+)
+TINY_MOE_FAMILIES = {
+    "olmoe": lambda: _transformers().OlmoeConfig(**TINY_MOE, num_experts=8, num_experts_per_tok=2),
+    "mixtral": lambda: _transformers().MixtralConfig(**TINY_MOE, num_local_experts=8, num_experts_per_tok=2),
+    "qwen2_moe": lambda: _transformers().Qwen2MoeConfig(
+        **TINY_MOE,
+        num_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=16,
+        mlp_only_layers=[1],
+    ),
+    "qwen3_moe": lambda: _transformers().Qwen3MoeConfig(
+        **TINY_MOE, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16, head_dim=8
+    ),
+    "deepseek_v2": lambda: _transformers().DeepseekV2Config(
+        **TINY_MLA,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        n_shared_experts=1,
+        first_k_dense_replace=1,
+        n_group=4,
+        topk_group=2,
+        topk_method="group_limited_greedy",
+        q_lora_rank=None,
+    ),
+    "deepseek_v3": lambda: _transformers().DeepseekV3Config(
+        **TINY_MLA,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        n_shared_experts=1,
+        first_k_dense_replace=1,
+        n_group=4,
+        topk_group=2,
+        q_lora_rank=16,
+    ),
+    "gpt_oss": lambda: _transformers().GptOssConfig(
+        **TINY_MOE,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        head_dim=8,
+        sliding_window=16,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    ),
+}
+
+
+def _transformers():
+    import transformers
+
+    return transformers
 
 
 def make_trace(topk_ids, doc_lengths, num_experts, layer_ids=None, labels=None) -> Trace:
@@ -94,9 +163,44 @@ def real_trace() -> Trace:
 
 @pytest.fixture(scope="session")
 def real_split(real_trace):
-    return split_documents(real_trace, holdout=0.5, seed=0)
+    return split_documents(real_trace, holdout_share=0.5, seed=0)
 
 
 @pytest.fixture(scope="session")
 def real_stats(real_split):
     return compute_statistics(real_split[0])
+
+
+def first_layers(stats, count):
+    """``stats`` cut to its first ``count`` MoE layers (keeps slow solvers' tests short)."""
+    meta = dataclasses.replace(stats.meta, layer_ids=stats.meta.layer_ids[:count])
+    return dataclasses.replace(
+        stats,
+        meta=meta,
+        load=stats.load[:count],
+        coact=stats.coact[:count],
+        load_resamples=stats.load_resamples[:count],
+        topk_sets=stats.topk_sets[:count],
+    )
+
+
+def all_balanced_placements(n, d):
+    """Every equal-count placement up to device relabelling (expert 0 on device 0, ...)."""
+    slots = n // d
+
+    def extend(remaining, device):
+        if not remaining:
+            yield []
+            return
+        first, rest = remaining[0], remaining[1:]
+        for others in itertools.combinations(rest, slots - 1):
+            group = (first, *others)
+            left = [e for e in rest if e not in others]
+            for tail in extend(left, device + 1):
+                yield [(group, device), *tail]
+
+    for groups in extend(list(range(n)), 0):
+        placement = np.empty(n, np.int64)
+        for group, device in groups:
+            placement[list(group)] = device
+        yield placement

@@ -4,8 +4,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
-import transformers as hf
+
+torch = pytest.importorskip("torch")
+hf = pytest.importorskip("transformers")
+
 from tokenizers import Tokenizer, models, pre_tokenizers
 from typer.testing import CliRunner
 

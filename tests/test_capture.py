@@ -2,78 +2,23 @@
 
 import numpy as np
 import pytest
-import torch
-import transformers as hf
 
+torch = pytest.importorskip("torch")
+hf = pytest.importorskip("transformers")
+
+
+from conftest import TINY_MOE, TINY_MOE_FAMILIES
 from moeplace.calibrate.capture import capture_routing, find_routers, trace_meta
 from moeplace.calibrate.corpus import Document
 from moeplace.calibrate.trace_io import load_trace, trace_writer
 from moeplace.errors import MoeplaceError
 
-COMMON = dict(
-    vocab_size=128,
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
-MLA = COMMON | dict(
-    num_key_value_heads=4, kv_lora_rank=16, qk_rope_head_dim=8, v_head_dim=8, qk_nope_head_dim=8
-)
-FAMILIES = {
-    "olmoe": lambda: hf.OlmoeConfig(**COMMON, num_experts=8, num_experts_per_tok=2),
-    "mixtral": lambda: hf.MixtralConfig(**COMMON, num_local_experts=8, num_experts_per_tok=2),
-    "qwen2_moe": lambda: hf.Qwen2MoeConfig(
-        **COMMON,
-        num_experts=8,
-        num_experts_per_tok=2,
-        moe_intermediate_size=16,
-        shared_expert_intermediate_size=16,
-        mlp_only_layers=[1],
-    ),
-    "qwen3_moe": lambda: hf.Qwen3MoeConfig(
-        **COMMON, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16, head_dim=8
-    ),
-    "deepseek_v2": lambda: hf.DeepseekV2Config(
-        **MLA,
-        n_routed_experts=8,
-        num_experts_per_tok=2,
-        moe_intermediate_size=16,
-        n_shared_experts=1,
-        first_k_dense_replace=1,
-        n_group=4,
-        topk_group=2,
-        topk_method="group_limited_greedy",
-        q_lora_rank=None,
-    ),
-    "deepseek_v3": lambda: hf.DeepseekV3Config(
-        **MLA,
-        n_routed_experts=8,
-        num_experts_per_tok=2,
-        moe_intermediate_size=16,
-        n_shared_experts=1,
-        first_k_dense_replace=1,
-        n_group=4,
-        topk_group=2,
-        q_lora_rank=16,
-    ),
-    "gpt_oss": lambda: hf.GptOssConfig(
-        **COMMON,
-        num_local_experts=8,
-        num_experts_per_tok=2,
-        head_dim=8,
-        sliding_window=16,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-    ),
-}
 EXPECTED_LAYERS = {"qwen2_moe": (0, 2), "deepseek_v2": (1, 2), "deepseek_v3": (1, 2)}
 
 
 def tiny_model(family):
     torch.manual_seed(0)
-    model = hf.AutoModel.from_config(FAMILIES[family]()).eval()
+    model = hf.AutoModel.from_config(TINY_MOE_FAMILIES[family]()).eval()
     if family == "deepseek_v3":  # make the correction bias decide, as it does in the real model
         for _, router in find_routers(model):
             router.e_score_correction_bias.copy_(torch.randn(8) * 3)
@@ -108,7 +53,7 @@ class ExpertsOracle:
         return torch.cat(rows).numpy()
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", list(TINY_MOE_FAMILIES))
 def test_captured_ids_are_what_the_experts_received(tmp_path, family):
     model = tiny_model(family)
     oracle = ExpertsOracle(model)
@@ -141,7 +86,7 @@ def test_deepseek_v3_capture_is_not_top_k_of_raw_logits():
 
 
 def test_dense_model_has_no_router():
-    model = hf.AutoModel.from_config(hf.LlamaConfig(**COMMON))
+    model = hf.AutoModel.from_config(hf.LlamaConfig(**TINY_MOE))
     with pytest.raises(MoeplaceError, match=r"no MoE router found.*layers\.<i>\.mlp\.gate"):
         find_routers(model)
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import moeplace
 from conftest import read_sglang_map
 from moeplace.cli import app
 from moeplace.demo import demo_trace_path
@@ -26,7 +27,7 @@ def split_files(tmp_path_factory):
     result = run(
         "split",
         TRACE,
-        "--holdout",
+        "--holdout-share",
         0.5,
         "--seed",
         0,
@@ -86,6 +87,7 @@ def test_plan_records_held_out_figures(planned):
     assert v["holdout"]["documents"] == 118
 
 
+@pytest.mark.slow
 def test_plan_past_the_set_budget_samples_sets_and_says_so(split_files, tmp_path):
     out = tmp_path / "p.yaml"
     args = ("plan", split_files[0], "--devices", 4, "--solver", "refine", "--search-steps", 0, "--jobs", 1)
@@ -148,9 +150,11 @@ def test_incompatible_trace_is_a_clear_error(planned, tmp_path):
     [
         (("plan", "missing.npz", "--devices", 4, "--out", "x.yaml"), "no such file"),
         (("plan", TRACE, "--devices", 3, "--out", "x.yaml"), "divide"),
-        (("plan", TRACE, "--devices", 4, "--solver", "magic", "--out", "x.yaml"), "unknown solver"),
         (("compare", TRACE, "--devices", "2,x", "--out", "o"), "comma-separated"),
-        (("split", TRACE, "--holdout", 1.0, "--fit-out", "a.npz", "--holdout-out", "b.npz"), "holdout"),
+        (
+            ("split", TRACE, "--holdout-share", 1.0, "--fit-out", "a.npz", "--holdout-out", "b.npz"),
+            "held-out share",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, args, message):
@@ -162,6 +166,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, args, message):
     assert not (tmp_path / "x.yaml").exists()
 
 
+@pytest.mark.slow
 def test_compare_writes_table_csv_and_plot(tmp_path):
     result = run(
         "compare",
@@ -188,6 +193,7 @@ def test_compare_writes_table_csv_and_plot(tmp_path):
     assert (tmp_path / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     result = run("demo", "--out", tmp_path, "--time-limit", 0.05, "--search-steps", 20)
     assert result.exit_code == 0, result.output
@@ -212,17 +218,60 @@ def test_demo_runs_end_to_end(tmp_path):
     np.testing.assert_array_equal(table, gated.physical_to_logical)
 
 
+def entry_point(*args):
+    """The ``moeplace`` entry point in a new process, as a user runs it."""
+    command = [sys.executable, "-m", "moeplace.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "moeplace.cli", "--help"], capture_output=True, text=True)
+    result = entry_point("--help")
     assert result.returncode == 0 and "validate" in result.stdout
+    version = entry_point("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"moeplace {moeplace.__version__}"
 
 
+def test_a_bad_choice_is_one_line_naming_the_option(tmp_path):
+    result = entry_point("plan", TRACE, "--devices", 4, "--solver", "magic", "--out", tmp_path / "x.yaml")
+    assert result.returncode == 2 and not (tmp_path / "x.yaml").exists()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'--solver'" in lines[0] and "'magic' is not one of" in lines[0], lines
+
+
+@pytest.mark.slow
 def test_python_api_example_runs():
     example = Path(__file__).parent.parent / "examples" / "plan_and_validate.py"
     result = subprocess.run([sys.executable, str(example), "--devices", "4"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert [line.split(":")[0].strip() for line in lines] == ["frequency", "greedy", "greedy-capped"]
+
+
+@pytest.mark.slow
+def test_deploy_example_gates_saves_and_exports(tmp_path):
+    example = Path(__file__).parent.parent / "examples" / "deploy_sglang.py"
+    result = subprocess.run(
+        [sys.executable, str(example), "--devices", "4", "--out", tmp_path], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    saved = load_placement(tmp_path / "placement.yaml")
+    assert saved.validation["reduction"] > 0 and "--ep-size 4" in result.stdout
+    np.testing.assert_array_equal(
+        read_sglang_map(tmp_path / "expert_location.json"), saved.physical_to_logical
+    )
+
+
+def test_python_api_keeps_validation_through_save_and_load(tmp_path):
+    fit, held = moeplace.split_documents(moeplace.load_trace(TRACE), holdout_share=0.5)
+    stats = moeplace.compute_statistics(fit)
+    placement = moeplace.plan(stats, moeplace.Topology(stats.meta.num_experts, 4), "frequency")
+    validation = moeplace.validate(placement, held)
+    moeplace.save_placement(validation.recorded_placement(), tmp_path / "p.yaml")
+    loaded = moeplace.load_placement(tmp_path / "p.yaml")
+    assert loaded.validation == validation.summary()
+    np.testing.assert_array_equal(loaded.expert_to_device, placement.expert_to_device)
+    with pytest.raises(AttributeError):
+        moeplace.no_such_name  # noqa: B018
 
 
 def test_baseline_refit_needs_a_matching_fit_trace(planned, split_files, tmp_path):
@@ -238,3 +287,27 @@ def test_messages_print_brackets_verbatim(tmp_path):
     weird = tmp_path / "[bold]trace[x].npz"
     result = run("stats", weird)
     assert result.exit_code == 2 and "[bold]trace[x].npz" in result.stderr
+
+
+def test_progress_in_a_log_says_something_at_least_every_interval(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules["moeplace.cli.app"], "LOG_EVERY", 0.01)
+    result = run(
+        "plan", TRACE, "--devices", 4, "--solver", "greedy", "--out", tmp_path / "p.yaml", "--jobs", 1
+    )
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("greedy, D=4: ")]
+    assert lines and all(line.split(": ")[1].split()[0].endswith("/24") for line in lines)
+
+
+HEAVY = ("ortools", "scipy", "mtkahypar", "torch", "matplotlib", "pandas")
+
+
+@pytest.mark.parametrize("command", [["--help"], ["stats", TRACE], ["--version"]])
+def test_light_commands_load_no_heavy_library(command):
+    script = (
+        "import sys\nfrom moeplace.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        f"print([m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr)"
+    )
+    result = subprocess.run([sys.executable, "-c", script, *command], capture_output=True, text=True)
+    assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr

@@ -5,6 +5,8 @@ import pytest
 from moeplace.planner.solvers import SolverOptions
 from moeplace.validators.compare import compare, mark_dominated
 
+pytestmark = pytest.mark.slow  # every test here plans whole traces
+
 
 def test_dominated_rows_are_those_another_row_beats_on_both():
     rows = [

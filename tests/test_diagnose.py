@@ -87,8 +87,8 @@ def test_diagnose_command_writes_the_report(tmp_path):
     report = json.loads((tmp_path / "d" / "report.json").read_text())
     structured, noise = report["layers"]
     assert structured["clustering_gain"] > 3 and noise["clustering_gain"] < 1.1
-    assert structured["verdict"]["structure"].startswith("real")
-    assert noise["verdict"]["structure"].startswith("little")
+    assert structured["verdict"]["structure"].startswith("Experts fire in teams")
+    assert noise["verdict"]["structure"].startswith("Little")
     assert structured["placement"]["reduction"] > 0.2 > noise["placement"]["reduction"]
     for name in ("report.md", "structure.png", "cache.png", "consistency.png"):
         assert (tmp_path / "d" / name).stat().st_size > 0

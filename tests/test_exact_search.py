@@ -4,9 +4,8 @@ import itertools
 
 import numpy as np
 import pytest
-from test_solvers import all_balanced_placements
 
-from conftest import make_trace
+from conftest import all_balanced_placements, make_trace
 from moeplace.calibrate.stats import compute_statistics
 from moeplace.errors import MoeplaceError
 from moeplace.planner.bounds import fanout_lower_bounds
@@ -94,6 +93,7 @@ def test_pair_resplit_finds_the_best_split(real_trace, monkeypatch, force_cp_sat
         assert better is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", [2, 4, 8])
 def test_local_search_keeps_counts_and_caps_and_never_worsens(real_stats, devices):
     topology = Topology(32, devices)
@@ -113,7 +113,7 @@ def test_local_search_keeps_counts_and_caps_and_never_worsens(real_stats, device
 
 def test_refine_repairs_an_uncapped_start(real_stats):
     stats, topology = real_stats.layer(12), Topology(32, 8)
-    greedy = SOLVERS["greedy"](stats, topology, OPTIONS).expert_to_device
+    greedy = SOLVERS["greedy"].solve(stats, topology, OPTIONS).expert_to_device
     caps = load_caps(stats, topology, 0.1)
     assert (device_loads(greedy, caps.scenario_load, 8).max(axis=1) > caps.cap).any()
     refined = solve_layer(
@@ -123,15 +123,16 @@ def test_refine_repairs_an_uncapped_start(real_stats):
     assert (device_loads(refined.expert_to_device, caps.scenario_load, 8).max(axis=1) <= caps.cap).all()
 
 
+@pytest.mark.slow
 def test_hypergraph_is_never_worse_than_its_greedy_start(real_stats):
     topology = Topology(32, 4)
     for layer in (2, 17):
         stats = real_stats.layer(layer)
-        solution = SOLVERS["hypergraph"](stats, topology, OPTIONS)
+        solution = SOLVERS["hypergraph"].solve(stats, topology, OPTIONS)
         starts = solution.info["fanout_of_starts"]
         assert solution.info["fanout"] <= min(starts.values()) <= starts["greedy-capped"]
         assert any(name.startswith("mt-kahypar") for name in starts)
-        again = SOLVERS["hypergraph"](stats, topology, OPTIONS)
+        again = SOLVERS["hypergraph"].solve(stats, topology, OPTIONS)
         np.testing.assert_array_equal(solution.expert_to_device, again.expert_to_device)
 
 
@@ -149,6 +150,7 @@ def test_every_bound_is_below_the_optimum(real_trace, n, d):
     assert ortools.info["fit_dev_per_token"] * tokens >= optimum - 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("n", "d", "eps"), [(8, 2, 10.0), (8, 4, 0.2), (9, 3, 0.2), (12, 3, 0.3)])
 def test_exact_finds_the_optimum_under_the_cap_and_proves_it(real_trace, n, d, eps):
     stats, topology = small_real(real_trace, n, k=3), Topology(n, d)
@@ -174,4 +176,4 @@ def test_exact_finds_the_optimum_under_the_cap_and_proves_it(real_trace, n, d, e
 def test_exact_refuses_a_layer_too_large_to_prove(real_stats, monkeypatch):
     monkeypatch.setattr(exact, "MAX_SET_DEVICES", 1000)
     with pytest.raises(MoeplaceError, match="too large to solve exactly"):
-        SOLVERS["exact"](real_stats.layer(0), Topology(32, 8), OPTIONS)
+        SOLVERS["exact"].solve(real_stats.layer(0), Topology(32, 8), OPTIONS)

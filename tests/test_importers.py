@@ -6,7 +6,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
+
 from typer.testing import CliRunner
 
 from conftest import random_trace

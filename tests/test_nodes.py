@@ -4,9 +4,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-from test_placement import first_layers
 
-from conftest import make_trace
+from conftest import first_layers, make_trace
 from moeplace.errors import MoeplaceError
 from moeplace.planner.objective import fanout
 from moeplace.planner.plan import plan
@@ -28,7 +27,7 @@ def test_nodes_per_token_counts_distinct_nodes():
 
 @pytest.mark.parametrize("nodes", [0, 3])
 def test_nodes_must_divide_the_devices(nodes):
-    with pytest.raises(MoeplaceError, match="--nodes"):
+    with pytest.raises(MoeplaceError, match="node count"):
         Topology(32, 4, num_nodes=nodes)
 
 

@@ -5,12 +5,14 @@ import re
 
 import numpy as np
 import pytest
-import torch
-import transformers as hf
+
+torch = pytest.importorskip("torch")
+hf = pytest.importorskip("transformers")
+
 from safetensors import safe_open
 from safetensors.numpy import save_file
-from test_capture import FAMILIES
 
+from conftest import TINY_MOE_FAMILIES
 from moeplace.calibrate.capture import find_routers
 from moeplace.deploy import permute
 from moeplace.deploy.permute import (
@@ -34,7 +36,7 @@ def at(path, problem):
 
 def causal_lm(family, dtype=torch.float32, **overrides):
     """Tiny random model; every bias randomized (zero init would hide a bias left unpermuted)."""
-    config = FAMILIES[family]()
+    config = TINY_MOE_FAMILIES[family]()
     for key, value in overrides.items():
         setattr(config, key, value)
     torch.manual_seed(0)

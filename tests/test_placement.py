@@ -1,9 +1,8 @@
-import dataclasses
-
 import numpy as np
 import pytest
 import yaml
 
+from conftest import first_layers
 from moeplace.atomic import atomic_path
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import load_placement, save_placement
@@ -31,19 +30,7 @@ def test_round_trip(tmp_path, placement):
     assert (tmp_path / "again.yaml").read_bytes() == (tmp_path / "p.yaml").read_bytes()
 
 
-def first_layers(stats, count):
-    """``stats`` cut to its first ``count`` MoE layers (keeps slow solvers' tests short)."""
-    meta = dataclasses.replace(stats.meta, layer_ids=stats.meta.layer_ids[:count])
-    return dataclasses.replace(
-        stats,
-        meta=meta,
-        load=stats.load[:count],
-        coact=stats.coact[:count],
-        load_resamples=stats.load_resamples[:count],
-        topk_sets=stats.topk_sets[:count],
-    )
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", DEFAULT_SOLVERS)  # exact: in test_exact_search, on small layers
 def test_same_inputs_and_seed_give_the_same_file(tmp_path, real_stats, solver):
     options = SolverOptions(load_tolerance=0.1, seed=3, time_limit=0.2, search_steps=50)

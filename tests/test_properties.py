@@ -22,7 +22,7 @@ from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import load_placement, save_placement
 from moeplace.planner.plan import plan
 from moeplace.planner.slots import copies_fit, repeated_copy
-from moeplace.planner.solvers import SOLVERS, UNCAPPED, SolverOptions
+from moeplace.planner.solvers import SOLVERS, SolverOptions
 from moeplace.planner.solvers.caps import balance_floor, device_loads, load_caps
 from moeplace.planner.topology import Topology
 from moeplace.validators.report import validate
@@ -65,6 +65,7 @@ def solve(trace, topology, solver, tolerance):
     return stats, plan(stats, topology, solver, options, trace.provenance())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", list(SOLVERS))
 @given(case=cases())
 @PROPERTY
@@ -72,7 +73,7 @@ def test_every_solver_keeps_its_promises(solver, case):
     trace, topology, tolerance = case
     stats = compute_statistics(trace, resamples=4, seed=0)
     floors = [balance_floor(load, topology.num_devices) for load in stats.load]
-    infeasible = solver not in UNCAPPED and max(floors) > 1 + tolerance + 1e-9
+    infeasible = SOLVERS[solver].capped and max(floors) > 1 + tolerance + 1e-9
     try:
         stats, placement = solve(trace, topology, solver, tolerance)
     except MoeplaceError as exc:  # allowed only for a cap below the balance floor, or exact's limits
@@ -83,12 +84,13 @@ def test_every_solver_keeps_its_promises(solver, case):
     for i, layer in enumerate(placement.layers):
         counts = np.bincount(layer.expert_to_device, minlength=topology.num_devices)
         np.testing.assert_array_equal(counts, np.full(topology.num_devices, slots))  # equal counts
-        if solver not in UNCAPPED:  # under (1 + eps) x mean, or frequency's own max, in every scenario
+        if SOLVERS[solver].capped:  # under (1 + eps) x mean, or frequency's own max, in every scenario
             caps = load_caps(stats.layer(i), topology, tolerance)
             loads = device_loads(layer.expert_to_device, caps.scenario_load, topology.num_devices)
             assert np.all(loads.max(axis=1) <= caps.cap)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", ["frequency", "greedy-capped", "refine", "eplb"])
 @given(case=cases(replicas=True))
 @PROPERTY

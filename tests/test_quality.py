@@ -6,6 +6,8 @@ import pytest
 from moeplace.planner.solvers import SolverOptions
 from moeplace.validators.compare import compare
 
+pytestmark = pytest.mark.slow  # every test here plans whole traces
+
 
 @pytest.fixture(scope="module")
 def rows(real_split):

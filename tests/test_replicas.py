@@ -5,9 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from test_placement import first_layers
 
-from conftest import random_trace, read_sglang_map
+from conftest import first_layers, random_trace, read_sglang_map
 from moeplace.calibrate.stats import compute_statistics
 from moeplace.deploy.engines import export
 from moeplace.errors import MoeplaceError
@@ -106,7 +105,7 @@ def test_dispatch_without_replicas_is_the_plain_map():
 
 @pytest.mark.parametrize("redundant", [3, -4])
 def test_redundant_slots_must_split_over_the_devices(redundant):
-    with pytest.raises(MoeplaceError, match="--redundant-slots"):
+    with pytest.raises(MoeplaceError, match="redundant slots"):
         Topology(32, 4, redundant_slots=redundant)
 
 
@@ -154,6 +153,7 @@ def test_replica_exports_hold_the_slots(replicated, tmp_path):
         export(placement, "permutation", tmp_path / "p.json")
 
 
+@pytest.mark.slow
 def test_coactivation_replicas_beat_eplb_at_matched_load_on_held_out_documents(real_split, real_stats):
     """Real gpt-oss routing, D = 4, R = 4: same replicated experts as EPLB, placed by co-activation."""
     held = real_split[1]
@@ -166,6 +166,7 @@ def test_coactivation_replicas_beat_eplb_at_matched_load_on_held_out_documents(r
     assert ours["dev_per_token"] < 0.99 * eplb["dev_per_token"]
 
 
+@pytest.mark.slow
 def test_compare_has_rows_per_replica_count_and_reports_nodes(tmp_path):
     from test_cli import TRACE, run
 

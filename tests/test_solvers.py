@@ -1,39 +1,46 @@
-import itertools
-
 import numpy as np
 import pytest
 
-from conftest import make_trace
+from conftest import all_balanced_placements, make_trace
 from moeplace.calibrate.stats import LayerStats, compute_statistics
 from moeplace.errors import MoeplaceError
 from moeplace.planner.objective import colocated_weight
-from moeplace.planner.solvers import DEFAULT_SOLVERS, SOLVERS, SolverOptions, frequency_placement, greedy
+from moeplace.planner.solvers import DEFAULT_SOLVERS, SOLVERS, SolverOptions, greedy
 from moeplace.planner.solvers.caps import device_loads, load_caps
+from moeplace.planner.solvers.frequency import frequency_placement
 from moeplace.planner.topology import Topology
 
 CAPPED = ("greedy-capped", "ortools")
+SEARCHING = ("ortools", "refine", "hypergraph")  # seconds a layer: the full run only
+
+
+def params(solvers):
+    return [pytest.param(s, marks=pytest.mark.slow) if s in SEARCHING else s for s in solvers]
+
+
+SOLVER_PARAMS, CAPPED_PARAMS = params(DEFAULT_SOLVERS), params(CAPPED)
 FAST = SolverOptions(load_tolerance=0.1, seed=0, time_limit=0.3)
 
 
-@pytest.mark.parametrize("solver", DEFAULT_SOLVERS)
+@pytest.mark.parametrize("solver", SOLVER_PARAMS)
 @pytest.mark.parametrize("devices", [1, 2, 4, 8, 32])
 def test_every_expert_placed_once_with_equal_counts(real_stats, solver, devices):
     topology = Topology(32, devices)
     for layer in (0, 13):
-        placement = SOLVERS[solver](real_stats.layer(layer), topology, FAST).expert_to_device
+        placement = SOLVERS[solver].solve(real_stats.layer(layer), topology, FAST).expert_to_device
         assert placement.shape == (32,) and placement.dtype == np.int64
         np.testing.assert_array_equal(
             np.bincount(placement, minlength=devices), np.full(devices, 32 // devices)
         )
 
 
-@pytest.mark.parametrize("solver", CAPPED)
+@pytest.mark.parametrize("solver", CAPPED_PARAMS)
 @pytest.mark.parametrize("devices", [2, 4, 8])
 def test_capped_solvers_respect_the_cap_in_every_scenario(real_stats, solver, devices):
     topology = Topology(32, devices)
     for layer in range(0, 24, 5):
         stats = real_stats.layer(layer)
-        solution = SOLVERS[solver](stats, topology, FAST)
+        solution = SOLVERS[solver].solve(stats, topology, FAST)
         caps = load_caps(stats, topology, FAST.load_tolerance)
         loads = device_loads(solution.expert_to_device, caps.scenario_load, devices)  # [K, D]
         assert np.all(loads.max(axis=1) <= caps.cap)
@@ -53,7 +60,8 @@ def test_cap_is_relaxed_only_to_what_frequency_reaches(real_stats):
 def test_uncapped_greedy_pays_in_balance(real_stats):
     topology = Topology(32, 8)
     greedy, capped = (
-        SOLVERS[s](real_stats.layer(12), topology, FAST).expert_to_device for s in ("greedy", "greedy-capped")
+        SOLVERS[s].solve(real_stats.layer(12), topology, FAST).expert_to_device
+        for s in ("greedy", "greedy-capped")
     )
     stats = real_stats.layer(12)
     assert colocated_weight(stats.coact, greedy) > colocated_weight(stats.coact, capped)
@@ -66,10 +74,10 @@ def test_uncapped_greedy_pays_in_balance(real_stats):
     )
 
 
-@pytest.mark.parametrize("solver", DEFAULT_SOLVERS)
+@pytest.mark.parametrize("solver", SOLVER_PARAMS)
 def test_solvers_are_deterministic(real_stats, solver):
-    first = SOLVERS[solver](real_stats.layer(7), Topology(32, 4), FAST)
-    second = SOLVERS[solver](real_stats.layer(7), Topology(32, 4), FAST)
+    first = SOLVERS[solver].solve(real_stats.layer(7), Topology(32, 4), FAST)
+    second = SOLVERS[solver].solve(real_stats.layer(7), Topology(32, 4), FAST)
     np.testing.assert_array_equal(first.expert_to_device, second.expert_to_device)
     assert first.info == second.info
 
@@ -106,9 +114,9 @@ def test_frequency_hand_case():
 
 def test_random_is_seeded():
     stats = LayerStats(np.ones(16, np.int64), np.zeros((16, 16), np.int64), np.zeros((0, 16), np.int64))
-    a = SOLVERS["random"](stats, Topology(16, 4), SolverOptions(seed=1)).expert_to_device
-    b = SOLVERS["random"](stats, Topology(16, 4), SolverOptions(seed=1)).expert_to_device
-    c = SOLVERS["random"](stats, Topology(16, 4), SolverOptions(seed=2)).expert_to_device
+    a = SOLVERS["random"].solve(stats, Topology(16, 4), SolverOptions(seed=1)).expert_to_device
+    b = SOLVERS["random"].solve(stats, Topology(16, 4), SolverOptions(seed=1)).expert_to_device
+    c = SOLVERS["random"].solve(stats, Topology(16, 4), SolverOptions(seed=2)).expert_to_device
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -129,33 +137,13 @@ def planted_blocks(num_blocks=4, block=4, tokens_per_doc=50, docs=40, seed=0):
 def test_co_activation_solvers_recover_planted_blocks(solver):
     trace, blocks = planted_blocks()
     stats = compute_statistics(trace).layer(0)
-    placement = SOLVERS[solver](
-        stats, Topology(16, 4), SolverOptions(load_tolerance=0.2, time_limit=1.0)
-    ).expert_to_device
+    placement = (
+        SOLVERS[solver]
+        .solve(stats, Topology(16, 4), SolverOptions(load_tolerance=0.2, time_limit=1.0))
+        .expert_to_device
+    )
     for block in blocks:
         assert len(set(placement[block])) == 1
-
-
-def all_balanced_placements(n, d):
-    """Every equal-count placement up to device relabelling (expert 0 on device 0, ...)."""
-    slots = n // d
-
-    def extend(remaining, device):
-        if not remaining:
-            yield []
-            return
-        first, rest = remaining[0], remaining[1:]
-        for others in itertools.combinations(rest, slots - 1):
-            group = (first, *others)
-            left = [e for e in rest if e not in others]
-            for tail in extend(left, device + 1):
-                yield [(group, device), *tail]
-
-    for groups in extend(list(range(n)), 0):
-        placement = np.empty(n, np.int64)
-        for group, device in groups:
-            placement[list(group)] = device
-        yield placement
 
 
 @pytest.mark.parametrize(("n", "d"), [(8, 2), (8, 4), (9, 3)])
@@ -172,26 +160,26 @@ def test_ortools_matches_brute_force_optimum_and_bounds_it(real_trace, n, d):
         for p in all_balanced_placements(n, d)
         if device_loads(p, caps.scenario_load, d).max() <= caps.cap[0]
     )
-    solution = SOLVERS["ortools"](stats, topology, SolverOptions(load_tolerance=0.3, time_limit=5.0))
+    solution = SOLVERS["ortools"].solve(stats, topology, SolverOptions(load_tolerance=0.3, time_limit=5.0))
     assert solution.info["colocated_coactivation"] == best
-    assert solution.info["bound_colocated_coactivation"] >= best
+    assert solution.bound_colocated_coactivation >= best
     assert solution.info["colocated_coactivation"] >= solution.info["hint_colocated_coactivation"]
 
 
 def test_ortools_never_worse_than_its_hint_and_reports(real_stats):
-    solution = SOLVERS["ortools"](real_stats.layer(12), Topology(32, 4), FAST)
+    solution = SOLVERS["ortools"].solve(real_stats.layer(12), Topology(32, 4), FAST)
     info = solution.info
     assert info["status"] in {"OPTIMAL", "FEASIBLE"}
     assert (
         info["hint_colocated_coactivation"]
         <= info["colocated_coactivation"]
-        <= info["bound_colocated_coactivation"]
+        <= solution.bound_colocated_coactivation
     )
     assert 0.0 <= info["gap"] < 1.0 and info["deterministic_time"] <= FAST.time_limit * 1.5
 
 
 @pytest.mark.parametrize(
-    ("n", "d", "message"), [(32, 0, "at least 1"), (32, 64, "exceeds"), (32, 3, "divide")]
+    ("n", "d", "message"), [(32, 0, "at least 1"), (32, 64, "exceed"), (32, 3, "divide")]
 )
 def test_bad_device_counts(n, d, message):
     with pytest.raises(MoeplaceError, match=message):

@@ -12,7 +12,7 @@ from moeplace.errors import MoeplaceError
 
 def test_split_keeps_whole_documents_and_is_seeded():
     trace = random_trace(tokens=600, docs=30)
-    fit, held = split_documents(trace, holdout=0.3, seed=4)
+    fit, held = split_documents(trace, holdout_share=0.3, seed=4)
     assert held.num_documents == 9 and fit.num_documents == 21
     assert fit.num_tokens + held.num_tokens == trace.num_tokens
     labels = set(fit.doc_labels) | set(held.doc_labels)
@@ -24,14 +24,14 @@ def test_split_keeps_whole_documents_and_is_seeded():
             np.testing.assert_array_equal(
                 part.topk_ids[part.doc_offsets[i] : part.doc_offsets[i + 1]], original
             )
-    again = split_documents(trace, holdout=0.3, seed=4)[1]
-    other = split_documents(trace, holdout=0.3, seed=5)[1]
+    again = split_documents(trace, holdout_share=0.3, seed=4)[1]
+    other = split_documents(trace, holdout_share=0.3, seed=5)[1]
     assert list(again.doc_labels) == list(held.doc_labels) != list(other.doc_labels)
 
 
 @pytest.mark.parametrize("holdout", [0.0, 1.0, -0.2, 1.5])
 def test_split_rejects_bad_fraction(holdout):
-    with pytest.raises(MoeplaceError, match="holdout"):
+    with pytest.raises(MoeplaceError, match="held-out share"):
         split_documents(random_trace(), holdout, 0)
 
 

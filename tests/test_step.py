@@ -130,6 +130,7 @@ def test_real_routing_colocation_cuts_copies_more_than_the_straggler(real_split,
     )
 
 
+@pytest.mark.slow
 def test_validate_reports_the_step_and_gates_on_it(tmp_path, real_split):
     """The CLI: the step section beside the proxy, in JSON too, and --min-speedup failing on it."""
     import json
@@ -195,6 +196,7 @@ def test_a_profile_file_replaces_the_built_in_figures(tmp_path):
         load_profile(str(tmp_path / "bad.yaml"))
 
 
+@pytest.mark.slow
 def test_compare_adds_the_step_columns(tmp_path):
     from conftest import run
     from moeplace.demo import demo_trace_path
@@ -214,6 +216,7 @@ def test_compare_adds_the_step_columns(tmp_path):
     assert "serving step: decode" in (tmp_path / "c" / "comparison.md").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("links_gbps", "wins"), [(0.01, "co-location"), (1e6, "frequency")])
 def test_auto_tolerance_follows_the_step(tmp_path, links_gbps, wins):
     """Links so slow that traffic is the step: auto co-locates; links so fast that only the compute
@@ -303,6 +306,7 @@ def test_sampled_steps_are_full_steps_of_shuffled_document_orders():
     assert capped.num_steps == 3 and capped.step.max() == 2
 
 
+@pytest.mark.slow
 def test_step_search_never_lengthens_the_calibration_step_and_is_deterministic(real_split, real_stats):
     from moeplace.planner.plan import plan
     from moeplace.planner.solvers import SolverOptions
@@ -343,6 +347,7 @@ def test_repeats_within_a_row_are_dropped_like_a_set_would(largest):
     np.testing.assert_array_equal(_first_in_row(values), expected)
 
 
+@pytest.mark.slow
 def test_plan_step_search_records_what_it_did_and_refuses_what_it_cannot(tmp_path, good):
     from conftest import refused, run
     from moeplace.demo import demo_trace_path

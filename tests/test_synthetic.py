@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from moeplace.calibrate.stats import unique_rows
 from moeplace.calibrate.synthetic import SyntheticSpec, generate
@@ -41,6 +42,7 @@ def test_unique_rows_is_numpys_unique():
         np.testing.assert_array_equal(inverse, expected_inverse.reshape(-1))
 
 
+@pytest.mark.slow
 def test_scale_benchmark_runs_at_toy_size(tmp_path):
     script = Path(__file__).parents[1] / "benchmarks" / "scale.py"
     args = ["--tokens", "3000", "--layers", "2", "--experts", "16", "--top-k", "4", "--devices", "4",

@@ -26,7 +26,7 @@ from moeplace.calibrate.stats import compute_statistics
 from moeplace.calibrate.trace import Trace
 from moeplace.planner.placement import Placement
 from moeplace.planner.plan import plan
-from moeplace.planner.solvers import BASELINE, UNCAPPED, SolverOptions
+from moeplace.planner.solvers import BASELINE, SOLVERS, SolverOptions
 from moeplace.planner.topology import Topology
 from moeplace.validators.plots import devices_png, frontier_png, series, steps_png
 from moeplace.validators.report import StepComparison, StepSetting, compare_steps, validate
@@ -91,8 +91,9 @@ def compare(
     each ``redundant_slots`` R > 0 every device count is also planned with R replicas (scored with
     the dispatch policy), in rows of their own.
 
-    Solvers that ignore the load cap (``UNCAPPED``: ``random``, ``frequency``, ``greedy``, ``eplb``)
-    run once per device count, unless ``options.refine`` puts the capped local search after them.
+    Solvers that ignore the load cap (not ``SolverSpec.capped``: ``random``, ``frequency``,
+    ``greedy``, ``eplb``) run once per device count, unless ``options.refine`` puts the capped local
+    search after them.
     With a ``step`` setting, rows also hold the serving step (a model): the busiest rank's
     estimated dispatch, compute and combine time, the step, its change against the baseline, and
     the busiest rank's received tokens and pairs per token; frequency and eplb are then always
@@ -107,7 +108,7 @@ def compare(
     rows, placements = [], {}
     for topology in topologies:
         for solver in solvers:
-            for eps in tolerances if options.refine or solver not in UNCAPPED else [None]:
+            for eps in tolerances if options.refine or SOLVERS[solver].capped else [None]:
                 run = dataclasses.replace(
                     options, load_tolerance=eps if eps is not None else options.load_tolerance
                 )

@@ -106,7 +106,9 @@ def shape_of(model: str) -> ModelShape:
     for name, shape in SHAPES.items():
         if model.startswith(name):
             return shape
-    raise MoeplaceError(f"no hidden and expert sizes known for {model!r}: pass --hidden and --intermediate")
+    raise MoeplaceError(
+        f"no hidden and expert sizes known for {model!r}: give the hidden and expert intermediate sizes"
+    )
 
 
 def load_profile(name_or_path: str) -> Profile:

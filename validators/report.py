@@ -10,8 +10,9 @@ from moeplace.calibrate.stats import expert_load
 from moeplace.calibrate.trace import Trace, TraceMeta
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import Placement, yaml_safe
-from moeplace.planner.solvers import BASELINE, frequency_placement
+from moeplace.planner.solvers import BASELINE
 from moeplace.planner.solvers.eplb import eplb_slots
+from moeplace.planner.solvers.frequency import frequency_placement
 from moeplace.planner.topology import Topology
 from moeplace.validators.metrics import balance_floor, devices_lower_bound, random_expected_devices
 from moeplace.validators.profile import ModelShape, Profile, StepTime, step_time
@@ -53,6 +54,11 @@ class Validation:
                 "holdout": self.holdout.provenance(),
             }
         )
+
+    def recorded_placement(self) -> Placement:
+        """The placement with these held-out figures recorded in it: saved with the placement and
+        read back by ``load_placement`` (as ``plan --holdout`` writes it)."""
+        return dataclasses.replace(self.placement, validation=self.summary())
 
     def layers(self) -> list[dict]:
         """Per-layer figures (YAML/JSON-safe)."""

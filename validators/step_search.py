@@ -141,7 +141,7 @@ def step_search(
     goes into its solver report. Layers run on ``executor`` when given; ``on_layer`` is called as
     each finishes (progress)."""
     if placement.redundant_slots:
-        raise MoeplaceError("the step search places one copy of each expert: plan without --redundant-slots")
+        raise MoeplaceError("the step search places one copy of each expert: plan without redundant slots")
     topology = placement.topology
     step_tokens = setting.workload.batch * topology.num_devices
     max_steps = max(1, min(max_steps, max_tokens // step_tokens))  # each swap replays them all

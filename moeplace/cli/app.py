@@ -13,6 +13,8 @@ import math
 import os
 import re
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +31,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from moeplace import __version__
 from moeplace.errors import MoeplaceError
 from moeplace.planner.solvers import SOLVERS
 from moeplace.validators.profile import ModelShape, load_profile, shape_of
@@ -41,6 +44,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"moeplace {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Plan expert placement for sharded MoE inference: fewer devices per token, balanced load."""
 
 
 class _Console(Console):
@@ -184,6 +203,7 @@ class Phase(str, enum.Enum):
 
 
 Kernel = enum.Enum("Kernel", {name: name for name in KERNELS}, type=str)
+SolverName = enum.Enum("SolverName", {name: name for name in SOLVERS}, type=str)
 
 StepOpt = Annotated[
     Phase | None,
@@ -280,7 +300,13 @@ class _Rate(ProgressColumn):
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, unit: str = "layers"):
-    """A progress bar on stderr with rate and time left; yields ``advance(n=1)``."""
+    """Progress on stderr; yields ``advance(n=1)``. On a terminal, a bar with rate and time left;
+    otherwise (a CI log, a pipe) a plain line at least every ``LOG_EVERY`` seconds, so a long run
+    is never silent, and nothing for runs shorter than that."""
+    if not err.is_terminal:
+        with _progress_lines(description, total, unit) as advance:
+            yield advance
+        return
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -290,10 +316,31 @@ def progress_bar(description: str, total: int, unit: str = "layers"):
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    # on a terminal only: piped or logged stderr keeps just the lines that matter (errors)
-    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+    with Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n=1: progress.advance(task, n)
+
+
+LOG_EVERY = 60.0  # seconds between progress lines when stderr is not a terminal
+
+
+@contextlib.contextmanager
+def _progress_lines(description: str, total: int, unit: str):
+    """A daemon thread prints ``description: done/total unit, elapsed`` every ``LOG_EVERY`` s."""
+    done, start, stop = [0], time.monotonic(), threading.Event()
+
+    def report():
+        while not stop.wait(LOG_EVERY):
+            minutes, seconds = divmod(int(time.monotonic() - start), 60)
+            err.print(f"{description}: {done[0]}/{total} {unit}, {minutes} min {seconds:02d} s")
+
+    thread = threading.Thread(target=report, daemon=True)
+    thread.start()
+    try:
+        yield lambda n=1: done.__setitem__(0, done[0] + n)
+    finally:
+        stop.set()
+        thread.join()
 
 
 MAX_LIST = 4096  # values a list option may name: more layers or device counts than any model has

@@ -55,6 +55,6 @@ def diagnose_command(
         report = diagnose(data, settings, advance)
     with output_dir(out_dir):
         paths = write_report(report, out_dir)
-    for lever, text in report["overall"]["verdict"].items():
-        out.print(f"{lever.replace('_', ' ')}: {text}")
+    for text in report["overall"]["verdict"].values():
+        out.print(f"- {text}")
     out.print("written: " + ", ".join(str(p) for p in paths.values()))

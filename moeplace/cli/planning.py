@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -42,6 +43,7 @@ from moeplace.cli.app import (
     SearchStepsOpt,
     SeedOpt,
     SetTokensOpt,
+    SolverName,
     StepOpt,
     TimeLimitOpt,
     TokensPerRankOpt,
@@ -69,7 +71,6 @@ from moeplace.planner.solvers import (
     BASELINE,
     DEFAULT_SOLVERS,
     SOLVERS,
-    UNCAPPED,
     SolverOptions,
 )
 from moeplace.planner.topology import Topology
@@ -94,7 +95,7 @@ def split(
     trace: TraceArg,
     fit_out: Annotated[Path, typer.Option(help="Where to write the fit (calibration) documents.")],
     holdout_out: Annotated[Path, typer.Option(help="Where to write the held-out documents.")],
-    holdout: HoldoutShareOpt = 0.5,
+    holdout_share: HoldoutShareOpt = 0.5,
     seed: SeedOpt = 0,
 ):
     """Split a trace by whole documents into fit and held-out traces (seeded, reproducible).
@@ -104,7 +105,7 @@ def split(
     check_distinct([trace], [fit_out, holdout_out])
     data = load_trace(trace)
     with named(trace):
-        fit, held = split_documents(data, holdout, seed)
+        fit, held = split_documents(data, holdout_share, seed)
     save_trace(fit, fit_out)
     save_trace(held, holdout_out)
     out.print(f"fit: {fit.num_documents} documents, {fit.num_tokens} tokens -> {fit_out}")
@@ -149,7 +150,10 @@ def plan(
     trace: StatsInputArg,
     devices: Annotated[int, typer.Option(help="Number of expert-parallel devices D.")],
     out_path: Annotated[Path, typer.Option("--out", help="Placement YAML to write.")],
-    solver: Annotated[str, typer.Option(help=f"One of: {', '.join(SOLVERS)}.")] = "greedy-capped",
+    solver: Annotated[
+        SolverName,
+        typer.Option(help="; ".join(f"{name}: {spec.summary}" for name, spec in SOLVERS.items()) + "."),
+    ] = SolverName["greedy-capped"],
     load_tolerance: Annotated[
         str,
         typer.Option(
@@ -193,7 +197,7 @@ def plan(
     jobs: JobsOpt = CORES,
 ):
     """Solve a placement for every MoE layer and write the placement YAML."""
-    parse_solvers(solver)
+    solver = solver.value
     auto = load_tolerance == "auto"
     tolerance = 0.0 if auto else parse_tolerances(load_tolerance)[0]
     if auto and step is None:
@@ -457,7 +461,7 @@ def compare(
     solvers: Annotated[
         str, typer.Option(help=f"Solvers, comma-separated (any of: {', '.join(SOLVERS)}).")
     ] = ",".join(DEFAULT_SOLVERS),
-    holdout: HoldoutShareOpt = 0.5,
+    holdout_share: HoldoutShareOpt = 0.5,
     seed: SeedOpt = 0,
     load_tolerance: Annotated[
         str,
@@ -500,7 +504,7 @@ def compare(
     tolerances = parse_tolerances(load_tolerance)
     data = load_trace(trace)
     with named(trace):
-        fit, held = split_documents(data, holdout, seed)
+        fit, held = split_documents(data, holdout_share, seed)
     steps = (
         None
         if step is None
@@ -511,7 +515,7 @@ def compare(
     options = SolverOptions(
         seed=seed, time_limit=time_limit, search_steps=search_steps, refine=refine, node_cost=node_cost
     )
-    runs = sum(len(tolerances) if refine or name not in UNCAPPED else 1 for name in names)
+    runs = sum(len(tolerances) if refine or SOLVERS[name].capped else 1 for name in names)
     total = len(device_counts) * runs * fit.num_layers * (2 if oracle else 1)
     with progress_bar("planning", total) as advance, layer_executor(jobs) as pool:
         comparison = compare_solvers(
@@ -558,20 +562,21 @@ def demo(
 
 
 def print_layers(layers: list[dict]) -> None:
-    table = Table(title=f"held-out, per MoE layer (baseline: {BASELINE})")
-    columns = ("layer", "dev/token", "baseline", "reduction", "load-CV", "baseline", "max/mean", "baseline")
+    # narrow headers, this placement then frequency's figure: readable at 80 columns
+    table = Table(title=f"held-out, per MoE layer: this placement, then {BASELINE}'s", box=box.SIMPLE)
+    columns = ("layer", "dev/tok", "freq.", "reduct.", "max/mean", "freq.", "load-CV", "freq.")
     for column in columns:
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     for row in layers:
         table.add_row(
             str(row["layer"]),
             f"{row['dev_per_token']:.3f}",
             f"{row['baseline_dev_per_token']:.3f}",
             f"{row['reduction']:+.1%}",
-            f"{row['load_cv']:.3f}",
-            f"{row['baseline_load_cv']:.3f}",
             f"{row['max_mean_load']:.3f}",
             f"{row['baseline_max_mean_load']:.3f}",
+            f"{row['load_cv']:.3f}",
+            f"{row['baseline_load_cv']:.3f}",
         )
     out.print(table)
 

@@ -184,7 +184,7 @@ def _save_torch(doc: dict, out: Path) -> None:
 
 
 def launch_flags(placement: Placement, fmt: str, out: Path, num_hidden_layers: int | None) -> list[str]:
-    """What to tell the engine about the file ``export`` wrote, one line each (see README "Deploy")."""
+    """What to tell the engine about the file ``export`` wrote, one line each (see docs/deploy.md)."""
     d, r, spd = placement.num_devices, placement.redundant_slots, placement.topology.slots_per_device
     slots = f"{d * spd} slots ({placement.num_experts} experts + {r} redundant), {spd} per rank"
     if fmt == "sglang":

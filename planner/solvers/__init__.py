@@ -1,4 +1,5 @@
-"""Solver registry. Adding a solver: one module with ``solve`` (see ``base``) and one line here."""
+"""Solver registry. Adding a solver: one module with ``solve`` and its ``SPEC`` (see ``base``),
+and one line here."""
 
 from __future__ import annotations
 
@@ -13,39 +14,36 @@ from moeplace.planner.solvers import (
     random,
     refine,
 )
-from moeplace.planner.solvers.base import Solution, Solver, SolverOptions
-from moeplace.planner.solvers.frequency import frequency_placement
+from moeplace.planner.solvers.base import Solution, Solver, SolverOptions, SolverSpec
 
-SOLVERS: dict[str, Solver] = {
-    "random": random.solve,
-    "frequency": frequency.solve,
-    "greedy": greedy.solve,
-    "greedy-capped": greedy_capped.solve,
-    "ortools": cpsat.solve,
-    "refine": refine.solve,
-    "hypergraph": hypergraph.solve,
-    "exact": exact.solve,
-    "eplb": eplb.solve,
+SOLVERS: dict[str, SolverSpec] = {
+    "random": random.SPEC,
+    "frequency": frequency.SPEC,
+    "greedy": greedy.SPEC,
+    "greedy-capped": greedy_capped.SPEC,
+    "ortools": cpsat.SPEC,
+    "refine": refine.SPEC,
+    "hypergraph": hypergraph.SPEC,
+    "exact": exact.SPEC,
+    "eplb": eplb.SPEC,
 }
 
 BASELINE = "frequency"
-LOAD_ONLY_SOLVERS = ("random", "frequency", "eplb")  # the solvers that need no co-activation counts
-UNCAPPED = ("random", "frequency", "greedy", "eplb")  # the solvers that ignore the load tolerance
-REPLICATING = ("eplb",)  # the solvers that place replicas themselves; the others get ``add_replicas``
-REFINED = ("refine", "hypergraph", "exact")  # the solvers that end with the exact local search themselves
-# exact is for small layers only; eplb is frequency-balanced packing unless there are replicas
-DEFAULT_SOLVERS = tuple(name for name in SOLVERS if name not in ("exact", "eplb"))
+DEFAULT_SOLVERS = tuple(name for name, spec in SOLVERS.items() if spec.compared_by_default)
+
+
+def load_only_solvers() -> tuple[str, ...]:
+    """The solvers that expert load alone suffices for."""
+    return tuple(name for name, spec in SOLVERS.items() if not spec.uses_coactivation)
+
 
 __all__ = [
     "BASELINE",
     "DEFAULT_SOLVERS",
-    "LOAD_ONLY_SOLVERS",
-    "REFINED",
-    "REPLICATING",
     "SOLVERS",
-    "UNCAPPED",
     "Solution",
     "Solver",
     "SolverOptions",
-    "frequency_placement",
+    "SolverSpec",
+    "load_only_solvers",
 ]

@@ -40,12 +40,28 @@ class SolverOptions:
 @dataclasses.dataclass(frozen=True)
 class Solution:
     """``expert_to_device``: int64 ``[N]``, device of each expert (with replicas: of its first slot).
-    ``info``: solver's report (YAML-safe). ``physical_to_logical``: int64 ``[N + R]`` with replicas:
-    the expert in each physical slot, slot p on device ``p // slots_per_device``; else None."""
+    ``info``: the solver's own report (YAML-safe, written to the placement file as it is).
+    ``physical_to_logical``: int64 ``[N + R]`` with replicas: the expert in each physical slot, slot
+    p on device ``p // slots_per_device``; else None.
+
+    What other code reads of a solution is a field: ``fanout``, the fit fan-out (token-device
+    pairs over the calibration sets) where the solver computed it; ``bound_fanout``, a proven lower
+    bound on it; ``bound_colocated_coactivation``, a proven upper bound on the co-activation that
+    can share a device. They go into the placement file's report beside ``info``.
+    """
 
     expert_to_device: np.ndarray
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     physical_to_logical: np.ndarray | None = None
+    fanout: float | None = None
+    bound_fanout: int | None = None
+    bound_colocated_coactivation: int | None = None
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """``info`` and the figures above that the solver set: what the placement file records."""
+        figures = ("fanout", "bound_fanout", "bound_colocated_coactivation")
+        return self.info | {name: getattr(self, name) for name in figures if getattr(self, name) is not None}
 
     @classmethod
     def from_slots(cls, physical_to_logical: np.ndarray, topology: Topology, info: dict) -> Solution:
@@ -57,3 +73,31 @@ class Solution:
 
 class Solver(Protocol):
     def __call__(self, stats: LayerStats, topology: Topology, options: SolverOptions) -> Solution: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverSpec:
+    """What a solver needs and does, declared once beside its ``solve`` (``SPEC`` in its module)
+    and read from there by the planner, the comparison and the command line.
+
+    Attributes:
+        solve: the solver.
+        summary: what it does, in a line (``--help`` lists it).
+        uses_coactivation: reads co-activation counts; False: expert load alone (load-only
+            statistics, as an engine's stat dump gives) suffices.
+        capped: keeps every device's load under the load tolerance's cap; False: ignores it.
+        needs_sets: reads the distinct top-k sets of a per-token trace.
+        places_replicas: places redundant slots itself; any other solver's placement is followed
+            by co-activation-aware replica placement.
+        refines: ends with the exact local search itself (``--refine`` adds nothing).
+        compared_by_default: in ``compare``'s default solver list.
+    """
+
+    solve: Solver
+    summary: str
+    uses_coactivation: bool = True
+    capped: bool = True
+    needs_sets: bool = False
+    places_replicas: bool = False
+    refines: bool = False
+    compared_by_default: bool = True

@@ -19,13 +19,13 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from ortools.sat.python import cp_model
 
 from moeplace.calibrate.stats import LayerStats
 from moeplace.planner.objective import colocated_weight
-from moeplace.planner.solvers.base import Solution, SolverOptions
+from moeplace.planner.solvers.base import Solution, SolverOptions, SolverSpec
 from moeplace.planner.solvers.caps import LoadCaps, load_caps
 from moeplace.planner.solvers.greedy import agglomerate
+from moeplace.planner.solvers.sat import canonical_devices, new_model, run
 from moeplace.planner.topology import Topology
 
 _FULL_MODEL_SHARE = 0.1  # of the time limit, for status and bound (the root LP); the rest repairs
@@ -50,18 +50,18 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
             "status": status,
             "colocated_coactivation": objective,
             "hint_colocated_coactivation": colocated_weight(stats.coact, hint),
-            "bound_colocated_coactivation": bound,
             "gap": round(1.0 - objective / bound, 6) if bound else 0.0,
             "repair_rounds": rounds,
             "deterministic_time": round(used, 3),
         },
+        bound_colocated_coactivation=bound,
     )
 
 
 def solve_full(coact, topology: Topology, caps: LoadCaps, hint, time_limit: float, seed: int):
     """The full model. Returns (status name, expert_to_device [N], proven bound, deterministic time)."""
     n, num_devices, slots = topology.num_experts, topology.num_devices, topology.slots_per_device
-    model = cp_model.CpModel()
+    model = new_model()
     x = [[model.new_bool_var(f"x{e}_{d}") for d in range(min(e + 1, num_devices))] for e in range(n)]
     for e in range(n):
         model.add_exactly_one(x[e])
@@ -85,14 +85,13 @@ def solve_full(coact, topology: Topology, caps: LoadCaps, hint, time_limit: floa
         for d, v in enumerate(x[e]):
             model.add_hint(v, bool(hint[e] == d))
     model.maximize(sum(terms))
-    solver = _solver(time_limit, seed)
-    status = solver.solve(model)
-    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+    status, found, solver = run(model, time_limit, seed)
+    if found:
         placement = np.array([next(d for d, v in enumerate(x[e]) if solver.value(v)) for e in range(n)])
         bound = int(solver.best_objective_bound)
     else:  # UNKNOWN within the limit: keep the feasible hint, claim no bound beyond the trivial one
         placement, bound = hint, int(np.triu(coact, 1).sum())
-    return solver.status_name(status), placement.astype(np.int64), bound, solver.deterministic_time
+    return status, placement.astype(np.int64), bound, solver.deterministic_time
 
 
 def repair_pairs(coact, topology: Topology, caps: LoadCaps, placement, budget: float):
@@ -136,7 +135,7 @@ def bisect(coact, scenario_load, cap, on_a, time_limit: float):
     Returns (bool ``[2S]`` or None, deterministic time used).
     """
     m = on_a.shape[0]
-    model = cp_model.CpModel()
+    model = new_model()
     x = [model.new_bool_var(f"a{e}") for e in range(m)]
     model.add(x[0] == 1)  # the two devices are interchangeable
     model.add(sum(x) == m // 2)
@@ -156,27 +155,12 @@ def bisect(coact, scenario_load, cap, on_a, time_limit: float):
     model.maximize(sum(terms))
     for e in range(m):
         model.add_hint(x[e], bool(current[e]))
-    solver = _solver(time_limit, 0)
-    solver.parameters.linearization_level = 0  # tiny model: the LP costs more than it prunes
-    status = solver.solve(model)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+    # tiny model: the LP costs more than it prunes
+    _, found, solver = run(model, time_limit, 0, linearization_level=0)
+    if not found:
         return None, solver.deterministic_time
     side = np.array([bool(solver.value(v)) for v in x])
     return (side if on_a[0] else ~side), solver.deterministic_time
 
 
-def _solver(time_limit: float, seed: int) -> cp_model.CpSolver:
-    """One worker and a deterministic limit: reproducible, and the limit holds."""
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = 1
-    solver.parameters.max_deterministic_time = max(time_limit, 1e-3)
-    solver.parameters.random_seed = seed
-    return solver
-
-
-def canonical_devices(expert_to_device: np.ndarray) -> np.ndarray:
-    """Renumber devices in order of their lowest expert (the labelling the model's cut assumes)."""
-    devices, first = np.unique(expert_to_device, return_index=True)
-    rank = np.empty(devices.shape[0], np.int64)
-    rank[np.argsort(first)] = np.arange(devices.shape[0])
-    return rank[np.searchsorted(devices, expert_to_device)]
+SPEC = SolverSpec(solve, "CP-SAT maximizing co-located co-activation under the load cap")

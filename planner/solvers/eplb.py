@@ -19,7 +19,7 @@ import numpy as np
 
 from moeplace.calibrate.stats import LayerStats
 from moeplace.planner.slots import copies_fit
-from moeplace.planner.solvers.base import Solution, SolverOptions
+from moeplace.planner.solvers.base import Solution, SolverOptions, SolverSpec
 from moeplace.planner.topology import Topology
 
 
@@ -173,3 +173,13 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
     """One layer: ``N + R`` physical slots over D GPUs in M nodes, by calibration load."""
     phy2log = eplb_slots(stats.load[None, :], topology)[0]
     return Solution.from_slots(phy2log, topology, {"replicated": int(topology.redundant_slots)})
+
+
+SPEC = SolverSpec(
+    solve,
+    "DeepSeek's EPLB: replicas by load, hierarchical packing (frequency without replicas)",
+    uses_coactivation=False,
+    capped=False,
+    places_replicas=True,
+    compared_by_default=False,
+)

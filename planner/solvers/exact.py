@@ -16,14 +16,14 @@ dozen or two experts and a few hundred distinct sets; larger layers are refused 
 from __future__ import annotations
 
 import numpy as np
-from ortools.sat.python import cp_model
 
 from moeplace.calibrate.stats import LayerStats
 from moeplace.errors import MoeplaceError
 from moeplace.planner.objective import fanout
 from moeplace.planner.solvers import refine
-from moeplace.planner.solvers.base import Solution, SolverOptions
+from moeplace.planner.solvers.base import Solution, SolverOptions, SolverSpec
 from moeplace.planner.solvers.caps import LoadCaps, load_caps
+from moeplace.planner.solvers.sat import canonical_devices, new_model, run
 from moeplace.planner.topology import Topology
 
 # Distinct sets x devices. On a real layer (4,827 sets, 32 experts, D = 4) CP-SAT proved nothing
@@ -32,10 +32,6 @@ MAX_SET_DEVICES = 4_000
 
 
 def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solution:
-    if stats.topk_sets is None:
-        raise MoeplaceError(
-            "exact needs the distinct top-k sets of a per-token trace; these statistics have none"
-        )
     sets = stats.topk_sets
     size = (sets.sets >= 0).sum(axis=1)
     multi = np.flatnonzero(size >= 2)
@@ -45,13 +41,13 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
             f"to solve exactly (limit {MAX_SET_DEVICES}); use refine or hypergraph"
         )
     if options.node_cost and topology.num_nodes > 1:
-        raise MoeplaceError("exact does not model nodes; use refine or hypergraph with --node-cost")
+        raise MoeplaceError("exact does not model nodes; use refine or hypergraph with a node cost")
     caps = load_caps(stats, topology, options.load_tolerance)
     hint = refine.solve(stats, topology, options)
     status, placement, bound, used = _solve_model(
         sets.sets[multi], sets.counts[multi], topology, caps, hint.expert_to_device, options
     )
-    if fanout(sets, placement) > hint.info["fanout"]:  # CP-SAT need not return its hint; keep the better
+    if fanout(sets, placement) > hint.fanout:  # CP-SAT need not return its hint; keep the better
         placement = hint.expert_to_device
     constant = int(sets.counts[size == 1].sum())  # single-expert sets: one device each, always
     return Solution(
@@ -59,11 +55,11 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
         hint.info
         | {
             "status": status,
-            "refine_fanout": hint.info["fanout"],
-            "fanout": fanout(sets, placement),
-            "bound_fanout": None if bound is None else bound + constant,
+            "refine_fanout": hint.fanout,
             "deterministic_time": round(used, 3),
         },
+        fanout=fanout(sets, placement),
+        bound_fanout=None if bound is None else bound + constant,
     )
 
 
@@ -81,7 +77,7 @@ def _solve_model(
     fan-out, deterministic seconds used). Without a solution in time, the hint and no bound.
     """
     n, num_devices, slots = topology.num_experts, topology.num_devices, topology.slots_per_device
-    model = cp_model.CpModel()
+    model = new_model()
     x = [[model.new_bool_var(f"x{e}_{d}") if d <= e else None for d in range(num_devices)] for e in range(n)]
     on = [[v for v in row if v is not None] for row in x]
     for row in on:
@@ -102,33 +98,29 @@ def _solve_model(
         model.add(sum(touches) >= -(-len(experts) // slots))
         terms.append(int(weight) * sum(touches))
     model.minimize(sum(terms))
-    relabel = _first_appearance(hint)
+    relabel = canonical_devices(hint)
     for e in range(n):
         for d, var in enumerate(x[e]):
             if var is not None:
                 model.add_hint(var, relabel[e] == d)
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = 1
-    solver.parameters.random_seed = options.seed
-    solver.parameters.max_deterministic_time = max(options.time_limit, 1e-3)
-    status = solver.solve(model)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):  # no bound beyond the planner's own
-        return solver.status_name(status), hint.astype(np.int64), None, solver.deterministic_time
+    status, found, solver = run(model, options.time_limit, options.seed)
+    if not found:  # no bound beyond the planner's own
+        return status, hint.astype(np.int64), None, solver.deterministic_time
     placement = np.array(
         [next(d for d, v in enumerate(x[e]) if v is not None and solver.value(v)) for e in range(n)]
     )
     return (
-        solver.status_name(status),
+        status,
         placement.astype(np.int64),
         int(np.ceil(solver.best_objective_bound - 1e-6)),
         solver.deterministic_time,
     )
 
 
-def _first_appearance(placement: np.ndarray) -> np.ndarray:
-    """The same partition with devices numbered in order of their first expert (meets the symmetry
-    breaking: expert e on a device <= e)."""
-    _, first = np.unique(placement, return_index=True)  # [D] first expert of each device
-    rank = np.empty_like(first)
-    rank[np.argsort(first)] = np.arange(first.shape[0])
-    return rank[placement]
+SPEC = SolverSpec(
+    solve,
+    "CP-SAT on the exact fan-out, for small layers",
+    needs_sets=True,
+    refines=True,
+    compared_by_default=False,
+)

@@ -14,13 +14,16 @@ from __future__ import annotations
 import itertools
 from functools import cache
 from math import comb
+from typing import TYPE_CHECKING
 
 import numpy as np
-from ortools.sat.python import cp_model
-from scipy import sparse
 
 from moeplace.calibrate.stats import TopkSets, unique_rows
 from moeplace.planner.solvers.caps import LoadCaps
+from moeplace.planner.solvers.sat import new_model, run
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 MAX_ENUMERATED_SIZE = 20  # experts in a pair scored exhaustively (2^20 subset sums)
 
@@ -117,7 +120,7 @@ def _enumerate(members, weights, load, cap, current) -> np.ndarray | None:
 
 def _cp_sat(members, weights, load, cap, on_first, current, time_limit) -> tuple[np.ndarray | None, float]:
     size = load.shape[1]
-    model = cp_model.CpModel()
+    model = new_model()
     x = [model.new_bool_var(f"x{i}") for i in range(size)]
     model.add(x[0] == 1)
     model.add(sum(x) == size // 2)
@@ -136,10 +139,7 @@ def _cp_sat(members, weights, load, cap, on_first, current, time_limit) -> tuple
     model.minimize(sum(terms))
     for i in range(size):
         model.add_hint(x[i], bool(on_first[i]))
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = 1
-    solver.parameters.max_deterministic_time = max(time_limit, 1e-3)
-    status = solver.solve(model)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+    _, found, solver = run(model, time_limit)
+    if not found:
         return None, solver.deterministic_time
     return np.array([bool(solver.value(v)) for v in x]), solver.deterministic_time

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from moeplace.calibrate.stats import LayerStats
-from moeplace.planner.solvers.base import Solution, SolverOptions
+from moeplace.planner.solvers.base import Solution, SolverOptions, SolverSpec
 from moeplace.planner.topology import Topology
 
 
@@ -28,3 +28,11 @@ def frequency_placement(load: np.ndarray, topology: Topology) -> np.ndarray:
 
 def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solution:
     return Solution(frequency_placement(stats.load, topology))
+
+
+SPEC = SolverSpec(
+    solve,
+    "the baseline: experts dealt heaviest first to the least-loaded device",
+    uses_coactivation=False,
+    capped=False,
+)

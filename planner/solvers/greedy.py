@@ -21,7 +21,7 @@ import numpy as np
 
 from moeplace.calibrate.stats import LayerStats
 from moeplace.planner.objective import colocated_weight
-from moeplace.planner.solvers.base import Solution, SolverOptions
+from moeplace.planner.solvers.base import Solution, SolverOptions, SolverSpec
 from moeplace.planner.topology import Topology
 
 
@@ -191,3 +191,6 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
     return Solution(
         expert_to_device, {"colocated_coactivation": colocated_weight(stats.coact, expert_to_device)}
     )
+
+
+SPEC = SolverSpec(solve, "agglomerates co-firing experts into devices, ignoring load", capped=False)

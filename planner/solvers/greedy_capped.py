@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from moeplace.calibrate.stats import LayerStats
 from moeplace.planner.objective import colocated_weight
-from moeplace.planner.solvers.base import Solution, SolverOptions
+from moeplace.planner.solvers.base import Solution, SolverOptions, SolverSpec
 from moeplace.planner.solvers.caps import load_caps
 from moeplace.planner.solvers.greedy import agglomerate
 from moeplace.planner.topology import Topology
@@ -25,3 +25,6 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
             "colocated_coactivation": colocated_weight(stats.coact, expert_to_device),
         },
     )
+
+
+SPEC = SolverSpec(solve, "greedy agglomeration under the load cap")

@@ -10,12 +10,10 @@ through the full exact local search of ``refine``.
 
 from __future__ import annotations
 
-import mtkahypar
 import numpy as np
 
 from moeplace.calibrate.stats import LayerStats, TopkSets
-from moeplace.errors import MoeplaceError
-from moeplace.planner.solvers.base import Solution, SolverOptions
+from moeplace.planner.solvers.base import Solution, SolverOptions, SolverSpec
 from moeplace.planner.solvers.caps import load_caps
 from moeplace.planner.solvers.greedy import agglomerate
 from moeplace.planner.solvers.refine import MAX_STEPS_PER_EXPERT, SwapSearch, local_search
@@ -27,6 +25,8 @@ _initializer = None  # Mt-KaHyPar's thread pool, once per process
 
 def partition(topk_sets: TopkSets, topology: Topology, seed: int) -> np.ndarray | None:
     """Mt-KaHyPar km1 partition into equal expert counts, int64 ``[N]``; None if unbalanced."""
+    import mtkahypar  # imported here: only this solver needs it
+
     global _initializer
     if _initializer is None:
         _initializer = mtkahypar.initialize(1, False)
@@ -50,10 +50,6 @@ def partition(topk_sets: TopkSets, topology: Topology, seed: int) -> np.ndarray 
 
 
 def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solution:
-    if stats.topk_sets is None:
-        raise MoeplaceError(
-            "hypergraph needs the distinct top-k sets of a per-token trace; these statistics have none"
-        )
     caps = load_caps(stats, topology, options.load_tolerance)
     search = SwapSearch.build(stats.topk_sets, topology, caps, options.node_cost)
     starts = {"greedy-capped": agglomerate(stats.coact, topology, caps.scenario_load, caps.cap)}
@@ -77,4 +73,13 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
             "start": best,
             "fanout_of_starts": {name: value for name, (value, _) in descended.items()},
         },
+        fanout=report["fanout"],
     )
+
+
+SPEC = SolverSpec(
+    solve,
+    "Mt-KaHyPar partitions of the top-k sets, then the exact local search",
+    needs_sets=True,
+    refines=True,
+)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from moeplace.calibrate.stats import LayerStats
-from moeplace.planner.solvers.base import Solution, SolverOptions
+from moeplace.planner.solvers.base import Solution, SolverOptions, SolverSpec
 from moeplace.planner.topology import Topology
 
 
@@ -14,3 +14,8 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
     expert_to_device = np.empty(topology.num_experts, np.int64)
     expert_to_device[order] = np.arange(topology.num_experts) // topology.slots_per_device
     return Solution(expert_to_device)
+
+
+SPEC = SolverSpec(
+    solve, "a seeded random balanced placement (a floor)", uses_coactivation=False, capped=False
+)

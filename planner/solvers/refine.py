@@ -27,19 +27,21 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import sparse
 
 from moeplace.calibrate.stats import LayerStats, TopkSets
-from moeplace.errors import MoeplaceError
 from moeplace.planner.objective import fanout
-from moeplace.planner.solvers.base import Solution, SolverOptions
+from moeplace.planner.solvers.base import Solution, SolverOptions, SolverSpec
 from moeplace.planner.solvers.caps import LoadCaps, device_loads, load_caps
 from moeplace.planner.solvers.exact_pairs import resplit_pair
 from moeplace.planner.solvers.greedy import agglomerate
 from moeplace.planner.solvers.swap_deltas import SwapDeltas
 from moeplace.planner.topology import Topology
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 MAX_STEPS_PER_EXPERT = 50  # a safety bound; searches end at a local optimum long before
 
@@ -59,6 +61,8 @@ class SwapSearch:
     def build(
         cls, topk_sets: TopkSets, topology: Topology, caps: LoadCaps, node_cost: float = 0.0
     ) -> SwapSearch:
+        from scipy import sparse
+
         set_of_pin, slot = np.nonzero(topk_sets.sets >= 0)
         expert_of_pin = topk_sets.sets[set_of_pin, slot].astype(np.int64)
         shape = (topology.num_experts, topk_sets.sets.shape[0])
@@ -172,10 +176,6 @@ def local_search(
     Every accepted result lowers the fit fan-out and keeps every device under its cap (once the
     descent has repaired a start that was over it). Returns the placement and a report.
     """
-    if stats.topk_sets is None:
-        raise MoeplaceError(
-            "refine needs the distinct top-k sets of a per-token trace; these statistics have none"
-        )
     sets = stats.topk_sets
     search = SwapSearch.build(sets, topology, caps, options.node_cost)
     steps = MAX_STEPS_PER_EXPERT * topology.num_experts
@@ -232,4 +232,9 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
     caps = load_caps(stats, topology, options.load_tolerance)
     start = agglomerate(stats.coact, topology, caps.scenario_load, caps.cap)
     placement, report = local_search(stats, topology, caps, start, options)
-    return Solution(placement, caps.info() | report)
+    return Solution(placement, caps.info() | report, fanout=report["fanout"])
+
+
+SPEC = SolverSpec(
+    solve, "greedy-capped, then the exact local search on the fan-out", needs_sets=True, refines=True
+)

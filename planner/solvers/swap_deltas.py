@@ -17,11 +17,15 @@ equal a fresh count bit for bit (tested).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from scipy import sparse
 
 from moeplace.calibrate.stats import TopkSets
 from moeplace.planner.topology import Topology
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 
 class GroupFanout:
@@ -33,6 +37,8 @@ class GroupFanout:
     """
 
     def __init__(self, topk_sets: TopkSets, incidence: sparse.csr_matrix, group: np.ndarray, num_groups: int):
+        from scipy import sparse
+
         self.sets = topk_sets.sets.astype(np.int64)
         self.weight = topk_sets.counts.astype(np.float64)
         self.incidence = incidence  # [N, H], CSR: row e lists the sets holding e

@@ -17,7 +17,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
+
 from harness import ForwardMode, forward_batch, sglang
 from typer.testing import CliRunner
 

@@ -16,7 +16,9 @@ from types import SimpleNamespace as NS
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
+
 from harness import vllm_file
 from typer.testing import CliRunner
 

@@ -176,7 +176,7 @@ def _cache_figures(result) -> dict:
 def _quick_plan(trace: Trace, settings: Settings) -> list[dict]:
     """Per layer: held-out reduction and max/mean of greedy-capped (eps 0.1, or the least a hot
     expert allows: its balance floor) vs frequency."""
-    fit, held = split_documents(trace, holdout=0.5, seed=settings.seed)
+    fit, held = split_documents(trace, holdout_share=0.5, seed=settings.seed)
     stats = compute_statistics(fit, resamples=16, seed=settings.seed)
     topology = Topology(trace.meta.num_experts, settings.devices)
     tolerance = max(0.1, least_tolerance(stats, topology))
@@ -221,30 +221,31 @@ def verdict(figures: dict, settings: Settings) -> dict:
     lru, lfu, pre, opt = (figures["cache"][p][middle] for p in POLICIES)
     budget = len(settings.budgets) // 2
     coact_hit, lfu_hit = figures["prefetch"]["coact"][budget], figures["prefetch"]["lfu"][budget]
-    real = "real" if structure >= STRUCTURE_EXCESS else "little"
-    cache_text = (
-        "a dynamic LRU cache suffices" if lru["miss_rate"] <= lfu["miss_rate"] else "static LFU beats LRU"
-    )
+    teams = structure >= STRUCTURE_EXCESS
+    lru_wins = lru["miss_rate"] <= lfu["miss_rate"]
     prefetch_pays = pre["loads_per_activation"] < lru["loads_per_activation"]
     return {
         "structure": (
-            f"{real} co-activation structure: clustering gain {figures['clustering_gain']:.2f} vs "
-            f"{figures['shuffle_null_gain']:.2f} under the shuffle null"
+            f"{'Experts fire in teams' if teams else 'Little co-activation structure'}: clustering gain "
+            f"{figures['clustering_gain']:.2f}, against {figures['shuffle_null_gain']:.2f} when tokens' "
+            "experts are shuffled."
         ),
         "static_placement": (
-            f"static placement {'expected to pay' if pays else 'not expected to pay'}: "
-            f"{place['reduction']:+.1%} dev/token vs frequency-balanced at D = {int(place['devices'])} on "
-            f"held-out documents, max/mean load {place['max_mean_load']:.3f} vs "
-            f"{place['baseline_max_mean_load']:.3f}"
+            f"Static placement {'pays' if pays else 'does not pay'} here: {place['reduction']:+.1%} devices "
+            f"per token against frequency-balanced placement at D = {int(place['devices'])} on held-out "
+            f"documents, at max/mean load {place['max_mean_load']:.3f} "
+            f"(frequency {place['baseline_max_mean_load']:.3f})."
         ),
         "dynamic_cache": (
-            f"{cache_text} at capacity {capacity}: LRU miss rate {lru['miss_rate']:.3f}, static LFU "
-            f"{lfu['miss_rate']:.3f}, Belady's bound {opt['miss_rate']:.3f}"
+            f"A cache of {capacity} experts a layer misses {lru['miss_rate']:.1%} of activations under LRU, "
+            f"{lfu['miss_rate']:.1%} holding the most-used experts and {opt['miss_rate']:.1%} at best "
+            f"(Belady): {'LRU' if lru_wins else 'a fixed most-used set'} is the better of the two"
+            + (", and no policy avoids many misses." if opt["miss_rate"] >= 0.2 else ".")
         ),
         "prefetch": (
-            f"co-activation prefetch {'pays' if prefetch_pays else 'is not worth its bandwidth'}: "
-            f"{pre['loads_per_activation']:.3f} loads per activation (demand {pre['miss_rate']:.3f}) vs LRU "
-            f"{lru['loads_per_activation']:.3f}; next-token hit rate at B = {settings.budgets[budget]} "
-            f"{coact_hit:.3f} vs LFU {lfu_hit:.3f}"
+            f"Prefetching co-firing experts {'pays' if prefetch_pays else 'is not worth its bandwidth'}: "
+            f"{pre['loads_per_activation']:.3f} loads per activation ({pre['miss_rate']:.3f} on demand) "
+            f"against LRU's {lru['loads_per_activation']:.3f}; next-token hit rate with "
+            f"{settings.budgets[budget]} prefetched {coact_hit:.3f}, against {lfu_hit:.3f} for the most-used."
         ),
     }

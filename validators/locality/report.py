@@ -34,7 +34,7 @@ def markdown(report: dict) -> str:
         "",
         "## Verdict (mean over layers)",
         "",
-        *[f"- **{lever.replace('_', ' ')}**: {text}" for lever, text in report["overall"]["verdict"].items()],
+        *[f"- {text}" for text in report["overall"]["verdict"].values()],
         "",
         "## Per layer",
         "",
