@@ -365,6 +365,15 @@ def expert_load(trace: Trace) -> np.ndarray:
     return load
 
 
+def gini(values: np.ndarray) -> float:
+    """Gini coefficient of non-negative ``values`` (0 = all equal, 1 = all on one)."""
+    x = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    if x.sum() == 0:
+        return 0.0
+    n = x.shape[0]
+    return float((2 * np.arange(1, n + 1) - n - 1) @ x / (n * x.sum()))
+
+
 def load_skew(load: np.ndarray) -> dict[str, float]:
     """How uneven one layer's expert load ``[N]`` is: the shape solvers must balance.
 
@@ -377,11 +386,10 @@ def load_skew(load: np.ndarray) -> dict[str, float]:
     total = ordered.sum()
     if not total:
         return {"max_mean": 0.0, "max_min": 0.0, "gini": 0.0, "top_decile_share": 0.0, "dead": n}
-    gini = float((2 * np.arange(1, n + 1) - n - 1) @ ordered / (n * total))
     return {
         "max_mean": float(ordered[-1] * n / total),
         "max_min": float(ordered[-1] / ordered[0]) if ordered[0] else float("inf"),
-        "gini": gini,
+        "gini": gini(ordered),
         "top_decile_share": float(ordered[-max(1, n // 10) :].sum() / total),
         "dead": int(np.count_nonzero(ordered == 0)),
     }

@@ -1,4 +1,4 @@
-"""Plan with the Python API and validate on held-out documents (runs in a few seconds).
+"""Plan with the Python API and validate on held-out documents .
 
     python examples/plan_and_validate.py [TRACE] [--devices 8]
 

@@ -167,30 +167,24 @@ def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, args, message):
 
 
 @pytest.mark.slow
-def test_compare_writes_table_csv_and_plot(tmp_path):
-    result = run(
-        "compare",
-        TRACE,
-        "--devices",
-        "2,4",
-        "--solvers",
-        "frequency,greedy-capped",
-        "--load-tolerance",
-        0.1,
-        "--out",
-        tmp_path,
-        "--jobs",
-        1,
-    )
-    assert result.exit_code == 0, result.output
-    table = (tmp_path / "comparison.md").read_text()
+def test_compare_writes_table_csv_and_plot_the_same_bytes_each_run(tmp_path):
+    def compare(out):
+        args = ("--devices", "2,4", "--solvers", "frequency,greedy-capped", "--load-tolerance", 0.1)
+        result = run("compare", TRACE, *args, "--out", out, "--jobs", 1)
+        assert result.exit_code == 0, result.output
+        return result
+
+    result = compare(tmp_path / "a")
+    assert "plan time (s)" in result.output  # printed, not written: files must not depend on the clock
+    table = (tmp_path / "a" / "comparison.md").read_text()
     assert "| 4 | greedy-capped |" in table and "reduction vs frequency" in table
-    rows = (tmp_path / "comparison.csv").read_text().splitlines()
-    assert (
-        rows[0].startswith("devices,solver,redundant_slots,load_tolerance,dev_per_token,reduction")
-        and len(rows) == 5
-    )
-    assert (tmp_path / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = (tmp_path / "a" / "comparison.csv").read_text().splitlines()
+    assert rows[0].startswith("devices,solver,redundant_slots,load_tolerance,dev_per_token,reduction")
+    assert len(rows) == 5
+    assert (tmp_path / "a" / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    compare(tmp_path / "b")
+    for name in ("comparison.md", "comparison.csv", "comparison.png"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
 @pytest.mark.slow

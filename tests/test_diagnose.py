@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from conftest import make_trace
+from moeplace.calibrate.stats import gini
 from moeplace.validators.locality.prefetch import document_halves, prefetch_hit_rates
 from moeplace.validators.locality.structure import (
     clustering_gain,
     coactivation,
     coactivation_gini,
-    gini,
     shuffled,
     token_expert_matrix,
 )

@@ -58,6 +58,7 @@ COLUMNS = {  # CSV name -> Markdown header
     "dominated_by": "dominated by",
     "seconds": "plan time (s)",
 }
+TIMED = ("seconds",)  # measured on this machine: printed, never written to a file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,10 +201,14 @@ def _label(row: dict) -> str:
     return series(row) if eps is None else f"{series(row)} eps={eps:g}"
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """The comparison as a Markdown table; columns no row has are left out."""
+def markdown_table(rows: list[dict], plan_times: bool = True) -> str:
+    """The comparison as a Markdown table; columns no row has are left out, and the plan times
+    unless ``plan_times`` (files leave them out: same inputs, same bytes)."""
     columns = [
-        key for key in COLUMNS if any(row.get(key) not in (None, "") for row in rows) or key in ("solver",)
+        key
+        for key in COLUMNS
+        if (any(row.get(key) not in (None, "") for row in rows) or key == "solver")
+        and (plan_times or key not in TIMED)
     ]
     lines = ["| " + " | ".join(COLUMNS[key] for key in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(key, row.get(key)) for key in columns) + " |" for row in rows]
@@ -234,9 +239,10 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
     device count) when several tolerances were compared, else both figures against device count.
     """
     paths = {kind: out_dir / f"comparison.{kind}" for kind in COMPARISON_KINDS}
-    write_text(paths["md"], f"{comparison.title}\n\n{markdown_table(comparison.rows)}")
+    write_text(paths["md"], f"{comparison.title}\n\n{markdown_table(comparison.rows, plan_times=False)}")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n", extrasaction="ignore")
+    fields = [key for key in COLUMNS if key not in TIMED]
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(comparison.rows)
     write_text(paths["csv"], buffer.getvalue())

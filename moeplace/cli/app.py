@@ -143,8 +143,7 @@ SearchStepsOpt = Annotated[
         min=0,
         max=10**7,
         help="refine/hypergraph/--refine: tabu-search swaps per layer after the descent (0: descent "
-        "only). More finds lower fan-out, at about 0.6 ms a swap for 64 experts and 10 ms for 256 "
-        "(measured on 2 cores).",
+        "only). More finds lower fan-out and takes longer (docs/scale.md has timings).",
     ),
 ]
 RefineOpt = Annotated[

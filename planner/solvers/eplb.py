@@ -20,6 +20,7 @@ import numpy as np
 from moeplace.calibrate.stats import LayerStats
 from moeplace.planner.slots import copies_fit
 from moeplace.planner.solvers.base import Solution, SolverOptions, SolverSpec
+from moeplace.planner.solvers.frequency import heaviest_first
 from moeplace.planner.topology import Topology
 
 
@@ -38,33 +39,31 @@ def balanced_packing(
     per_pack = n // num_packs
     if per_pack == 1:
         return np.tile(np.arange(n), (rows, 1)), np.zeros((rows, n), np.int64)
+    if labels is None:
+        packed = [heaviest_first(row, num_packs, np.float32) for row in weight]
+        return np.stack([p for p, _ in packed]), np.stack([r for _, r in packed])
     pack_index = np.full((rows, n), -1, np.int64)
     rank_in_pack = np.full((rows, n), -1, np.int64)
     for row in range(rows):
         pack_weight = np.zeros(num_packs, np.float32)
         items = np.zeros(num_packs, np.int64)
-        if labels is not None:
-            label = labels[row]
-            left = np.bincount(label, minlength=int(label.max()) + 1)
-            repeated = left > 1  # only labels with several items can collide
-            holds = np.zeros((num_packs, left.shape[0]), bool)
+        label = labels[row]
+        left = np.bincount(label, minlength=int(label.max()) + 1)
+        repeated = left > 1  # only labels with several items can collide
+        holds = np.zeros((num_packs, left.shape[0]), bool)
         for item in np.argsort(-weight[row], kind="stable"):
-            open_packs = items < per_pack
-            if labels is None:
-                pack = int(np.argmin(np.where(open_packs, pack_weight, np.inf)))
-            else:
-                expert = label[item]
-                left[expert] -= 1
-                pack = _lightest_allowed(
-                    pack_weight,
-                    open_packs & ~holds[:, expert],
-                    holds,
-                    left,
-                    repeated,
-                    per_pack - items,
-                    expert,
-                )
-                holds[pack, expert] = True
+            expert = label[item]
+            left[expert] -= 1
+            pack = _lightest_allowed(
+                pack_weight,
+                (items < per_pack) & ~holds[:, expert],
+                holds,
+                left,
+                repeated,
+                per_pack - items,
+                expert,
+            )
+            holds[pack, expert] = True
             pack_index[row, item], rank_in_pack[row, item] = pack, items[pack]
             pack_weight[pack] += weight[row, item]
             items[pack] += 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from moeplace.calibrate.stats import gini
 from moeplace.planner.solvers.greedy import agglomerate
 from moeplace.planner.topology import Topology
 
@@ -37,15 +38,6 @@ def coactivation(chosen: np.ndarray) -> np.ndarray:
         counts += np.rint(block.T @ block).astype(np.int64)
     np.fill_diagonal(counts, 0)
     return counts
-
-
-def gini(values: np.ndarray) -> float:
-    """Gini coefficient of non-negative ``values`` (0 = all equal)."""
-    x = np.sort(np.asarray(values, dtype=np.float64).ravel())
-    if x.sum() == 0:
-        return 0.0
-    n = x.shape[0]
-    return float((2 * np.arange(1, n + 1) - n - 1) @ x / (n * x.sum()))
 
 
 def coactivation_gini(coact: np.ndarray) -> float:
