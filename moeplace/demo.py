@@ -79,10 +79,10 @@ def run_demo(
             save_placement(placement, tmp / "placements" / f"{solver}-D{devices}.yaml")
         paths = {kind: out_dir / path.name for kind, path in write_comparison(comparison, tmp).items()}
         placement = load_placement(tmp / gated.relative_to(out_dir))
-        summary = validate(placement, held).summary()
+        validation = validate(placement, held)
         export(placement, "sglang", tmp / sglang.name, num_hidden_layers=HIDDEN_LAYERS)
     max_load, min_reduction = round(1 + load_tolerance + 0.05, 2), 0.10
-    failures = gate_failures(summary, max_load, min_reduction)
+    failures = gate_failures(validation, max_load, min_reduction)
 
     console.print(comparison.title)
     console.print(markdown_table(comparison.rows))

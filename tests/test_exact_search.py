@@ -8,12 +8,12 @@ import pytest
 from conftest import all_balanced_placements, make_trace
 from moeplace.calibrate.stats import compute_statistics
 from moeplace.errors import MoeplaceError
+from moeplace.planner.agglomerate import agglomerate
 from moeplace.planner.bounds import fanout_lower_bounds
 from moeplace.planner.objective import fanout
 from moeplace.planner.plan import solve_layer
 from moeplace.planner.solvers import SOLVERS, SolverOptions, exact, exact_pairs
 from moeplace.planner.solvers.caps import device_loads, load_caps
-from moeplace.planner.solvers.greedy import agglomerate
 from moeplace.planner.solvers.refine import SwapSearch, local_search
 from moeplace.planner.topology import Topology
 

@@ -15,6 +15,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace as NS
 
 import numpy as np
 import pytest
@@ -190,9 +191,12 @@ def test_compare_refuses_a_nan_tolerance_and_a_split_with_no_tokens_on_one_side(
 def test_gate_failures_read_an_undefined_figure_as_a_failure():
     from moeplace.validators.report import gate_failures
 
-    assert gate_failures({"max_mean_load": float("nan"), "reduction": 0.2}, 1.15, None)
-    assert gate_failures({"max_mean_load": 1.0, "reduction": float("nan")}, None, 0.1)
-    assert not gate_failures({"max_mean_load": 1.0, "reduction": 0.2}, 1.15, 0.1)
+    def validation(load, reduction):
+        return NS(score=NS(headline=NS(max_mean_load=load)), reduction=reduction)
+
+    assert gate_failures(validation(float("nan"), 0.2), 1.15, None)
+    assert gate_failures(validation(1.0, float("nan")), None, 0.1)
+    assert not gate_failures(validation(1.0, 0.2), 1.15, 0.1)
 
 
 # --- 4. units -------------------------------------------------------------------------------------

@@ -59,4 +59,4 @@ def test_score_averages_over_layers_and_ignores_empty_tokens():
     score = score_placement(np.argsort(placement, axis=1, kind="stable"), trace, Topology(4, 2))
     np.testing.assert_allclose(score.dev_per_token, [1.0, 4 / 3])  # layer 0: token 3 has no expert
     np.testing.assert_array_equal(score.device_load, [[2, 2], [3, 3]])
-    assert score.summary()["dev_per_token"] == pytest.approx((1 + 4 / 3) / 2)
+    assert score.headline.dev_per_token == pytest.approx((1 + 4 / 3) / 2)

@@ -4,8 +4,9 @@ import pytest
 from conftest import all_balanced_placements, make_trace
 from moeplace.calibrate.stats import LayerStats, compute_statistics
 from moeplace.errors import MoeplaceError
+from moeplace.planner import agglomerate
 from moeplace.planner.objective import colocated_weight
-from moeplace.planner.solvers import DEFAULT_SOLVERS, SOLVERS, SolverOptions, greedy
+from moeplace.planner.solvers import DEFAULT_SOLVERS, SOLVERS, SolverOptions
 from moeplace.planner.solvers.caps import device_loads, load_caps
 from moeplace.planner.solvers.frequency import frequency_placement
 from moeplace.planner.topology import Topology
@@ -87,12 +88,12 @@ def test_greedy_skips_only_merges_that_would_fail_again(real_stats, devices, mon
     # A tentative merge that failed is skipped until one of the devices it would repack changes;
     # retrying every one must give the same placement, with more repacking.
     topology = Topology(32, devices)
-    packer, repacks = greedy.pack_groups, []
-    monkeypatch.setattr(greedy, "pack_groups", lambda *args: repacks.append(1) or packer(*args))
+    packer, repacks = agglomerate.pack_groups, []
+    monkeypatch.setattr(agglomerate, "pack_groups", lambda *args: repacks.append(1) or packer(*args))
 
     def run(layer, caps, retry_failed):
         repacks.clear()
-        device = greedy.agglomerate(layer.coact, topology, caps.scenario_load, caps.cap, retry_failed)
+        device = agglomerate.agglomerate(layer.coact, topology, caps.scenario_load, caps.cap, retry_failed)
         return device, len(repacks)
 
     for i in range(0, real_stats.num_layers, 6):

@@ -117,22 +117,22 @@ def compare(
                 placement = plan(stats, topology, solver, run, fit.provenance(), on_layer, executor)
                 seconds = time.perf_counter() - start
                 validation = validate(placement, holdout)
-                summary = validation.summary()
-                placement = dataclasses.replace(placement, validation=summary)
+                placement = validation.recorded_placement()
                 placements[topology.num_devices, solver, eps, topology.redundant_slots] = placement
                 row = {"devices": topology.num_devices, "solver": solver, "load_tolerance": eps}
                 if any(redundant_slots):
                     row["redundant_slots"] = topology.redundant_slots
-                row |= {k: summary[k] for k in COLUMNS if k in summary} | fit_figures(placement)
+                figures = dataclasses.asdict(validation.score.headline) | {"reduction": validation.reduction}
+                row |= {k: v for k, v in figures.items() if k in COLUMNS} | fit_figures(placement)
                 if nodes == 1:
                     del row["node_per_token"]
                 if step is not None:
                     row |= step_columns(compare_steps(validation, step))
                 if held_stats is not None:
                     best = plan(held_stats, topology, solver, run, holdout.provenance(), on_layer, executor)
-                    oracle_summary = validate(best, holdout).summary()
-                    row["oracle_dev_per_token"] = oracle_summary["dev_per_token"]
-                    row["oracle_max_mean_load"] = oracle_summary["max_mean_load"]
+                    oracle = validate(best, holdout).score.headline
+                    row["oracle_dev_per_token"] = oracle.dev_per_token
+                    row["oracle_max_mean_load"] = oracle.max_mean_load
                     row["oracle_gap"] = row["dev_per_token"] / row["oracle_dev_per_token"] - 1.0
                 rows.append(row | {"seconds": round(seconds, 2)})
     mark_dominated(rows)

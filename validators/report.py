@@ -36,14 +36,19 @@ class Validation:
         return 1.0 - self.score.dev_per_token.mean() / self.baseline.dev_per_token.mean()
 
     def summary(self) -> dict:
-        """Headline figures (YAML/JSON-safe): what the placement file records and gates read."""
+        """The headline figures and their context, YAML/JSON-safe: what the placement file records
+        and ``validate --json`` prints (``headline`` and ``reduction`` are the typed figures)."""
         topology = self.placement.topology
         held_load = expert_load(self.holdout)
         return yaml_safe(
-            self.score.summary()
+            dataclasses.asdict(self.score.headline)
             | {
                 "reduction": self.reduction,
-                "baseline": {"solver": BASELINE} | self.baseline.summary() | {"reduction": 0.0},
+                "baseline": {
+                    "solver": BASELINE,
+                    **dataclasses.asdict(self.baseline.headline),
+                    "reduction": 0.0,
+                },
                 "random_expected_dev_per_token": random_expected_devices(
                     topology.num_experts, topology.num_devices, self.placement.top_k
                 ),
@@ -199,17 +204,19 @@ def compare_steps(validation: Validation, setting: StepSetting) -> StepCompariso
     return StepComparison(setting, time, baseline_time, cost, baseline_cost, eplb_time)
 
 
-def gate_failures(summary: dict, max_load_ratio: float | None, min_reduction: float | None) -> list[str]:
-    """Why a validation summary fails the gates (empty when it passes). An undefined figure (NaN)
-    fails every gate that reads it."""
+def gate_failures(
+    validation: Validation, max_load_ratio: float | None, min_reduction: float | None
+) -> list[str]:
+    """Why a validation fails the gates (empty when it passes): held-out max/mean load above
+    ``max_load_ratio``, reduction in dev/token below ``min_reduction`` (None: not gated). An
+    undefined figure (NaN) fails every gate that reads it."""
     failures = []
-    if max_load_ratio is not None and not summary["max_mean_load"] <= max_load_ratio:
+    load = validation.score.headline.max_mean_load
+    if max_load_ratio is not None and not load <= max_load_ratio:
+        failures.append(f"max/mean device load {load:.4f} exceeds the limit {max_load_ratio:g}")
+    if min_reduction is not None and not validation.reduction >= min_reduction:
         failures.append(
-            f"max/mean device load {summary['max_mean_load']:.4f} exceeds --max-load-ratio {max_load_ratio}"
-        )
-    if min_reduction is not None and not summary["reduction"] >= min_reduction:
-        failures.append(
-            f"dev/token reduction {summary['reduction']:.4f} vs {BASELINE} "
-            f"is below --min-reduction {min_reduction}"
+            f"dev/token reduction {validation.reduction:.4f} vs {BASELINE} is below the minimum "
+            f"{min_reduction:g}"
         )
     return failures

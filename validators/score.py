@@ -14,6 +14,18 @@ from moeplace.validators.metrics import load_cv, max_mean_load
 
 
 @dataclasses.dataclass(frozen=True)
+class Headline:
+    """A placement's figures over a whole trace: means over MoE layers of devices per token, nodes
+    per token, load CV and max/mean device load, and the worst layer's max/mean load."""
+
+    dev_per_token: float
+    node_per_token: float
+    load_cv: float
+    max_mean_load: float
+    worst_layer_max_mean_load: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Score:
     """Per-layer figures ``[L]`` on one trace; the headline figure is their mean over layers.
 
@@ -31,15 +43,16 @@ class Score:
     max_mean_load: np.ndarray
     device_load: np.ndarray
 
-    def summary(self) -> dict[str, float]:
+    @property
+    def headline(self) -> Headline:
         """Means over layers, plus the worst layer's max/mean load."""
-        return {
-            "dev_per_token": float(self.dev_per_token.mean()),
-            "node_per_token": float(self.node_per_token.mean()),
-            "load_cv": float(self.load_cv.mean()),
-            "max_mean_load": float(self.max_mean_load.mean()),
-            "worst_layer_max_mean_load": float(self.max_mean_load.max()),
-        }
+        return Headline(
+            dev_per_token=float(self.dev_per_token.mean()),
+            node_per_token=float(self.node_per_token.mean()),
+            load_cv=float(self.load_cv.mean()),
+            max_mean_load=float(self.max_mean_load.mean()),
+            worst_layer_max_mean_load=float(self.max_mean_load.max()),
+        )
 
 
 def score_placement(physical_to_logical: np.ndarray, trace: Trace, topology: Topology) -> Score:

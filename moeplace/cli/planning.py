@@ -405,7 +405,7 @@ def validate(
     with named(holdout):
         validation = validate_placement(placement, held, baseline_load)
     summary = validation.summary()
-    failures = gate_failures(summary, max_load_ratio, min_reduction)
+    failures = gate_failures(validation, max_load_ratio, min_reduction)
     steps = None
     if step is not None:
         setting = step_setting(
@@ -424,8 +424,8 @@ def validate(
         summary = summary | {"step": steps.summary()}
         if min_speedup is not None and not steps.speedup >= min_speedup:
             failures.append(
-                f"estimated step speedup {steps.speedup:+.4f} vs {BASELINE} is below --min-speedup "
-                f"{min_speedup}"
+                f"estimated step speedup {steps.speedup:+.4f} vs {BASELINE} is below the minimum "
+                f"{min_speedup:g}"
             )
     if summary["holdout"]["fingerprint"] == placement.calibration.get("fingerprint"):
         err.print(

@@ -21,10 +21,10 @@ import itertools
 import numpy as np
 
 from moeplace.calibrate.stats import LayerStats
+from moeplace.planner.agglomerate import agglomerate
 from moeplace.planner.objective import colocated_weight
 from moeplace.planner.solvers.base import Solution, SolverOptions, SolverSpec
 from moeplace.planner.solvers.caps import LoadCaps, load_caps
-from moeplace.planner.solvers.greedy import agglomerate
 from moeplace.planner.solvers.sat import canonical_devices, new_model, run
 from moeplace.planner.topology import Topology
 

@@ -8,10 +8,10 @@ placement meets the cap on every device.
 from __future__ import annotations
 
 from moeplace.calibrate.stats import LayerStats
+from moeplace.planner.agglomerate import agglomerate
 from moeplace.planner.objective import colocated_weight
 from moeplace.planner.solvers.base import Solution, SolverOptions, SolverSpec
 from moeplace.planner.solvers.caps import load_caps
-from moeplace.planner.solvers.greedy import agglomerate
 from moeplace.planner.topology import Topology
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from moeplace.calibrate.stats import LayerStats, TopkSets
+from moeplace.planner.agglomerate import agglomerate
 from moeplace.planner.solvers.base import Solution, SolverOptions, SolverSpec
 from moeplace.planner.solvers.caps import load_caps
-from moeplace.planner.solvers.greedy import agglomerate
 from moeplace.planner.solvers.refine import MAX_STEPS_PER_EXPERT, SwapSearch, local_search
 from moeplace.planner.topology import Topology
 

@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from moeplace.calibrate.stats import LayerStats, TopkSets
+from moeplace.planner.agglomerate import agglomerate
 from moeplace.planner.objective import fanout
 from moeplace.planner.solvers.base import Solution, SolverOptions, SolverSpec
 from moeplace.planner.solvers.caps import LoadCaps, device_loads, load_caps
 from moeplace.planner.solvers.exact_pairs import resplit_pair
-from moeplace.planner.solvers.greedy import agglomerate
 from moeplace.planner.solvers.swap_deltas import SwapDeltas
 from moeplace.planner.topology import Topology
 

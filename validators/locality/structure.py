@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from moeplace.calibrate.stats import gini
-from moeplace.planner.solvers.greedy import agglomerate
+from moeplace.planner.agglomerate import agglomerate
 from moeplace.planner.topology import Topology
 
 
