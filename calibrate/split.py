@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 import numpy as np
 
 from moeplace.calibrate.trace import Trace
@@ -29,3 +31,32 @@ def split_documents(trace: Trace, holdout_share: float, seed: int = 0) -> tuple[
         if side.num_tokens == 0:
             raise MoeplaceError(f"the {name} documents of this split hold no tokens; use another seed")
     return sides
+
+
+def matching_documents(trace: Trace, patterns: str) -> np.ndarray:
+    """bool ``[D]``: the documents whose label matches one of ``patterns``, comma-separated
+    shell-style patterns (``law``, ``gpqa*``, ``mmlu_pro*,sorry*``), case-sensitive."""
+    globs = [p.strip() for p in patterns.split(",") if p.strip()]
+    if not globs:
+        raise MoeplaceError("no label pattern given")
+    labels = trace.doc_labels.tolist()
+    return np.array([any(fnmatch.fnmatchcase(label, g) for g in globs) for label in labels], bool)
+
+
+def split_by_label(trace: Trace, patterns: str, keep_all: bool = False) -> tuple[Trace, Trace]:
+    """Split ``trace`` into ``(fit, held_out)``: the documents whose label matches ``patterns``
+    (see ``matching_documents``) are held out, the others fit. Fit on some kinds of traffic,
+    score on another: a change of mix that a random split never shows. ``keep_all``: every
+    document may match (selecting a kind of traffic, not splitting)."""
+    held = matching_documents(trace, patterns)
+    if not held.any():
+        groups = ", ".join(label_groups(trace))
+        raise MoeplaceError(f"no document label matches {patterns!r}; label groups here: {groups}")
+    if held.all() and not keep_all:
+        raise MoeplaceError(f"every document label matches {patterns!r}: nothing is left to fit on")
+    return trace.select_documents(np.flatnonzero(~held)), trace.select_documents(np.flatnonzero(held))
+
+
+def label_groups(trace: Trace) -> list[str]:
+    """The distinct label groups (``Trace.doc_groups``), in order of first appearance."""
+    return list(dict.fromkeys(trace.doc_groups.tolist()))

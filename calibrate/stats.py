@@ -29,6 +29,7 @@ from moeplace.calibrate.trace import Trace, TraceMeta, release_pages
 from moeplace.errors import MoeplaceError
 
 DEFAULT_RESAMPLES = 16
+RESAMPLE_UNITS = ("documents", "labels")
 MAX_RESAMPLES = 32  # one 64-byte BLAKE2b digest per document: 2 bytes per resample
 DEFAULT_SET_TOKENS = 1 << 18  # distinct top-k sets kept for all tokens up to this many (see above)
 
@@ -115,6 +116,7 @@ class Statistics:
     resample_seed: int
     topk_sets: tuple[TopkSets, ...] | None = None
     set_sample_rate: float = 1.0
+    resample_by: str = "documents"  # what a load resample draws: documents, or whole label groups
 
     @property
     def num_layers(self) -> int:
@@ -151,11 +153,9 @@ class Statistics:
             raise MoeplaceError("cannot merge statistics of different experts or top-k")
         if self.meta.layer_ids != other.meta.layer_ids:
             raise MoeplaceError("cannot merge statistics of different MoE layers")
-        if (
-            self.resample_seed != other.resample_seed
-            or self.load_resamples.shape != other.load_resamples.shape
-        ):
-            raise MoeplaceError("cannot merge statistics resampled with different seeds or counts")
+        same_draws = (self.resample_seed, self.resample_by) == (other.resample_seed, other.resample_by)
+        if not same_draws or self.load_resamples.shape != other.load_resamples.shape:
+            raise MoeplaceError("cannot merge statistics resampled with different seeds, units or counts")
         rate = min(self.set_sample_rate, other.set_sample_rate)  # sampled by one hash: nested tables
         n, seed = self.meta.num_experts, self.resample_seed
         return dataclasses.replace(
@@ -231,6 +231,7 @@ def compute_statistics(
     *,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
+    resample_by: str = "documents",
     chunk_tokens: int = 1 << 16,
     set_tokens: int = DEFAULT_SET_TOKENS,
     threads: int = os.cpu_count() or 1,
@@ -238,14 +239,17 @@ def compute_statistics(
     """Accumulate per-layer statistics of ``trace``, reading it a chunk of documents at a time.
 
     Vectorized over tokens: per layer and chunk, the top-k rows sorted once, then one ``bincount``
-    for loads, one over the ``k(k-1)/2`` expert pairs of every token, and one per (document,
-    expert) for the resamples. Distinct top-k sets are kept for all tokens when the trace has at
-    most ``set_tokens`` of them, else sampled set by set (module docstring) to about that many.
-    Layers are counted on ``threads`` threads (NumPy releases the GIL in its loops); each thread
-    writes its own layers' counts only, so the result does not depend on the thread count.
+    for loads, one over the ``k(k-1)/2`` expert pairs of every token, and one per (document, expert)
+    for the resamples (``resample_by``: see ``document_weights``). Distinct top-k sets are kept for
+    all tokens when the trace has at most ``set_tokens`` of them, else sampled set by set (module
+    docstring) to about that many. Layers are counted on ``threads`` threads (NumPy releases the GIL
+    in its loops); each thread writes its own layers' counts only, so the result does not depend on
+    the thread count.
     """
     if not 0 <= resamples <= MAX_RESAMPLES:
         raise MoeplaceError(f"resamples must be between 0 and {MAX_RESAMPLES}, got {resamples}")
+    if resample_by not in RESAMPLE_UNITS:
+        raise MoeplaceError(f"resamples draw one of {', '.join(RESAMPLE_UNITS)}, not {resample_by!r}")
     n, num_layers = trace.meta.num_experts, trace.num_layers
     rate = 1.0 if trace.num_tokens <= set_tokens else set_tokens / trace.num_tokens
     counts = _Counts.zeros(num_layers, n, trace.meta.top_k, resamples)
@@ -261,7 +265,7 @@ def compute_statistics(
                 by_layer=by_layer,
                 padded=bool(by_layer[..., 0].min(initial=0) < 0),  # sorted: padding comes first
                 doc_base=doc_base,
-                weights=document_weights(trace, first, end, resamples, seed),
+                weights=document_weights(trace, first, end, resamples, seed, resample_by),
                 rate=rate,
                 seed=seed,
             )
@@ -279,6 +283,7 @@ def compute_statistics(
         resample_seed=seed,
         topk_sets=topk_sets,
         set_sample_rate=rate,
+        resample_by=resample_by,
     )
 
 
@@ -334,11 +339,19 @@ class _Counts:
         return TopkSets.of_rows(np.concatenate(rows))
 
 
-def document_weights(trace: Trace, first: int, end: int, resamples: int, seed: int) -> np.ndarray:
+def document_weights(
+    trace: Trace, first: int, end: int, resamples: int, seed: int, by: str = "documents"
+) -> np.ndarray:
     """Poisson(1) bootstrap weights, int64 ``[end - first, resamples]``, for documents first..end-1.
 
-    Each document's weights are a function of its content and ``seed`` only (a keyed BLAKE2b
-    digest read as uniforms), so any sharding of a trace gives every document the same weights.
+    ``by="documents"``: each document drawn on its own, so a resample has the calibration trace's
+    mix of traffic. ``by="labels"``: one draw per label group (``Trace.doc_groups``) shared by all
+    its documents, a cluster bootstrap over kinds of traffic: a resample leaves some kinds out and
+    doubles others, the shifts of mix a load cap on these resamples must survive.
+
+    The weights are a function of the document's content (or its label group) and ``seed`` only
+    (a keyed BLAKE2b digest read as uniforms), so any sharding of a trace gives every document the
+    same weights.
     """
     weights = np.zeros((end - first, resamples), np.int64)
     if not resamples:
@@ -346,9 +359,15 @@ def document_weights(trace: Trace, first: int, end: int, resamples: int, seed: i
     key = seed.to_bytes(8, "little")
     offsets = trace.doc_offsets
     digests = bytearray()
+    groups = trace.doc_groups[first:end] if by == "labels" else None
     for doc in range(first, end):  # one hash per document, not per token
-        content = np.ascontiguousarray(trace.topk_ids[offsets[doc] : offsets[doc + 1]], dtype="<i2")
-        digests += hashlib.blake2b(content.tobytes(), key=key, digest_size=2 * resamples).digest()
+        if groups is not None:
+            content = b"label group:" + groups[doc - first].encode()
+        else:
+            content = np.ascontiguousarray(
+                trace.topk_ids[offsets[doc] : offsets[doc + 1]], dtype="<i2"
+            ).tobytes()
+        digests += hashlib.blake2b(content, key=key, digest_size=2 * resamples).digest()
     uniforms = np.frombuffer(bytes(digests), dtype="<u2").reshape(end - first, resamples) / 65536.0
     return np.searchsorted(_POISSON1_CDF, uniforms, side="right").astype(np.int64)
 

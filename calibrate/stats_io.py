@@ -18,7 +18,7 @@ import numpy as np
 
 from moeplace.atomic import atomic_path
 from moeplace.calibrate.safe_io import ZIP_ERRORS, check_regular_file, loads_json, open_npz
-from moeplace.calibrate.stats import Statistics, TopkSets
+from moeplace.calibrate.stats import RESAMPLE_UNITS, Statistics, TopkSets
 from moeplace.calibrate.trace import Trace, TraceMeta
 from moeplace.calibrate.trace_io import load_trace
 from moeplace.errors import MoeplaceError, file_error
@@ -36,6 +36,7 @@ def save_statistics(stats: Statistics, path: str | Path) -> None:
         "num_documents": stats.num_documents,
         "resample_seed": stats.resample_seed,
         "set_sample_rate": stats.set_sample_rate,
+        "resample_by": stats.resample_by,
     }
     arrays = {"load": stats.load, "load_resamples": stats.load_resamples}
     if stats.coact is not None:
@@ -84,8 +85,15 @@ def load_statistics(path: str | Path) -> Statistics:
         rate = header.get("set_sample_rate", 1.0)
         if type(rate) not in (int, float) or not 0 < rate <= 1:
             raise MoeplaceError(f"set_sample_rate must be in (0, 1], got {rate!r}")
+        resample_by = header.get("resample_by", "documents")  # files before label resamples: documents
+        if resample_by not in RESAMPLE_UNITS:
+            raise MoeplaceError(
+                f"resample_by must be one of {', '.join(RESAMPLE_UNITS)}, got {resample_by!r}"
+            )
         _check_consistent(meta, load, coact, numbers["num_tokens"])
-        return Statistics(meta, load, coact, resamples, *numbers.values(), topk_sets, float(rate))
+        return Statistics(
+            meta, load, coact, resamples, *numbers.values(), topk_sets, float(rate), resample_by
+        )
     except MoeplaceError as exc:
         raise file_error(path, str(exc)) from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:

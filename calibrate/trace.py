@@ -126,6 +126,12 @@ class Trace:
     def num_documents(self) -> int:
         return int(self.doc_offsets.shape[0] - 1)
 
+    @property
+    def doc_groups(self) -> np.ndarray:
+        """str ``[D]``: each document's label up to its first ``/``, the kind of traffic it is
+        (gpt-oss's ``dataset/category/...`` -> the dataset; ESFT's task domain as it is)."""
+        return np.array([label.split("/", 1)[0] for label in self.doc_labels.tolist()], dtype=str)
+
     def document_chunks(self, max_tokens: int = 1 << 16) -> Iterator[tuple[int, int]]:
         """Yield ``(first_doc, end_doc)`` ranges of whole documents, each about ``max_tokens``.
 

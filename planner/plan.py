@@ -88,6 +88,7 @@ def plan(
         options={
             "load_tolerance": options.load_tolerance,
             "load_resamples": int(stats.load_resamples.shape[1]),
+            **({"load_resamples_by": stats.resample_by} if stats.resample_by != "documents" else {}),
             "seed": options.seed,
             "time_limit": options.time_limit,
             "search_steps": options.search_steps,

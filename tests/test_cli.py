@@ -305,3 +305,25 @@ def test_light_commands_load_no_heavy_library(command):
     )
     result = subprocess.run([sys.executable, "-c", script, *command], capture_output=True, text=True)
     assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr
+
+
+def test_fit_on_some_kinds_of_traffic_and_score_on_another(tmp_path):
+    fit, held = tmp_path / "fit.npz", tmp_path / "held.npz"
+    result = run("split", TRACE, "--holdout-label", "gpqa*", "--fit-out", fit, "--holdout-out", held)
+    assert result.exit_code == 0, result.output
+    held_trace = moeplace.load_trace(held)
+    assert {label.split("/")[0] for label in held_trace.doc_labels} == {
+        "gpqa_diamond",
+        "gpqa_extended",
+        "gpqa_main",
+    }
+    assert not any(label.startswith("gpqa") for label in moeplace.load_trace(fit).doc_labels)
+    out = tmp_path / "p.yaml"
+    args = ("--devices", 4, "--resample-by", "labels", "--load-tolerance", 0.2, "--jobs", 1)
+    result = run("plan", fit, *args, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert moeplace.load_placement(out).options["load_resamples_by"] == "labels"
+    whole = json.loads(run("validate", out, TRACE, "--json").stdout)
+    gpqa = json.loads(run("validate", out, TRACE, "--json", "--label", "gpqa*").stdout)
+    assert gpqa["holdout"]["tokens"] == held_trace.num_tokens < whole["holdout"]["tokens"]
+    assert "no document label matches 'nope'" in run("validate", out, TRACE, "--label", "nope").stderr

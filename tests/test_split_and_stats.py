@@ -1,11 +1,12 @@
+import dataclasses
 import itertools
 
 import numpy as np
 import pytest
 
 from conftest import make_trace, random_trace
-from moeplace.calibrate.split import split_documents
-from moeplace.calibrate.stats import compute_statistics, load_skew
+from moeplace.calibrate.split import split_by_label, split_documents
+from moeplace.calibrate.stats import compute_statistics, document_weights, load_skew
 from moeplace.calibrate.stats_io import load_statistics, save_statistics
 from moeplace.errors import MoeplaceError
 
@@ -148,3 +149,59 @@ def test_expert_load_equals_statistics_load(real_trace):
     from moeplace.calibrate.stats import expert_load
 
     np.testing.assert_array_equal(expert_load(real_trace), compute_statistics(real_trace, resamples=0).load)
+
+
+def labelled_trace(seed=0, docs=24):
+    """Random routing in documents labelled by kind: ``law/a``, ``law/b``, ``chat/x``, ``code``."""
+    trace = random_trace(seed=seed, tokens=docs * 20, docs=docs)
+    kinds = ["law/a", "law/b", "chat/x", "code"]
+    labels = np.array([kinds[i % len(kinds)] for i in range(docs)])
+    return dataclasses.replace(trace, doc_labels=labels)
+
+
+def test_label_split_holds_out_exactly_the_matching_kinds():
+    trace = labelled_trace()
+    fit, held = split_by_label(trace, "law*,code")
+    assert sorted(set(held.doc_labels)) == ["code", "law/a", "law/b"] and set(fit.doc_labels) == {"chat/x"}
+    assert fit.num_tokens + held.num_tokens == trace.num_tokens
+    assert held.num_documents == 18 and fit.num_documents == 6
+    assert set(split_by_label(trace, "law/a")[1].doc_labels) == {"law/a"}
+    with pytest.raises(MoeplaceError, match="no document label matches 'tax'; label groups here: law, chat"):
+        split_by_label(trace, "tax")
+    with pytest.raises(MoeplaceError, match="nothing is left to fit on"):
+        split_by_label(trace, "*")
+    assert split_by_label(trace, "*", keep_all=True)[1].num_documents == trace.num_documents
+
+
+def test_label_resamples_draw_whole_kinds_of_traffic_from_the_calibration_trace():
+    trace = labelled_trace()
+    stats = compute_statistics(trace, resamples=8, seed=3, resample_by="labels")
+    groups = trace.doc_groups
+    assert list(dict.fromkeys(groups.tolist())) == ["law", "chat", "code"]
+    weights = document_weights(trace, 0, trace.num_documents, 8, 3, "labels")
+    for group in set(groups.tolist()):  # one draw per kind, shared by all its documents
+        assert (weights[groups == group] == weights[groups == group][0]).all()
+    assert len({tuple(weights[groups == g][0]) for g in set(groups.tolist())}) == 3
+    # each resample's load is its kinds' loads weighted by their draws: calibration documents only
+    per_group = {g: compute_statistics(trace.select_documents(np.flatnonzero(groups == g)), resamples=0).load
+                 for g in set(groups.tolist())}  # fmt: skip
+    for r in range(8):
+        expected = sum(weights[groups == g][0, r] * load for g, load in per_group.items())
+        np.testing.assert_array_equal(stats.load_resamples[:, r], expected)
+    # a shard of whole documents draws the same: merged statistics are exact
+    halves = (trace.select_documents(np.arange(0, 10)), trace.select_documents(np.arange(10, 24)))
+    merged = sum((compute_statistics(h, resamples=8, seed=3, resample_by="labels") for h in halves[1:]),
+                 compute_statistics(halves[0], resamples=8, seed=3, resample_by="labels"))  # fmt: skip
+    np.testing.assert_array_equal(merged.load_resamples, stats.load_resamples)
+    with pytest.raises(MoeplaceError, match="different seeds, units or counts"):
+        stats + compute_statistics(trace, resamples=8, seed=3)
+    with pytest.raises(MoeplaceError, match="resamples draw one of documents, labels"):
+        compute_statistics(trace, resample_by="tokens")
+
+
+def test_statistics_files_keep_what_their_resamples_drew(tmp_path):
+    trace = labelled_trace()
+    save_statistics(compute_statistics(trace, resamples=4, resample_by="labels"), tmp_path / "s.npz")
+    assert load_statistics(tmp_path / "s.npz").resample_by == "labels"
+    save_statistics(compute_statistics(trace, resamples=4), tmp_path / "d.npz")
+    assert load_statistics(tmp_path / "d.npz").resample_by == "documents"

@@ -85,6 +85,7 @@ def compare(
     nodes: int = 1,
     redundant_slots: Sequence[int] = (0,),
     step: StepSetting | None = None,
+    resample_by: str = "documents",
 ) -> Comparison:
     """Plan ``fit`` with every solver, device count and tolerance; validate each on ``holdout``.
 
@@ -102,8 +103,12 @@ def compare(
     """
     if step is not None:
         solvers = list(dict.fromkeys([BASELINE, "eplb", *solvers]))
-    stats = compute_statistics(fit, resamples=resamples, seed=options.seed)
-    held_stats = compute_statistics(holdout, resamples=resamples, seed=options.seed) if oracle else None
+    stats = compute_statistics(fit, resamples=resamples, seed=options.seed, resample_by=resample_by)
+    held_stats = (
+        compute_statistics(holdout, resamples=resamples, seed=options.seed, resample_by=resample_by)
+        if oracle
+        else None
+    )
     # fail early on a bad count
     topologies = [Topology(fit.meta.num_experts, d, nodes, r) for d in devices for r in redundant_slots]
     rows, placements = [], {}

@@ -32,6 +32,7 @@ from rich.progress import (
 from rich.text import Text
 
 from moeplace import __version__
+from moeplace.calibrate.stats import RESAMPLE_UNITS
 from moeplace.errors import MoeplaceError
 from moeplace.planner.solvers import SOLVERS
 from moeplace.validators.profile import ModelShape, load_profile, shape_of
@@ -178,6 +179,22 @@ ResamplesOpt = Annotated[
         max=32,
         help="Bootstrap resamples of the calibration documents the load cap must also hold on "
         "(0: calibration trace only). Keeps held-out load near the cap.",
+    ),
+]
+
+ResampleUnit = enum.Enum("ResampleUnit", {name: name for name in RESAMPLE_UNITS}, type=str)
+ResampleByOpt = Annotated[
+    ResampleUnit,
+    typer.Option(
+        help="What a load resample draws: documents (the calibration mix of traffic), or labels: whole "
+        "label groups (a label up to its first /), so the cap also holds when the mix of traffic shifts.",
+    ),
+]
+HoldoutLabelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Hold out the documents whose label matches these comma-separated shell patterns (law, "
+        "'gpqa*') instead of a random share: fit on some kinds of traffic, score on another.",
     ),
 ]
 

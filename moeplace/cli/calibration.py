@@ -17,7 +17,9 @@ from moeplace.calibrate.stats_io import load_trace_or_statistics, save_statistic
 from moeplace.calibrate.trace import MAX_EXPERTS, MAX_LAYERS, Trace
 from moeplace.calibrate.trace_io import trace_writer
 from moeplace.cli.app import (
+    ResampleByOpt,
     ResamplesOpt,
+    ResampleUnit,
     SeedOpt,
     SetTokensOpt,
     app,
@@ -181,6 +183,7 @@ def merge(
         Path, typer.Option("--out", help="Merged trace, or statistics .npz if any input is statistics.")
     ],
     resamples: ResamplesOpt = DEFAULT_RESAMPLES,
+    resample_by: ResampleByOpt = ResampleUnit.documents,
     seed: SeedOpt = 0,
     set_tokens: SetTokensOpt = DEFAULT_SET_TOKENS,
 ):
@@ -211,7 +214,9 @@ def merge(
     as_stats = [
         source
         if isinstance(source, Statistics)
-        else compute_statistics(source, resamples=resamples, seed=seed, set_tokens=set_tokens)
+        else compute_statistics(
+            source, resamples=resamples, seed=seed, resample_by=resample_by.value, set_tokens=set_tokens
+        )
         for source in sources
     ]
     merged = as_stats[0]

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from moeplace.atomic import check_distinct, check_output_dir, check_output_file, output_dir
-from moeplace.calibrate.split import split_documents
+from moeplace.calibrate.split import split_by_label, split_documents
 from moeplace.calibrate.stats import (
     DEFAULT_RESAMPLES,
     DEFAULT_SET_TOKENS,
@@ -23,10 +23,12 @@ from moeplace.calibrate.stats import (
     load_skew,
 )
 from moeplace.calibrate.stats_io import load_trace_or_statistics
+from moeplace.calibrate.trace import Trace
 from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.cli.app import (
     CORES,
     HiddenOpt,
+    HoldoutLabelOpt,
     HoldoutShareOpt,
     IntermediateOpt,
     JobsOpt,
@@ -39,7 +41,9 @@ from moeplace.cli.app import (
     RedundantOpt,
     RefineOpt,
     RequestsPerRankOpt,
+    ResampleByOpt,
     ResamplesOpt,
+    ResampleUnit,
     SearchStepsOpt,
     SeedOpt,
     SetTokensOpt,
@@ -89,6 +93,11 @@ StatsInputArg = Annotated[
 ]
 
 
+def split_trace(data: Trace, share: float, labels: str | None, seed: int) -> tuple[Trace, Trace]:
+    """By label when ``labels`` are given (the share is then unused), else a seeded random share."""
+    return split_by_label(data, labels) if labels else split_documents(data, share, seed)
+
+
 @app.command()
 @user_errors
 def split(
@@ -96,16 +105,18 @@ def split(
     fit_out: Annotated[Path, typer.Option(help="Where to write the fit (calibration) documents.")],
     holdout_out: Annotated[Path, typer.Option(help="Where to write the held-out documents.")],
     holdout_share: HoldoutShareOpt = 0.5,
+    holdout_label: HoldoutLabelOpt = None,
     seed: SeedOpt = 0,
 ):
-    """Split a trace by whole documents into fit and held-out traces (seeded, reproducible).
+    """Split a trace by whole documents into fit and held-out traces (seeded, reproducible), or
+    with --holdout-label by kind of traffic.
 
     An output named *.npz is written in the interchange format, any other name as a trace directory.
     """
     check_distinct([trace], [fit_out, holdout_out])
     data = load_trace(trace)
     with named(trace):
-        fit, held = split_documents(data, holdout_share, seed)
+        fit, held = split_trace(data, holdout_share, holdout_label, seed)
     save_trace(fit, fit_out)
     save_trace(held, holdout_out)
     out.print(f"fit: {fit.num_documents} documents, {fit.num_tokens} tokens -> {fit_out}")
@@ -170,6 +181,7 @@ def plan(
     node_cost: NodeCostOpt = 0.0,
     redundant_slots: RedundantOpt = 0,
     resamples: ResamplesOpt = DEFAULT_RESAMPLES,
+    resample_by: ResampleByOpt = ResampleUnit.documents,
     set_tokens: SetTokensOpt = DEFAULT_SET_TOKENS,
     holdout: Annotated[
         Path | None,
@@ -225,7 +237,9 @@ def plan(
     if isinstance(source, Statistics):
         statistics = source  # resampled with the seed and count it was made with
     else:
-        statistics = compute_statistics(source, resamples=resamples, seed=seed, set_tokens=set_tokens)
+        statistics = compute_statistics(
+            source, resamples=resamples, seed=seed, resample_by=resample_by.value, set_tokens=set_tokens
+        )
     setting = (
         None
         if step is None
@@ -345,6 +359,13 @@ def validate(
             "calibration load recorded in the placement file."
         ),
     ] = None,
+    label: Annotated[
+        str | None,
+        typer.Option(
+            help="Score only the held-out documents whose label matches these comma-separated shell "
+            "patterns (one kind of traffic)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     max_load_ratio: Annotated[
         float | None,
@@ -396,6 +417,9 @@ def validate(
             f"{placement.num_devices} devices (it is a ratio: 1.15 = 15% over the mean)"
         )
     held = load_trace(holdout)
+    if label is not None:
+        with named(holdout):
+            held = split_by_label(held, label, keep_all=True)[1]
     baseline_load = None
     if fit is not None:
         fit_source = load_trace_or_statistics(fit)
@@ -462,6 +486,7 @@ def compare(
         str, typer.Option(help=f"Solvers, comma-separated (any of: {', '.join(SOLVERS)}).")
     ] = ",".join(DEFAULT_SOLVERS),
     holdout_share: HoldoutShareOpt = 0.5,
+    holdout_label: HoldoutLabelOpt = None,
     seed: SeedOpt = 0,
     load_tolerance: Annotated[
         str,
@@ -483,6 +508,7 @@ def compare(
         ),
     ] = "0",
     resamples: ResamplesOpt = DEFAULT_RESAMPLES,
+    resample_by: ResampleByOpt = ResampleUnit.documents,
     oracle: Annotated[
         bool,
         typer.Option(help="Also fit each solver on the held-out trace itself: search vs generalization."),
@@ -504,7 +530,7 @@ def compare(
     tolerances = parse_tolerances(load_tolerance)
     data = load_trace(trace)
     with named(trace):
-        fit, held = split_documents(data, holdout_share, seed)
+        fit, held = split_trace(data, holdout_share, holdout_label, seed)
     steps = (
         None
         if step is None
@@ -532,6 +558,7 @@ def compare(
             nodes,
             parse_ints(redundant_slots, "--redundant-slots"),
             steps,
+            resample_by.value,
         )
     with output_dir(out_dir):
         paths = write_comparison(comparison, out_dir)
