@@ -175,17 +175,26 @@ def solve_layer(solver: str, stats: LayerStats, topology: Topology, options: Sol
         caps = load_caps(stats, topology, options.load_tolerance)
         placement, info["refine"] = local_search(stats, topology, caps, placement, options)
     if stats.topk_sets is not None:
-        tokens = int(stats.topk_sets.counts.sum())
-        fit = fanout(stats.topk_sets, placement)
-        bound = fanout_lower_bounds(
-            stats, topology, solution.bound_colocated_coactivation, solution.bound_fanout
-        )["best"]
-        info |= {
-            "fit_dev_per_token": fit / tokens,
-            "lower_bound_dev_per_token": bound / tokens,
-            "bound_gap": 1.0 - bound / fit if fit else 0.0,
-        }
+        info |= fit_report(stats, topology, placement, solution)
     return Solution(placement, info)
+
+
+def fit_report(
+    stats: LayerStats, topology: Topology, placement: np.ndarray, solution: Solution | None = None
+) -> dict[str, float]:
+    """``FIT_FIGURES`` of ``placement`` int ``[N]`` on ``stats`` (with top-k sets): its fit
+    dev/token, the best lower bound (with the solver's own proven bounds, if any) and the gap."""
+    tokens = int(stats.topk_sets.counts.sum())
+    fit = fanout(stats.topk_sets, placement)
+    proven = (
+        (None, None) if solution is None else (solution.bound_colocated_coactivation, solution.bound_fanout)
+    )
+    bound = fanout_lower_bounds(stats, topology, *proven)["best"]
+    return {
+        "fit_dev_per_token": fit / tokens,
+        "lower_bound_dev_per_token": bound / tokens,
+        "bound_gap": 1.0 - bound / fit if fit else 0.0,
+    }
 
 
 @contextlib.contextmanager

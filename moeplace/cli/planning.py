@@ -68,9 +68,10 @@ from moeplace.cli.app import (
     user_errors,
 )
 from moeplace.errors import MoeplaceError
-from moeplace.planner.placement import load_placement, save_placement
+from moeplace.planner.placement import Placement, load_placement, save_placement
 from moeplace.planner.plan import layer_executor
 from moeplace.planner.plan import plan as plan_layers
+from moeplace.planner.replan import replan
 from moeplace.planner.solvers import (
     BASELINE,
     DEFAULT_SOLVERS,
@@ -159,8 +160,10 @@ def stats(trace: StatsInputArg):
 @user_errors
 def plan(
     trace: StatsInputArg,
-    devices: Annotated[int, typer.Option(help="Number of expert-parallel devices D.")],
     out_path: Annotated[Path, typer.Option("--out", help="Placement YAML to write.")],
+    devices: Annotated[
+        int | None, typer.Option(help="Number of expert-parallel devices D (required unless --from).")
+    ] = None,
     solver: Annotated[
         SolverName,
         typer.Option(help="; ".join(f"{name}: {spec.summary}" for name, spec in SOLVERS.items()) + "."),
@@ -206,10 +209,40 @@ def plan(
             "shorten it (0: off). It ignores the load cap: the step prices imbalance step by step.",
         ),
     ] = 0,
+    from_placement: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Re-plan this served placement on the new traffic TRACE instead of planning from scratch, "
+            "moving at most --max-moves experts a layer; also plans --solver from scratch to say how much of "
+            "its gain the moves recover.",
+        ),
+    ] = None,
+    max_moves: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=1 << 20, help="With --from: experts a layer may move (each a weight transfer)."
+        ),
+    ] = None,
     jobs: JobsOpt = CORES,
 ):
-    """Solve a placement for every MoE layer and write the placement YAML."""
+    """Solve a placement for every MoE layer and write the placement YAML (or, with --from, re-plan
+    a served placement with few moves)."""
     solver = solver.value
+    if (from_placement is None) != (max_moves is None):
+        raise MoeplaceError("--from and --max-moves go together: the placement served and the moves allowed")
+    current = load_placement(from_placement) if from_placement is not None else None
+    if current is not None:
+        if load_tolerance == "auto" or step_search_swaps or redundant_slots:
+            raise MoeplaceError("--from re-plans by moves alone: drop --load-tolerance auto, --step-search, "
+                                "--redundant-slots")  # fmt: skip
+        if devices not in (None, current.num_devices) or nodes not in (1, current.num_nodes):
+            raise MoeplaceError(
+                f"--from: the placement has {current.num_devices} devices in {current.num_nodes} nodes"
+            )
+        devices, nodes = current.num_devices, current.num_nodes
+    if devices is None:
+        raise MoeplaceError("--devices is required (or --from a placement)")
     auto = load_tolerance == "auto"
     tolerance = 0.0 if auto else parse_tolerances(load_tolerance)[0]
     if auto and step is None:
@@ -255,7 +288,19 @@ def plan(
             source.meta,
         )
     )
-    if auto:
+    if current is not None:
+        with named(trace):
+            check_compatible(current, statistics.meta)
+        with (
+            named(trace),
+            progress_bar(f"{solver} from scratch, D={devices}", statistics.num_layers) as advance,
+            layer_executor(jobs) as pool,
+        ):
+            full = plan_layers(statistics, topology, solver, options, source.provenance(), advance, pool)
+            placement = replan(statistics, current, max_moves, options, source.provenance())
+        print_replan(current, placement, full, source if isinstance(source, Trace) else None)
+        solver = placement.solver
+    elif auto:
         runs = len(BALANCERS) + len(AUTO_TOLERANCES)
         with (
             named(trace),
@@ -586,6 +631,36 @@ def demo(
 
     check_output_dir(out_dir)
     run_demo(out_dir, load_tolerance, time_limit, search_steps, jobs, out, progress_bar)
+
+
+def print_replan(current: Placement, replanned: Placement, full: Placement, trace: Trace | None) -> None:
+    """Moves made, and how much of a from-scratch plan's gain they recover on the new traffic."""
+    moves = [layer.solver_report["moves"] for layer in replanned.layers]
+    pairs = zip(current.expert_to_device, full.expert_to_device, strict=True)
+    full_moves = sum(int((a != b).sum()) for a, b in pairs)
+    out.print(
+        f"re-plan from {current.solver}: {sum(moves)} expert moves ({max(moves)} at most in a layer, "
+        f"budget {replanned.options['max_moves']}); {full.solver} from scratch moves {full_moves}"
+    )
+    if trace is None:
+        return
+    plans = {"served": current, "re-plan": replanned, full.solver: full}
+    figures = {name: validate_placement(p, trace).score.headline for name, p in plans.items()}
+    for name, h in figures.items():
+        out.print(
+            f"  on the new traffic, {name}: dev/token {h.dev_per_token:.3f}, max/mean {h.max_mean_load:.3f}"
+        )
+    served, moved, scratch = figures.values()
+    spread = _recovered(served.dev_per_token, moved.dev_per_token, scratch.dev_per_token)
+    balance = _recovered(served.max_mean_load, moved.max_mean_load, scratch.max_mean_load)
+    out.print(
+        f"  the moves recover {spread} of {full.solver}'s dev/token gain and {balance} of its balance gain"
+    )
+
+
+def _recovered(before: float, after: float, target: float) -> str:
+    """The share of the change from ``before`` to ``target`` that ``after`` makes."""
+    return f"{(before - after) / (before - target):.0%}" if before != target else "all (there is none)"
 
 
 def print_layers(layers: list[dict]) -> None:

@@ -46,6 +46,25 @@ if TYPE_CHECKING:
 MAX_STEPS_PER_EXPERT = 50  # a safety bound; searches end at a local optimum long before
 
 
+@dataclasses.dataclass(frozen=True)
+class MoveBudget:
+    """At most ``max_moves`` experts away from their device in ``home`` (int ``[N]``): each moved
+    expert is a weight transfer the serving engine must make."""
+
+    home: np.ndarray
+    max_moves: int
+
+    def moved(self, device: np.ndarray) -> int:
+        return int(np.count_nonzero(device != self.home))
+
+    def allows(self, device: np.ndarray) -> np.ndarray:
+        """bool ``[N, N]``: swapping a and b at ``device`` keeps the moved experts within budget."""
+        away = device != self.home
+        a_moves = device[None, :] != self.home[:, None]  # [a, b]: a on b's device is away from home
+        change = a_moves.astype(np.int64) + a_moves.T - away[:, None] - away[None, :]
+        return self.moved(device) + change <= self.max_moves
+
+
 @dataclasses.dataclass
 class SwapSearch:
     """Incidence of experts in top-k sets, and the load scenarios the cap applies to."""
@@ -107,14 +126,19 @@ class SwapSearch:
         cap = self.caps.cap.reshape(-1, *([1] * (load.ndim - 1))).astype(np.float64)
         return (np.maximum(load - cap, 0.0) / np.maximum(cap, 1.0)).sum(axis=0)
 
-    def run(self, device: np.ndarray, max_steps: int) -> tuple[np.ndarray, int, bool]:
-        """Search from ``device`` [N]. Returns (placement, swaps made, every cap met)."""
+    def run(
+        self, device: np.ndarray, max_steps: int, budget: MoveBudget | None = None
+    ) -> tuple[np.ndarray, int, bool]:
+        """Search from ``device`` [N], within ``budget`` if given. Returns (placement, swaps made,
+        every cap met)."""
         device = device.copy()
         n = self.topology.num_experts
         upper = np.triu(np.ones((n, n), bool), 1)
         deltas = self.track(device)
         for step in range(max_steps):
             movable = upper & (device[:, None] != device[None, :])
+            if budget is not None:
+                movable &= budget.allows(device)
             delta = deltas.deltas()
             over = self.overload(device_loads(device, self.caps.scenario_load, self.topology.num_devices))
             if over.sum() > 0:  # repair first: the swap that most reduces overload, then fan-out
