@@ -105,6 +105,7 @@ def bounded(low: float | None, high: float | None, unit: str):
     return check
 
 
+LOAD_RATIO_UNIT = "a ratio of the busiest device's load to the mean, >= 1 (1.15 = 15% over)"
 TOLERANCE_UNIT = "eps is a fraction of the mean device load between 0 and 1 (0.1 = 10%)"
 
 TraceArg = Annotated[

@@ -27,6 +27,7 @@ from moeplace.calibrate.trace import Trace
 from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.cli.app import (
     CORES,
+    LOAD_RATIO_UNIT,
     HiddenOpt,
     HoldoutLabelOpt,
     HoldoutShareOpt,
@@ -415,9 +416,7 @@ def validate(
     max_load_ratio: Annotated[
         float | None,
         typer.Option(
-            callback=bounded(
-                1.0, None, "a ratio of the busiest device's load to the mean, >= 1 (1.15 = 15% over)"
-            ),
+            callback=bounded(1.0, None, LOAD_RATIO_UNIT),
             help="Gate: fail if held-out max/mean device load (mean over layers) exceeds this ratio (1.15).",
         ),
     ] = None,
