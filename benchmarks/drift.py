@@ -1,21 +1,40 @@
-"""Traffic drift on the shared traces: fit on some kinds of traffic, score on the kind left out.
+"""Traffic drift on the shared traces: a kind of traffic left out, re-plans that move few experts,
+and the monitor over a day of load records.
 
-    python benchmarks/drift.py > docs/drift-results.md
+    python benchmarks/drift.py > docs/drift-results.md      # writes docs/drift-replan.png too
 
-For each trace and each label group left out (every group once; gpt-oss's datasets grouped by
-family), plans at D devices on the documents of the other groups and scores on the left-out
-group's: ``frequency``, and ``SOLVER`` at load tolerance EPS with the load cap checked on
-document resamples (the default guard) and on label-group resamples (``--resample-by labels``).
-The in-distribution row is the usual random 50/50 document split (seed 0) of the whole trace.
+1. Leave one kind out. For each trace and each label group (every group once; gpt-oss's datasets
+grouped by family), plan at D devices on the documents of the other groups and score on the
+left-out group's: ``frequency``, and ``SOLVER`` at load tolerance EPS (or the least the hottest
+expert allows, if more) with the load cap checked on document resamples (the default guard) and
+on label-group resamples (``--resample-by labels``). The in-distribution row is the usual random
+50/50 document split (seed 0) of the whole trace.
+
+2. Re-plan with few moves. The placement planned without a group is served; the group's
+documents arrive, split 50/50 (seed 0) into recent traffic (what the re-plan sees) and future
+traffic (what it is scored on). ``plan --from --max-moves M`` for several M against ``SOLVER``
+from scratch on the recent traffic: the share of the from-scratch plan's dev/token and max/mean
+gains over the served placement that M moves recover, on the future traffic.
+
+3. A day of load records. Hourly load-only statistics (as `moeplace import sglang-stat` makes from
+SGLang's stat dumps) of ESFT traffic whose mix drifts from the calibration mix (law, summary and
+intent) towards translation, which the served placement never saw: what ``moeplace monitor``
+says each hour, and how long it takes.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
+
+import numpy as np
 
 import moeplace
 from moeplace.calibrate.split import split_by_label
+from moeplace.planner.plan import least_tolerance
+from moeplace.planner.replan import replan
+from moeplace.validators.monitor import watch
 
 TRACES = {
     "esft-dsv2lite-prefill": ["intent", "law", "summary", "translation"],
@@ -27,32 +46,15 @@ TRACES = {
         "Polyglot*,tulu3*",
     ],
 }
+MOVE_SHARES = (0, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)  # moves a layer, as a share of the experts
 
 
-def scores(fit, held, devices, solver, eps, resamples):
-    """(reduction, held-out max/mean) of frequency and of ``solver`` under each guard."""
-    topology = moeplace.Topology(fit.meta.num_experts, devices)
-    options = moeplace.SolverOptions(load_tolerance=eps, seed=0)
-    out = {}
-    for by in ("documents", "labels"):
-        stats = moeplace.compute_statistics(fit, resamples=resamples, seed=0, resample_by=by)
-        if by == "documents":
-            frequency = moeplace.validate(moeplace.plan(stats, topology, "frequency", options), held)
-            out["frequency"] = frequency.reduction, frequency.score.headline.max_mean_load
-        validation = moeplace.validate(moeplace.plan(stats, topology, solver, options), held)
-        out[by] = validation.reduction, validation.score.headline.max_mean_load
-    return out
+def options_for(stats, topology, eps) -> moeplace.SolverOptions:
+    return moeplace.SolverOptions(load_tolerance=max(eps, least_tolerance(stats, topology)), seed=0)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--traces", type=Path, default=Path(__file__).parents[1] / ".." / "shared" / "traces")
-    parser.add_argument("--devices", type=int, default=8)
-    parser.add_argument("--solver", default="greedy-capped")
-    parser.add_argument("--eps", type=float, default=0.1)
-    parser.add_argument("--resamples", type=int, default=16)
-    args = parser.parse_args()
-    print(__doc__.split("\n\n")[2].replace("\n", " ").strip() + "\n")
+def left_out(args) -> None:
+    print("## 1. One kind of traffic left out\n")
     print(f"D = {args.devices}, `{args.solver}` at eps {args.eps:g}, {args.resamples} load resamples.\n")
     print(
         "| trace | scored on | frequency max/mean | document guard: reduction, max/mean "
@@ -63,14 +65,154 @@ def main() -> None:
         trace = moeplace.load_trace(args.traces / f"{name}.npz")
         splits = [("random half (in distribution)", *moeplace.split_documents(trace, 0.5, 0))]
         splits += [(f"left out: {g}", *split_by_label(trace, g)) for g in groups]
+        topology = moeplace.Topology(trace.meta.num_experts, args.devices)
         for label, fit, held in splits:
-            s = scores(fit, held, args.devices, args.solver, args.eps, args.resamples)
-            guards = " | ".join(f"{s[by][0]:+.1%}, {s[by][1]:.3f}" for by in ("documents", "labels"))
+            cells = []
+            for by in ("documents", "labels"):
+                stats = moeplace.compute_statistics(fit, resamples=args.resamples, seed=0, resample_by=by)
+                options = options_for(stats, topology, args.eps)
+                if by == "documents":
+                    frequency = moeplace.validate(moeplace.plan(stats, topology, "frequency", options), held)
+                validation = moeplace.validate(moeplace.plan(stats, topology, args.solver, options), held)
+                cells.append(f"{validation.reduction:+.1%}, {validation.score.headline.max_mean_load:.3f}")
             print(
-                f"| {trace.meta.model} | {label} ({held.num_tokens} tokens) | {s['frequency'][1]:.3f} "
-                f"| {guards} |",
+                f"| {name} | {label} ({held.num_tokens} tokens) "
+                f"| {frequency.score.headline.max_mean_load:.3f} | {' | '.join(cells)} |",
                 flush=True,
             )
+    print()
+
+
+def replans(args) -> list[tuple[str, list[float], list[float]]]:
+    print("## 2. Re-plans that move few experts\n")
+    print(
+        f"D = {args.devices}; served: `{args.solver}` at eps {args.eps:g} without the group; recent and "
+        "future: halves of the group's documents. Recovered: the share of the from-scratch plan's gain "
+        "over the served placement, on the future half (dev/token; max/mean).\n"
+    )
+    moves = " | ".join(f"M = N/{round(1 / share)}" if share else "M = 0" for share in MOVE_SHARES)
+    print(f"| trace | arrived | served: dev/token, max/mean | from scratch | {moves} |")
+    print("|---|---|---|---|" + "---|" * len(MOVE_SHARES))
+    curves = []
+    for name, groups in TRACES.items():
+        trace = moeplace.load_trace(args.traces / f"{name}.npz")
+        topology = moeplace.Topology(trace.meta.num_experts, args.devices)
+        for group in groups:
+            fit, arrived = split_by_label(trace, group)
+            recent, future = moeplace.split_documents(arrived, 0.5, 0)
+            fit_stats, recent_stats = moeplace.compute_statistics(fit), moeplace.compute_statistics(recent)
+            served = moeplace.plan(
+                fit_stats, topology, args.solver, options_for(fit_stats, topology, args.eps)
+            )
+            options = options_for(recent_stats, topology, args.eps)
+            scratch = moeplace.plan(recent_stats, topology, args.solver, options)
+
+            def figures(placement, future=future):
+                headline = moeplace.validate(placement, future).score.headline
+                return headline.dev_per_token, headline.max_mean_load
+
+            before, target = figures(served), figures(scratch)
+            cells, spread, balance = [], [], []
+            for share in MOVE_SHARES:
+                after = figures(replan(recent_stats, served, round(share * trace.meta.num_experts), options))
+                got = [
+                    (b - a) / (b - t) if b != t else 1.0
+                    for b, a, t in zip(before, after, target, strict=True)
+                ]
+                spread.append(got[0])
+                balance.append(got[1])
+                cells.append(f"{got[0]:.0%}; {got[1]:.0%}")
+            curves.append((f"{name}: {group}", spread, balance))
+            print(
+                f"| {name} | {group} | {before[0]:.3f}, {before[1]:.3f} | {target[0]:.3f}, {target[1]:.3f} "
+                f"| {' | '.join(cells)} |",
+                flush=True,
+            )
+    print()
+    return curves
+
+
+def plot(curves, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for label, spread, balance in curves:
+        for ax, values in zip(axes, (balance, spread), strict=True):
+            ax.plot(
+                [share * 100 for share in MOVE_SHARES], [v * 100 for v in values], marker="o", label=label
+            )
+    for ax, title in zip(axes, ("max/mean load", "devices per token"), strict=True):
+        ax.set(title=f"share of a full re-plan's {title} gain", xlabel="moves a layer (% of experts)")
+        ax.axhline(80, color="grey", linestyle=":")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("recovered (%)")
+    axes[0].set_ylim(-100, 120)
+    axes[1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+
+
+def day_of_records(args) -> None:
+    print("## 3. A day of load records\n")
+    trace = moeplace.load_trace(args.traces / "esft-dsv2lite-prefill.npz")
+    fit, new = split_by_label(trace, "translation")
+    served_fit, calibration_rest = moeplace.split_documents(fit, 0.5, 0)
+    topology = moeplace.Topology(trace.meta.num_experts, args.devices)
+    stats = moeplace.compute_statistics(served_fit)
+    served = moeplace.plan(stats, topology, args.solver, options_for(stats, topology, args.eps))
+    rng = np.random.default_rng(0)
+    print(
+        f"Served: `{args.solver}` at D = {args.devices}, fit on half the law, summary and intent documents. "
+        "Each hour 40 documents, a share of them translation (never seen), the rest from the other "
+        "half of the calibration kinds; `moeplace monitor` on that hour's load-only statistics.\n"
+    )
+    print("| hour | translation share | max/mean now | at calibration | if rebalanced | action |")
+    print("|---|---|---|---|---|---|")
+    loads, seconds = [], []
+    for hour in range(24):
+        share = min(1.0, hour / 16)
+        count = round(40 * share)
+        docs = [
+            calibration_rest.select_documents(rng.choice(calibration_rest.num_documents, 40 - count)),
+            new.select_documents(rng.choice(new.num_documents, count)),
+        ]
+        load = sum(moeplace.compute_statistics(d, resamples=0).load for d in docs if d.num_documents)
+        loads.append(load)
+        start = time.perf_counter()
+        result = watch(served, load, [])
+        seconds.append(time.perf_counter() - start)
+        s = result.summary()["max_mean_load"]
+        print(
+            f"| {hour:02d}:00 | {share:.0%} | {s['recent']:.3f} | {s['calibration']:.3f} "
+            f"| {s['rebalanced']:.3f} | {result.action} |"
+        )
+    start = time.perf_counter()
+    day = watch(served, sum(loads), [])
+    whole = time.perf_counter() - start
+    print(
+        f"\nThe whole day at once: {day.action} ({day.verdict}) A verdict from one hour's records took "
+        f"{np.median(seconds) * 1e3:.1f} ms (median), the day's {whole * 1e3:.1f} ms, after loading the "
+        "records.\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--traces", type=Path, default=Path(__file__).parents[1] / ".." / "shared" / "traces")
+    parser.add_argument("--devices", type=int, default=8)
+    parser.add_argument("--solver", default="greedy-capped")
+    parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--resamples", type=int, default=16)
+    parser.add_argument("--plot", type=Path, default=Path(__file__).parents[1] / "docs" / "drift-replan.png")
+    args = parser.parse_args()
+    print("# Traffic drift: results\n")
+    print("\n\n".join(" ".join(part.split()) for part in __doc__.split("\n\n")[2:5]) + "\n")
+    left_out(args)
+    plot(replans(args), args.plot)
+    day_of_records(args)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 
 from moeplace.calibrate.corpus import Document
+from moeplace.calibrate.model_config import DTYPE_NAMES
 from moeplace.calibrate.trace import TraceMeta
 from moeplace.calibrate.trace_io import TraceWriter
 from moeplace.errors import MoeplaceError
 
 ROUTER_NAME = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.(?:gate|router)$")
-DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: name if name == "auto" else getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def load_model(name_or_path: str, device: str = "cpu", dtype: str = "auto"):

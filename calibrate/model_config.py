@@ -15,6 +15,8 @@ from moeplace.calibrate.safe_io import loads_json, read_text
 from moeplace.calibrate.trace import MAX_EXPERTS, MAX_LAYERS
 from moeplace.errors import MoeplaceError, file_error
 
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")  # what a model's weights may be loaded as
+
 MAX_CONFIG_BYTES = 1 << 24  # a config.json is kilobytes
 
 

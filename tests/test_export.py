@@ -82,7 +82,7 @@ def test_export_cli_writes_and_refuses_bad_format(tmp_path):
     result = runner.invoke(
         app, ["export", str(tmp_path / "p.yaml"), "--format", "trt", "--out", str(tmp_path / "t.json")]
     )
-    assert result.exit_code == 2 and "--format must be one of" in result.output
+    assert result.exit_code == 2 and "'trt' is not one of" in result.output
     assert not (tmp_path / "t.json").exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +12,7 @@ from moeplace.atomic import check_distinct, check_unique
 from moeplace.calibrate.corpus import read_corpus
 from moeplace.calibrate.importers import IMPORTERS, ImportOptions
 from moeplace.calibrate.merge import merged_meta, trace_documents
-from moeplace.calibrate.model_config import read_model_config
+from moeplace.calibrate.model_config import DTYPE_NAMES, read_model_config
 from moeplace.calibrate.stats import DEFAULT_RESAMPLES, DEFAULT_SET_TOKENS, Statistics, compute_statistics
 from moeplace.calibrate.stats_io import load_trace_or_statistics, save_statistics
 from moeplace.calibrate.trace import MAX_EXPERTS, MAX_LAYERS, Trace
@@ -36,6 +37,9 @@ OutTrace = Annotated[
     typer.Option("--out", help="Trace to write: a directory, or an interchange file if it ends in .npz."),
 ]
 
+ImportFormat = enum.Enum("ImportFormat", {name: name for name in IMPORTERS}, type=str)
+Dtype = enum.Enum("Dtype", {name: name for name in DTYPE_NAMES}, type=str)
+
 
 @app.command()
 @user_errors
@@ -58,7 +62,7 @@ def calibrate(
     device: Annotated[
         str, typer.Option(help="cpu, cuda, cuda:N, ... or auto (spread over all GPUs).")
     ] = "cpu",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    dtype: Annotated[Dtype, typer.Option(help="Weights' dtype (auto: the checkpoint's).")] = Dtype.auto,
 ):
     """Run a Hugging Face MoE model on a corpus and record the experts its routers choose."""
     try:
@@ -70,7 +74,7 @@ def calibrate(
     files = [*corpus, *(more_corpus or [])]
     check_distinct([*files, model if Path(model).exists() else None], [out_path])
     documents = read_corpus(files)
-    network, tokenizer = capture.load_model(model, device, dtype)
+    network, tokenizer = capture.load_model(model, device, dtype.value)
     token_ids = capture.tokenize(tokenizer, documents)
     total = sum(ids.shape[0] for ids in token_ids)
     total = min(total, max_tokens) if max_tokens else total
@@ -95,7 +99,7 @@ def calibrate(
 @app.command("import")
 @user_errors
 def import_(
-    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help=f"One of: {', '.join(IMPORTERS)}.")],
+    fmt: Annotated[ImportFormat, typer.Argument(metavar="FORMAT", help="What recorded the sources.")],
     sources: Annotated[list[Path], typer.Argument(help="Recorded files (SGLang: one .pt per rank).")],
     out_path: Annotated[
         Path,
@@ -142,8 +146,6 @@ def import_(
     0.5.23); sglang-stat: stat dumps (expert load only); vllm: JSONL of request outputs with
     routed_experts (vLLM 0.21 and 0.27+); npz: interchange traces.
     """
-    if fmt not in IMPORTERS:
-        raise MoeplaceError(f"unknown import format {fmt!r}; choose from {', '.join(IMPORTERS)}")
     config_file = model_config / "config.json" if model_config and model_config.is_dir() else model_config
     check_distinct([*sources, config_file], [out_path])
     layers = tuple(parse_ints(layer_ids, "--layer-ids")) if layer_ids else None
@@ -158,7 +160,7 @@ def import_(
         layer_ids=layers,
         counted_by=tp_size if moe_a2a_backend == "none" else 1,
     )
-    result = IMPORTERS[fmt](sources, options)
+    result = IMPORTERS[fmt.value](sources, options)
     if isinstance(result, Statistics):
         _require_npz(out_path, "statistics")
         save_statistics(result, out_path)

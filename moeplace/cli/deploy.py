@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,13 +18,15 @@ from moeplace.planner.placement import load_placement
 
 PlacementArg = Annotated[Path, typer.Argument(help="Placement YAML from `moeplace plan`.")]
 
+ExportFormat = enum.Enum("ExportFormat", {name: name for name in FORMATS}, type=str)
+
 
 @app.command("export")
 @user_errors
 def export_command(
     placement_file: PlacementArg,
     fmt: Annotated[
-        str,
+        ExportFormat,
         typer.Option(
             "--format",
             help="sglang: --init-expert-location JSON (.pt if --out ends in .pt); vllm-ascend: "
@@ -46,8 +49,7 @@ def export_command(
     """Write a placement in a serving engine's own format, checked against that engine's rules,
     and print the engine flags that serve it (EP size, redundant experts, dispatch, layer count).
     """
-    if fmt not in FORMATS:
-        raise MoeplaceError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    fmt = fmt.value
     check_distinct([placement_file], [out_file])
     placement = load_placement(placement_file)
     with named(placement_file):
