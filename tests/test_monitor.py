@@ -11,7 +11,7 @@ from conftest import random_trace, refused, run
 from moeplace.calibrate.split import split_by_label
 from moeplace.calibrate.stats_io import save_statistics
 from moeplace.demo import demo_trace_path
-from moeplace.validators.monitor import device_load, watch
+from moeplace.validators.monitor import device_load, sampling_noise, watch
 
 TRACE = demo_trace_path()
 
@@ -73,3 +73,17 @@ def test_a_replicated_expert_shares_its_load_evenly_and_bad_records_are_refused(
         watch(placement, np.zeros_like(load), [])
     moeplace.save_trace(random_trace(), tmp_path / "other.npz")
     refused(run("monitor", served / "p.yaml", tmp_path / "other.npz"), tmp_path / "other.npz", "16 experts")
+
+
+def test_a_small_record_of_calibration_traffic_is_not_called_drift(served):
+    placement = moeplace.load_placement(served / "p.yaml")
+    load = placement.calibration_load
+    calibration = watch(placement, load, []).calibration
+    huge = sampling_noise(placement, np.full(len(placement.layers), 10**9))
+    small = sampling_noise(placement, np.full(len(placement.layers), 2000))
+    np.testing.assert_allclose(huge, calibration, atol=2e-3)  # a big enough record shows calibration
+    assert (small > huge).all()
+    rng = np.random.default_rng(1)  # an hour of the calibration traffic, 2,000 activations a layer
+    hour = np.stack([rng.multinomial(2000, row / row.sum()) for row in load])
+    assert watch(placement, hour, []).action == "keep"
+    assert watch(placement, hour, [], max_load_ratio=float(calibration.mean()) + 0.01).action != "keep"

@@ -7,7 +7,8 @@ in the placement) and against what a load rebalance would reach (frequency-balan
 the recent load itself). From traces: whether co-locating still cuts devices per token on this
 traffic. The verdict is one of
 
-- ``keep``: load holds within the limit;
+- ``keep``: load holds within the limit (by default, what the calibration traffic itself would
+  show in records of this size, plus a slack);
 - ``re-plan``: load drifted past it, but co-location still pays: re-plan with few moves
   (``moeplace.planner.replan``);
 - ``rebalance``: load drifted past it and co-location no longer pays (or the records cannot tell):
@@ -36,13 +37,15 @@ CO_LOCATION_PAYS = 0.05  # a re-plan is worth its moves while co-location cuts t
 
 @dataclasses.dataclass(frozen=True)
 class Watch:
-    """Per MoE layer ``[L]``: max/mean device load at calibration, on the recent traffic, and after
-    a load rebalance of the recent traffic; ``reduction``: dev/token against frequency-balanced
+    """Per MoE layer ``[L]``: max/mean device load at calibration, what calibration traffic would
+    show in records this size (``sampling_noise``), on the recent traffic, and after a load
+    rebalance of the recent traffic; ``reduction``: dev/token against frequency-balanced
     placement of the recent load, on the recent traces (None from loads alone); the ``limit`` the
     mean max/mean is held to, and the verdict."""
 
     layer_ids: tuple[int, ...]
     calibration: np.ndarray
+    expected: np.ndarray
     recent: np.ndarray
     rebalanced: np.ndarray
     activations: int
@@ -59,6 +62,7 @@ class Watch:
             "limit": self.limit,
             "max_mean_load": {
                 "calibration": float(self.calibration.mean()),
+                "expected_at_this_size": float(self.expected.mean()),
                 "recent": float(self.recent.mean()),
                 "rebalanced": float(self.rebalanced.mean()),
                 "worst_layer_recent": float(self.recent.max()),
@@ -78,12 +82,32 @@ def device_load(placement: Placement, load: np.ndarray) -> np.ndarray:
     return per_slot.reshape(slots.shape[0], topology.num_devices, -1).sum(axis=2)
 
 
+def sampling_noise(placement: Placement, activations: np.ndarray, draws: int = 32) -> np.ndarray:
+    """Per layer ``[L]``, the max/mean device load that ``activations`` (int ``[L]``) drawn from the
+    calibration load alone reach in 19 of 20 draws: the calibration traffic, seen through a record
+    this small. Few records put the busiest device above the calibration figure with no drift at
+    all; a fixed limit would call that drift. Independent draws (real traffic is burstier) make
+    this a floor, and ``DRIFT_SLACK`` covers the rest."""
+    rng = np.random.default_rng(0)
+    calibration = placement.calibration_load.astype(np.float64)
+    slots, devices = placement.physical_to_logical, placement.num_devices
+    noise = []
+    for layer, count in enumerate(activations.tolist()):
+        share = calibration[layer] / calibration[layer].sum()
+        sampled = rng.multinomial(count, share, size=draws)  # [draws, N]
+        copies = np.bincount(slots[layer], minlength=share.shape[0])
+        per_slot = sampled[:, slots[layer]] / copies[slots[layer]]  # [draws, P]
+        per_device = per_slot.reshape(draws, devices, -1).sum(axis=2)
+        noise.append(np.percentile(per_device.max(axis=1) / per_device.mean(axis=1), 95))
+    return np.array(noise)
+
+
 def watch(
     placement: Placement, load: np.ndarray, traces: list[Trace], max_load_ratio: float | None = None
 ) -> Watch:
     """Judge ``placement`` on recent expert ``load`` int ``[L, N]`` (every recent record summed)
     and the recent ``traces`` among them (may be empty); ``max_load_ratio``: the limit on mean
-    max/mean load (default: the calibration figure + ``DRIFT_SLACK``)."""
+    max/mean load (default: ``sampling_noise`` at the records' size + ``DRIFT_SLACK``)."""
     if load.shape != placement.calibration_load.shape:
         raise MoeplaceError(
             f"recent load has shape {load.shape}; the placement {placement.calibration_load.shape}"
@@ -98,12 +122,14 @@ def watch(
          for x in load]
     )  # fmt: skip
     reduction = _reduction(placement, load, traces)
-    limit = max_load_ratio if max_load_ratio is not None else float(calibration.mean()) + DRIFT_SLACK
+    expected = sampling_noise(placement, load.sum(axis=1))
+    limit = max_load_ratio if max_load_ratio is not None else float(expected.mean()) + DRIFT_SLACK
     figures = recent.mean(), calibration.mean(), rebalanced.mean()
     action, verdict = _verdict(*figures, limit, reduction, placement.num_experts // 8)
     return Watch(
         placement.layer_ids,
         calibration,
+        expected,
         recent,
         rebalanced,
         int(load.sum()),

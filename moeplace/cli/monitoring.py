@@ -34,8 +34,8 @@ def monitor(
         float | None,
         typer.Option(
             callback=bounded(1.0, None, LOAD_RATIO_UNIT),
-            help="The limit on recent max/mean device load (mean over layers); default: the placement's "
-            "calibration figure + 0.05.",
+            help="The limit on recent max/mean device load (mean over layers); default: what the "
+            "calibration traffic reaches in records this size, + 0.05.",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
@@ -59,11 +59,10 @@ def monitor(
         print(json.dumps(result.summary() | {"passed": result.action == "keep"}))
     else:
         table = Table(title="max/mean device load per MoE layer", box=box.SIMPLE)
-        for column in ("layer", "calibration", "recent", "if rebalanced"):
+        for column in ("layer", "calibration", "this size", "recent", "if rebalanced"):
             table.add_column(column, justify="right", no_wrap=True)
-        for layer, *figures in zip(
-            result.layer_ids, result.calibration, result.recent, result.rebalanced, strict=True
-        ):
+        columns = result.calibration, result.expected, result.recent, result.rebalanced
+        for layer, *figures in zip(result.layer_ids, *columns, strict=True):
             table.add_row(str(layer), *(f"{x:.3f}" for x in figures))
         out.print(table)
         out.print(result.verdict)
