@@ -157,8 +157,8 @@ def day_of_records(args) -> None:
         "Each hour 40 documents, a share of them translation (never seen), the rest from the other "
         "half of the calibration kinds; `moeplace monitor` on that hour's load-only statistics.\n"
     )
-    print("| hour | translation share | max/mean now | at calibration | if rebalanced | action |")
-    print("|---|---|---|---|---|---|")
+    print("| hour | translation share | max/mean now | at calibration | limit | if rebalanced | action |")
+    print("|---|---|---|---|---|---|---|")
     loads, seconds = [], []
     for hour in range(24):
         share = min(1.0, hour / 16)
@@ -174,7 +174,7 @@ def day_of_records(args) -> None:
         seconds.append(time.perf_counter() - start)
         s = result.summary()["max_mean_load"]
         print(
-            f"| {hour:02d}:00 | {share:.0%} | {s['recent']:.3f} | {s['calibration']:.3f} "
+            f"| {hour:02d}:00 | {share:.0%} | {s['recent']:.3f} | {s['calibration']:.3f} | {result.limit:.3f} "
             f"| {s['rebalanced']:.3f} | {result.action} |"
         )
     start = time.perf_counter()

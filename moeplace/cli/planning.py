@@ -658,8 +658,8 @@ def print_replan(current: Placement, replanned: Placement, full: Placement, trac
 
 
 def _recovered(before: float, after: float, target: float) -> str:
-    """The share of the change from ``before`` to ``target`` that ``after`` makes."""
-    return f"{(before - after) / (before - target):.0%}" if before != target else "all (there is none)"
+    """The share of the gain from ``before`` to ``target`` (lower is better) that ``after`` makes."""
+    return f"{(before - after) / (before - target):.0%}" if target < before else "none to recover"
 
 
 def print_layers(layers: list[dict]) -> None:
