@@ -174,8 +174,8 @@ def day_of_records(args) -> None:
         seconds.append(time.perf_counter() - start)
         s = result.summary()["max_mean_load"]
         print(
-            f"| {hour:02d}:00 | {share:.0%} | {s['recent']:.3f} | {s['calibration']:.3f} | {result.limit:.3f} "
-            f"| {s['rebalanced']:.3f} | {result.action} |"
+            f"| {hour:02d}:00 | {share:.0%} | {s['recent']:.3f} | {s['calibration']:.3f} "
+            f"| {result.limit:.3f} | {s['rebalanced']:.3f} | {result.action} |"
         )
     start = time.perf_counter()
     day = watch(served, sum(loads), [])
