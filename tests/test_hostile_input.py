@@ -441,7 +441,7 @@ def test_a_plan_killed_mid_write_leaves_the_previous_placement_file(good, tmp_pa
     [
         (["plan", "t.npz", "--devices", "4", "--resamples", "99", "--out", "o.yaml"], "'--resamples'"),
         (["plan", "t.npz", "--devices", "four", "--out", "o.yaml"], "'--devices'"),
-        (["plan", "t.npz", "--out", "o.yaml"], "Missing option '--devices'"),
+        (["plan", "t.npz", "--out", "o.yaml"], "--devices is required"),
         (["bogus"], "No such command 'bogus'"),
     ],
 )

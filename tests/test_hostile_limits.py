@@ -318,8 +318,14 @@ def test_an_interrupted_plan_stops_at_once_and_leaves_nothing(tmp_path, sig):
     command = [sys.executable, "-m", "moeplace.cli", "plan", str(demo_trace_path()), "--devices", "8",
                "--solver", "refine", "--search-steps", "100000", "--jobs", "2",
                "--out", str(tmp_path / "p.yaml")]  # fmt: skip
+    # a shell's background job ignores SIGINT, and so would the child of a suite run with `&`
     process = subprocess.Popen(
-        command, stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=tmp_path
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for _ in range(300):  # wait until the pool's workers run (fork server + 2 workers in the session)
         members = subprocess.run(["ps", "-o", "pid=", "-g", str(process.pid)], capture_output=True, text=True)
