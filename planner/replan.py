@@ -11,8 +11,12 @@ most ``max_moves`` experts away from their served device.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from concurrent.futures import Executor
 
-from moeplace.calibrate.stats import Statistics
+import numpy as np
+
+from moeplace.calibrate.stats import LayerStats, Statistics
 from moeplace.errors import MoeplaceError
 from moeplace.planner.objective import fanout
 from moeplace.planner.placement import LayerPlacement, Placement, yaml_safe
@@ -20,6 +24,7 @@ from moeplace.planner.plan import fit_report
 from moeplace.planner.solvers import SolverOptions
 from moeplace.planner.solvers.caps import load_caps
 from moeplace.planner.solvers.refine import MAX_STEPS_PER_EXPERT, MoveBudget, SwapSearch
+from moeplace.planner.topology import Topology
 
 
 def replan(
@@ -28,10 +33,11 @@ def replan(
     max_moves: int,
     options: SolverOptions,
     calibration: dict | None = None,
+    executor: Executor | None = None,
 ) -> Placement:
     """``current`` re-planned on ``stats`` (new traffic), at most ``max_moves`` experts moved per
-    layer, under ``options.load_tolerance``'s cap on ``stats``. Each layer's report holds the
-    moves made and the fit fan-out before and after."""
+    layer, under ``options.load_tolerance``'s cap on ``stats``; layers in parallel with an
+    ``executor``. Each layer's report holds the moves made and the fit fan-out before and after."""
     if current.redundant_slots:
         raise MoeplaceError("a re-plan moves the experts of a placement without redundant slots")
     if (stats.meta.num_experts, tuple(stats.meta.layer_ids)) != (current.num_experts, current.layer_ids):
@@ -44,25 +50,14 @@ def replan(
     if max_moves < 0:
         raise MoeplaceError(f"the move budget must be >= 0, got {max_moves}")
     topology = current.topology
-    layers = []
-    for index, (layer, home) in enumerate(zip(current.layers, current.expert_to_device, strict=True)):
-        layer_stats = stats.layer(index)
-        caps = load_caps(layer_stats, topology, options.load_tolerance)
-        search = SwapSearch.build(layer_stats.topk_sets, topology, caps, options.node_cost)
-        budget = MoveBudget(home, max_moves)
-        device, swaps, cap_met = search.run(home, MAX_STEPS_PER_EXPERT * topology.num_experts, budget)
-        tokens = int(layer_stats.topk_sets.counts.sum())
-        report = (
-            caps.info()
-            | {
-                "moves": budget.moved(device),
-                "swaps": swaps,
-                "cap_met": cap_met,
-                "fit_dev_per_token_before": fanout(layer_stats.topk_sets, home) / tokens,
-            }
-            | fit_report(layer_stats, topology, device)
-        )
-        layers.append(LayerPlacement(layer.layer_id, device, stats.load[index], yaml_safe(report)))
+    homes = list(current.expert_to_device)
+    layer_stats = [stats.layer(index) for index in range(stats.num_layers)]
+    replan_one = functools.partial(replan_layer, topology=topology, max_moves=max_moves, options=options)
+    results = list((executor.map if executor is not None else map)(replan_one, layer_stats, homes))
+    layers = tuple(
+        LayerPlacement(layer.layer_id, device, stats.load[index], yaml_safe(report))
+        for index, (layer, (device, report)) in enumerate(zip(current.layers, results, strict=True))
+    )
     return dataclasses.replace(
         current,
         solver="replan",
@@ -74,6 +69,28 @@ def replan(
             **({"node_cost": options.node_cost} if topology.num_nodes > 1 else {}),
         },
         calibration={} if calibration is None else calibration,
-        layers=tuple(layers),
+        layers=layers,
         validation=None,
     )
+
+
+def replan_layer(
+    stats: LayerStats, home: np.ndarray, topology: Topology, max_moves: int, options: SolverOptions
+) -> tuple[np.ndarray, dict]:
+    """One layer: the placement int ``[N]`` reached from ``home`` within ``max_moves``, and its report."""
+    caps = load_caps(stats, topology, options.load_tolerance)
+    search = SwapSearch.build(stats.topk_sets, topology, caps, options.node_cost)
+    budget = MoveBudget(home, max_moves)
+    device, swaps, cap_met = search.run(home, MAX_STEPS_PER_EXPERT * topology.num_experts, budget)
+    tokens = int(stats.topk_sets.counts.sum())
+    report = (
+        caps.info()
+        | {
+            "moves": budget.moved(device),
+            "swaps": swaps,
+            "cap_met": cap_met,
+            "fit_dev_per_token_before": fanout(stats.topk_sets, home) / tokens,
+        }
+        | fit_report(stats, topology, device)
+    )
+    return device, report

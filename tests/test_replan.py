@@ -11,6 +11,7 @@ from conftest import run
 from moeplace.calibrate.split import split_by_label
 from moeplace.demo import demo_trace_path
 from moeplace.errors import MoeplaceError
+from moeplace.planner.plan import layer_executor
 from moeplace.planner.replan import replan
 from moeplace.planner.solvers.caps import device_loads, load_caps
 from moeplace.planner.solvers.refine import MoveBudget
@@ -94,3 +95,10 @@ def test_plan_from_a_served_placement_reports_moves_and_recovery(tmp_path):
     bad = run("plan", new, "--from", served, "--max-moves", 2, "--devices", 4, "--out", out)
     assert bad.exit_code == 2 and "8 devices" in bad.stderr
     assert run("plan", new, "--out", out).stderr.startswith("error: --devices is required")
+
+
+def test_a_replan_over_processes_is_the_same_as_in_one(drifted):
+    served, new, options = drifted
+    with layer_executor(2) as pool:
+        parallel = replan(new, served, 4, options, executor=pool)
+    np.testing.assert_array_equal(parallel.expert_to_device, replan(new, served, 4, options).expert_to_device)

@@ -298,7 +298,7 @@ def plan(
             layer_executor(jobs) as pool,
         ):
             full = plan_layers(statistics, topology, solver, options, source.provenance(), advance, pool)
-            placement = replan(statistics, current, max_moves, options, source.provenance())
+            placement = replan(statistics, current, max_moves, options, source.provenance(), pool)
         print_replan(current, placement, full, source if isinstance(source, Trace) else None)
         solver = placement.solver
     elif auto:
