@@ -6,7 +6,7 @@ import warnings
 
 import typer
 
-from moeplace.cli import calibration, deploy, diagnosis, monitoring, planning  # noqa: F401  (registers the commands)
+from moeplace.cli import calibration, deploy, diagnosis, evaluation, monitoring, planning  # noqa: F401  (registers the commands)
 from moeplace.cli.app import INTERRUPTS, app, err, printable, tagged
 
 __all__ = ["app", "main"]

@@ -1,0 +1,304 @@
+"""Judging commands: validate, compare, demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from moeplace.atomic import check_distinct, check_output_dir, output_dir
+from moeplace.calibrate.split import split_by_label
+from moeplace.calibrate.stats import DEFAULT_RESAMPLES, Statistics, expert_load
+from moeplace.calibrate.stats_io import load_trace_or_statistics
+from moeplace.calibrate.trace_io import load_trace
+from moeplace.cli.app import (
+    CORES,
+    LOAD_RATIO_UNIT,
+    HiddenOpt,
+    HoldoutLabelOpt,
+    HoldoutShareOpt,
+    IntermediateOpt,
+    JobsOpt,
+    Kernel,
+    KernelOpt,
+    NodeCostOpt,
+    NodesOpt,
+    OverlapOpt,
+    ProfileOpt,
+    RefineOpt,
+    RequestsPerRankOpt,
+    ResampleByOpt,
+    ResamplesOpt,
+    ResampleUnit,
+    SearchStepsOpt,
+    SeedOpt,
+    StepOpt,
+    TimeLimitOpt,
+    TokensPerRankOpt,
+    ToleranceOpt,
+    TraceArg,
+    app,
+    bounded,
+    err,
+    named,
+    out,
+    parse_ints,
+    parse_solvers,
+    parse_tolerances,
+    progress_bar,
+    step_setting,
+    tagged,
+    user_errors,
+)
+from moeplace.cli.planning import split_trace
+from moeplace.cli.reports import print_layers, print_steps, print_summary
+from moeplace.errors import MoeplaceError
+from moeplace.planner.placement import load_placement
+from moeplace.planner.plan import layer_executor
+from moeplace.planner.solvers import BASELINE, DEFAULT_SOLVERS, SOLVERS, SolverOptions
+from moeplace.validators.compare import COMPARISON_FILES, markdown_table, write_comparison
+from moeplace.validators.compare import compare as compare_solvers
+from moeplace.validators.report import check_compatible, compare_steps, gate_failures
+from moeplace.validators.report import validate as validate_placement
+
+
+@app.command()
+@user_errors
+def validate(
+    placement_file: Annotated[Path, typer.Argument(help="Placement YAML from `moeplace plan`.")],
+    holdout: Annotated[Path, typer.Argument(help="Held-out trace to score on.")],
+    fit: Annotated[
+        Path | None,
+        typer.Option(
+            help="Refit the frequency baseline on this trace or statistics file instead of the "
+            "calibration load recorded in the placement file."
+        ),
+    ] = None,
+    label: Annotated[
+        str | None,
+        typer.Option(
+            help="Score only the held-out documents whose label matches these comma-separated shell "
+            "patterns (one kind of traffic)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    max_load_ratio: Annotated[
+        float | None,
+        typer.Option(
+            callback=bounded(1.0, None, LOAD_RATIO_UNIT),
+            help="Gate: fail if held-out max/mean device load (mean over layers) exceeds this ratio (1.15).",
+        ),
+    ] = None,
+    min_reduction: Annotated[
+        float | None,
+        typer.Option(
+            callback=bounded(
+                -1.0, 1.0, f"a fraction of {BASELINE}'s devices per token between -1 and 1 (0.1 = 10%)"
+            ),
+            help=f"Gate: fail if the dev/token reduction vs {BASELINE} is below this fraction (0.1 = 10%).",
+        ),
+    ] = None,
+    step: StepOpt = None,
+    tokens_per_rank: TokensPerRankOpt = 1024,
+    requests_per_rank: RequestsPerRankOpt = 32,
+    kernel: KernelOpt = Kernel.rank,
+    profile: ProfileOpt = "h800",
+    overlap: OverlapOpt = True,
+    min_speedup: Annotated[
+        float | None,
+        typer.Option(
+            callback=bounded(
+                -1.0, 1.0, f"a fraction of {BASELINE}'s estimated step time between -1 and 1 (0.05 = 5%)"
+            ),
+            help=f"Gate (with --step): fail unless the estimated step is this much faster than {BASELINE}'s.",
+        ),
+    ] = None,
+    hidden: HiddenOpt = None,
+    intermediate: IntermediateOpt = None,
+):
+    """Score a placement on held-out traffic beside the frequency baseline; gate on the result.
+
+    With --step, also the serving step it buys: a model of what each rank sends, receives and
+    computes per step, and the time that takes on a hardware profile. Exits 1 if a gate fails.
+    """
+    if min_speedup is not None and step is None:
+        raise MoeplaceError("--min-speedup needs --step prefill or decode")
+    placement = load_placement(placement_file)
+    if max_load_ratio is not None and max_load_ratio > placement.num_devices:
+        raise MoeplaceError(
+            f"--max-load-ratio {max_load_ratio:g} can never fail: max/mean load is at most the "
+            f"{placement.num_devices} devices (it is a ratio: 1.15 = 15% over the mean)"
+        )
+    held = load_trace(holdout)
+    if label is not None:
+        with named(holdout):
+            held = split_by_label(held, label, keep_all=True)[1]
+    baseline_load = None
+    if fit is not None:
+        fit_source = load_trace_or_statistics(fit)
+        with named(fit):
+            check_compatible(placement, fit_source.meta)
+        baseline_load = fit_source.load if isinstance(fit_source, Statistics) else expert_load(fit_source)
+    with named(holdout):
+        validation = validate_placement(placement, held, baseline_load)
+    summary = validation.summary()
+    failures = gate_failures(validation, max_load_ratio, min_reduction)
+    steps = None
+    if step is not None:
+        setting = step_setting(
+            step,
+            tokens_per_rank,
+            requests_per_rank,
+            kernel,
+            profile,
+            overlap,
+            hidden,
+            intermediate,
+            held.meta,
+        )
+        with named(holdout):
+            steps = compare_steps(validation, setting)
+        summary = summary | {"step": steps.summary()}
+        if min_speedup is not None and not steps.speedup >= min_speedup:
+            failures.append(
+                f"estimated step speedup {steps.speedup:+.4f} vs {BASELINE} is below the minimum "
+                f"{min_speedup:g}"
+            )
+    if summary["holdout"]["fingerprint"] == placement.calibration.get("fingerprint"):
+        err.print(
+            tagged("warning:", "yellow", "the held-out trace is the calibration trace: figures are in-sample")
+        )
+    if as_json:
+        print(
+            json.dumps(
+                summary | {"passed": not failures, "failures": failures, "layers": validation.layers()}
+            )
+        )
+    else:
+        print_layers(validation.layers())
+        print_summary(summary)
+        if steps is not None:
+            print_steps(steps)
+        out.print(Text("PASSED", "green") if not failures else Text("FAILED", "red"))
+    for failure in failures:
+        err.print(tagged("gate failed:", "red", failure))
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def compare(
+    trace: TraceArg,
+    out_dir: Annotated[
+        Path,
+        typer.Option("--out", help="Directory for comparison.md, .csv and .png (and steps.png with --step)."),
+    ],
+    devices: Annotated[str, typer.Option(help="Device counts, comma-separated.")] = "2,4,8",
+    solvers: Annotated[
+        str, typer.Option(help=f"Solvers, comma-separated (any of: {', '.join(SOLVERS)}).")
+    ] = ",".join(DEFAULT_SOLVERS),
+    holdout_share: HoldoutShareOpt = 0.5,
+    holdout_label: HoldoutLabelOpt = None,
+    seed: SeedOpt = 0,
+    load_tolerance: Annotated[
+        str,
+        typer.Option(
+            help="eps for the capped solvers; several, comma-separated (0,0.02,0.05,0.1,0.2), "
+            "draw the balance frontier."
+        ),
+    ] = "0.05",
+    time_limit: TimeLimitOpt = 2.0,
+    search_steps: SearchStepsOpt = 2000,
+    refine: RefineOpt = False,
+    nodes: NodesOpt = 1,
+    node_cost: NodeCostOpt = 0.0,
+    redundant_slots: Annotated[
+        str,
+        typer.Option(
+            help="Redundant slots R for replicas, comma-separated (0,8: rows without and with 8 "
+            "replicas; each a multiple of D). eplb places them by load, the others by co-activation.",
+        ),
+    ] = "0",
+    resamples: ResamplesOpt = DEFAULT_RESAMPLES,
+    resample_by: ResampleByOpt = ResampleUnit.documents,
+    oracle: Annotated[
+        bool,
+        typer.Option(help="Also fit each solver on the held-out trace itself: search vs generalization."),
+    ] = False,
+    step: StepOpt = None,
+    tokens_per_rank: TokensPerRankOpt = 1024,
+    requests_per_rank: RequestsPerRankOpt = 32,
+    kernel: KernelOpt = Kernel.rank,
+    profile: ProfileOpt = "h800",
+    overlap: OverlapOpt = True,
+    hidden: HiddenOpt = None,
+    intermediate: IntermediateOpt = None,
+    jobs: JobsOpt = CORES,
+):
+    """Every solver at every device count (and load tolerance): fit on one split, score on the other."""
+    check_distinct([trace], [out_dir / name for name in COMPARISON_FILES])
+    check_output_dir(out_dir)
+    device_counts, names = parse_ints(devices, "--devices"), parse_solvers(solvers)
+    tolerances = parse_tolerances(load_tolerance)
+    data = load_trace(trace)
+    with named(trace):
+        fit, held = split_trace(data, holdout_share, holdout_label, seed)
+    steps = (
+        None
+        if step is None
+        else step_setting(
+            step, tokens_per_rank, requests_per_rank, kernel, profile, overlap, hidden, intermediate, fit.meta
+        )
+    )
+    options = SolverOptions(
+        seed=seed, time_limit=time_limit, search_steps=search_steps, refine=refine, node_cost=node_cost
+    )
+    runs = sum(len(tolerances) if refine or SOLVERS[name].capped else 1 for name in names)
+    total = len(device_counts) * runs * fit.num_layers * (2 if oracle else 1)
+    with progress_bar("planning", total) as advance, layer_executor(jobs) as pool:
+        comparison = compare_solvers(
+            fit,
+            held,
+            device_counts,
+            names,
+            tolerances,
+            options,
+            resamples,
+            oracle,
+            advance,
+            pool,
+            nodes,
+            parse_ints(redundant_slots, "--redundant-slots"),
+            steps,
+            resample_by.value,
+        )
+    with output_dir(out_dir):
+        paths = write_comparison(comparison, out_dir)
+    out.print(comparison.title)
+    out.print(markdown_table(comparison.rows))
+    out.print("written: " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command()
+@user_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the demo's outputs.")] = Path(
+        "moeplace-demo"
+    ),
+    load_tolerance: ToleranceOpt = 0.10,
+    time_limit: TimeLimitOpt = 0.5,
+    search_steps: SearchStepsOpt = 200,
+    jobs: JobsOpt = CORES,
+):
+    """Run the whole job on a real trace shipped with moeplace (gpt-oss-20b decode routing).
+
+    split -> plan (every solver, D = 2, 4, 8) -> validate on held-out documents -> compare.
+    """
+    from moeplace.demo import run_demo
+
+    check_output_dir(out_dir)
+    run_demo(out_dir, load_tolerance, time_limit, search_steps, jobs, out, progress_bar)

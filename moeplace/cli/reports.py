@@ -1,0 +1,82 @@
+"""What the judging commands print: per-layer tables, headline lines, the step breakdown."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
+from moeplace.cli.app import out
+from moeplace.planner.solvers import BASELINE
+from moeplace.validators.report import StepComparison
+
+
+def print_layers(layers: list[dict]) -> None:
+    # narrow headers, this placement then frequency's figure: readable at 80 columns
+    table = Table(title=f"held-out, per MoE layer: this placement, then {BASELINE}'s", box=box.SIMPLE)
+    columns = ("layer", "dev/tok", "freq.", "reduct.", "max/mean", "freq.", "load-CV", "freq.")
+    for column in columns:
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in layers:
+        table.add_row(
+            str(row["layer"]),
+            f"{row['dev_per_token']:.3f}",
+            f"{row['baseline_dev_per_token']:.3f}",
+            f"{row['reduction']:+.1%}",
+            f"{row['max_mean_load']:.3f}",
+            f"{row['baseline_max_mean_load']:.3f}",
+            f"{row['load_cv']:.3f}",
+            f"{row['baseline_load_cv']:.3f}",
+        )
+    out.print(table)
+
+
+def print_summary(summary: dict) -> None:
+    base = summary["baseline"]
+    out.print(
+        Text.assemble(
+            f"held-out ({summary['holdout']['tokens']} tokens, mean over layers): "
+            f"dev/token {summary['dev_per_token']:.3f} vs {BASELINE} {base['dev_per_token']:.3f} (",
+            (f"{summary['reduction']:+.1%}", "bold"),
+            f"); max/mean load {summary['max_mean_load']:.3f} "
+            f"(worst layer {summary['worst_layer_max_mean_load']:.3f}) vs {base['max_mean_load']:.3f}; "
+            f"load-CV {summary['load_cv']:.3f} vs {base['load_cv']:.3f}",
+            *(
+                [f"; nodes/token {summary['node_per_token']:.3f} vs {base['node_per_token']:.3f}"]
+                if base["node_per_token"] > 1
+                else []
+            ),
+        )
+    )
+    out.print(
+        f"for scale: random placement {summary['random_expected_dev_per_token']:.3f} dev/token, "
+        f"lower bound {summary['dev_per_token_lower_bound']}, balance floor {summary['balance_floor']:.3f}"
+    )
+
+
+def print_steps(steps: StepComparison) -> None:
+    """The serving step beside the baseline's: estimated times, then the counts behind them."""
+    w, ours, base = steps.setting.workload, steps.summary()["traffic"], steps.summary()["baseline_traffic"]
+    out.print(
+        f"serving step, {w.phase}, {w.batch_text}, kernel {w.kernel}, {ours['steps']} full steps of "
+        f"{ours['replayed_steps']} replayed: "
+        f"{steps.setting.profile.assumptions()}"
+    )
+    t, b = steps.time, steps.baseline_time
+
+    def ms(x: float) -> str:
+        return f"{x * 1e3:.3f}"
+
+    out.print(
+        f"  per step (ms): dispatch {ms(t.dispatch)} vs {ms(b.dispatch)}, expert compute {ms(t.compute)} vs "
+        f"{ms(b.compute)}, combine {ms(t.combine)} vs {ms(b.combine)}; step {ms(t.total(steps.overlap))} vs "
+        f"{BASELINE} {ms(b.total(steps.overlap))} ({steps.speedup:+.1%}) and eplb "
+        f"{ms(steps.eplb_time.total(steps.overlap))} ({steps.speedup_vs_eplb:+.1%}); "
+        f"{'communication overlapped with compute' if steps.overlap else 'phases in a row'}"
+    )
+    out.print(
+        f"  per token of a rank's batch, busiest rank (mean rank): received {ours['received_straggler']:.3f} "
+        f"({ours['received_mean']:.3f}) vs {base['received_straggler']:.3f} ({base['received_mean']:.3f}); "
+        f"token-expert pairs {ours['pairs_straggler']:.3f} ({ours['pairs_mean']:.3f}) vs "
+        f"{base['pairs_straggler']:.3f} ({base['pairs_mean']:.3f})"
+    )
