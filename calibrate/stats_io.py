@@ -18,7 +18,7 @@ import numpy as np
 
 from moeplace.atomic import atomic_path
 from moeplace.calibrate.safe_io import ZIP_ERRORS, check_regular_file, loads_json, open_npz
-from moeplace.calibrate.stats import RESAMPLE_UNITS, Statistics, TopkSets
+from moeplace.calibrate.stats import RESAMPLE_UNITS, Statistics, TopkSets, expert_load
 from moeplace.calibrate.trace import Trace, TraceMeta
 from moeplace.calibrate.trace_io import load_trace
 from moeplace.errors import MoeplaceError, file_error
@@ -151,3 +151,8 @@ def load_trace_or_statistics(path: str | Path) -> Trace | Statistics:
     if path.exists() and not path.is_dir():
         check_regular_file(path)  # a pipe or a device would block the zip reader
     return load_statistics(path) if path.is_file() and is_statistics_file(path) else load_trace(path)
+
+
+def source_load(source: Trace | Statistics) -> np.ndarray:
+    """Activations per expert and MoE layer, int64 ``[L, N]``, of a trace or statistics."""
+    return source.load if isinstance(source, Statistics) else expert_load(source)

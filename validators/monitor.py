@@ -75,11 +75,18 @@ class Watch:
 def device_load(placement: Placement, load: np.ndarray) -> np.ndarray:
     """Load of each device, float ``[L, D]``, from expert load ``[L, N]``; a replicated expert's
     load split evenly over its slots."""
-    topology = placement.topology
     slots = placement.physical_to_logical  # [L, P]
-    copies = np.stack([np.bincount(row, minlength=topology.num_experts) for row in slots])
-    per_slot = np.take_along_axis(load / copies, slots, axis=1)  # [L, P]
-    return per_slot.reshape(slots.shape[0], topology.num_devices, -1).sum(axis=2)
+    return np.stack(
+        [_layer_device_load(row, x, placement.num_devices) for row, x in zip(slots, load, strict=True)]
+    )
+
+
+def _layer_device_load(slots: np.ndarray, load: np.ndarray, num_devices: int) -> np.ndarray:
+    """One layer's device loads ``[..., D]`` from expert loads ``[..., N]`` and its physical slots
+    ``[P]`` (slot p on device ``p // (P / D)``), a replicated expert's load split over its slots."""
+    copies = np.bincount(slots, minlength=load.shape[-1])
+    per_slot = load[..., slots] / copies[slots]  # [..., P]
+    return per_slot.reshape(*load.shape[:-1], num_devices, -1).sum(axis=-1)
 
 
 def sampling_noise(placement: Placement, activations: np.ndarray, draws: int = 32) -> np.ndarray:
@@ -95,9 +102,7 @@ def sampling_noise(placement: Placement, activations: np.ndarray, draws: int = 3
     for layer, count in enumerate(activations.tolist()):
         share = calibration[layer] / calibration[layer].sum()
         sampled = rng.multinomial(count, share, size=draws)  # [draws, N]
-        copies = np.bincount(slots[layer], minlength=share.shape[0])
-        per_slot = sampled[:, slots[layer]] / copies[slots[layer]]  # [draws, P]
-        per_device = per_slot.reshape(draws, devices, -1).sum(axis=2)
+        per_device = _layer_device_load(slots[layer], sampled, devices)  # [draws, D]
         noise.append(np.percentile(per_device.max(axis=1) / per_device.mean(axis=1), 95))
     return np.array(noise)
 

@@ -11,8 +11,8 @@ from rich.text import Text
 
 from moeplace.atomic import check_distinct, check_output_dir, output_dir
 from moeplace.calibrate.split import split_by_label
-from moeplace.calibrate.stats import DEFAULT_RESAMPLES, Statistics, expert_load
-from moeplace.calibrate.stats_io import load_trace_or_statistics
+from moeplace.calibrate.stats import DEFAULT_RESAMPLES
+from moeplace.calibrate.stats_io import load_trace_or_statistics, source_load
 from moeplace.calibrate.trace_io import load_trace
 from moeplace.cli.app import (
     CORES,
@@ -141,7 +141,7 @@ def validate(
         fit_source = load_trace_or_statistics(fit)
         with named(fit):
             check_compatible(placement, fit_source.meta)
-        baseline_load = fit_source.load if isinstance(fit_source, Statistics) else expert_load(fit_source)
+        baseline_load = source_load(fit_source)
     with named(holdout):
         validation = validate_placement(placement, held, baseline_load)
     summary = validation.summary()

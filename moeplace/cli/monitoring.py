@@ -11,8 +11,8 @@ from rich import box
 from rich.table import Table
 
 from moeplace.atomic import check_unique
-from moeplace.calibrate.stats import Statistics, expert_load
-from moeplace.calibrate.stats_io import load_trace_or_statistics
+from moeplace.calibrate.stats import Statistics
+from moeplace.calibrate.stats_io import load_trace_or_statistics, source_load
 from moeplace.cli.app import LOAD_RATIO_UNIT, app, bounded, named, out, user_errors
 from moeplace.planner.placement import load_placement
 from moeplace.validators.monitor import watch
@@ -49,7 +49,7 @@ def monitor(
         source = load_trace_or_statistics(path)
         with named(path):
             check_compatible(placement, source.meta)
-        part = source.load if isinstance(source, Statistics) else expert_load(source)
+        part = source_load(source)
         load = part if load is None else load + part
         if not isinstance(source, Statistics):
             traces.append(source)

@@ -17,10 +17,9 @@ from moeplace.calibrate.stats import (
     DEFAULT_SET_TOKENS,
     Statistics,
     compute_statistics,
-    expert_load,
     load_skew,
 )
-from moeplace.calibrate.stats_io import load_trace_or_statistics
+from moeplace.calibrate.stats_io import load_trace_or_statistics, source_load
 from moeplace.calibrate.trace import Trace
 from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.cli.app import (
@@ -128,7 +127,7 @@ def stats(trace: StatsInputArg):
     )
     if meta.source:
         out.print(f"source: {meta.source}  licence: {meta.license or 'unknown'}")
-    load = data.load if isinstance(data, Statistics) else expert_load(data)
+    load = source_load(data)
     table = Table(title="expert load per MoE layer")
     for column in ("layer", "max/mean", "max/min", "Gini", "top-10% share", "dead experts"):
         table.add_column(column, justify="right")
