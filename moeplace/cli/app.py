@@ -60,7 +60,7 @@ def _options(
         typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
     ] = False,
 ) -> None:
-    """Plan expert placement for sharded MoE inference: fewer devices per token, balanced load."""
+    pass  # the app's own options; its help text is the Typer's
 
 
 class _Console(Console):
@@ -103,6 +103,11 @@ def bounded(low: float | None, high: float | None, unit: str):
         return value
 
     return check
+
+
+def choices(name: str, values) -> type[enum.Enum]:
+    """A string enum of ``values``, for typer to validate an option or argument against."""
+    return enum.Enum(name, {value: value for value in values}, type=str)
 
 
 LOAD_RATIO_UNIT = "a ratio of the busiest device's load to the mean, >= 1 (1.15 = 15% over)"
@@ -183,7 +188,7 @@ ResamplesOpt = Annotated[
     ),
 ]
 
-ResampleUnit = enum.Enum("ResampleUnit", {name: name for name in RESAMPLE_UNITS}, type=str)
+ResampleUnit = choices("ResampleUnit", RESAMPLE_UNITS)
 ResampleByOpt = Annotated[
     ResampleUnit,
     typer.Option(
@@ -219,8 +224,8 @@ class Phase(str, enum.Enum):
     decode = "decode"
 
 
-Kernel = enum.Enum("Kernel", {name: name for name in KERNELS}, type=str)
-SolverName = enum.Enum("SolverName", {name: name for name in SOLVERS}, type=str)
+Kernel = choices("Kernel", KERNELS)
+SolverName = choices("SolverName", SOLVERS)
 
 StepOpt = Annotated[
     Phase | None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +23,7 @@ from moeplace.cli.app import (
     SeedOpt,
     SetTokensOpt,
     app,
+    choices,
     named,
     out,
     parse_ints,
@@ -37,8 +37,8 @@ OutTrace = Annotated[
     typer.Option("--out", help="Trace to write: a directory, or an interchange file if it ends in .npz."),
 ]
 
-ImportFormat = enum.Enum("ImportFormat", {name: name for name in IMPORTERS}, type=str)
-Dtype = enum.Enum("Dtype", {name: name for name in DTYPE_NAMES}, type=str)
+ImportFormat = choices("ImportFormat", IMPORTERS)
+Dtype = choices("Dtype", DTYPE_NAMES)
 
 
 @app.command()

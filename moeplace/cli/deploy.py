@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +9,7 @@ import typer
 
 from moeplace.atomic import check_distinct
 from moeplace.calibrate.trace import MAX_LAYERS
-from moeplace.cli.app import app, named, out, user_errors
+from moeplace.cli.app import app, choices, named, out, user_errors
 from moeplace.deploy.engines import FORMATS, export, launch_flags
 from moeplace.deploy.permute import permute_checkpoint, read_permutation
 from moeplace.errors import MoeplaceError
@@ -18,7 +17,7 @@ from moeplace.planner.placement import load_placement
 
 PlacementArg = Annotated[Path, typer.Argument(help="Placement YAML from `moeplace plan`.")]
 
-ExportFormat = enum.Enum("ExportFormat", {name: name for name in FORMATS}, type=str)
+ExportFormat = choices("ExportFormat", FORMATS)
 
 
 @app.command("export")
