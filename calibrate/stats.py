@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from moeplace.calibrate.trace import Trace, TraceMeta, release_pages
+from moeplace.calibrate.trace import Trace, TraceMeta, groups_of, release_pages
 from moeplace.errors import MoeplaceError
 
 DEFAULT_RESAMPLES = 16
@@ -359,7 +359,7 @@ def document_weights(
     key = seed.to_bytes(8, "little")
     offsets = trace.doc_offsets
     digests = bytearray()
-    groups = trace.doc_groups[first:end] if by == "labels" else None
+    groups = groups_of(trace.doc_labels[first:end]) if by == "labels" else None  # this chunk's only
     for doc in range(first, end):  # one hash per document, not per token
         if groups is not None:
             content = b"label group:" + groups[doc - first].encode()

@@ -97,6 +97,12 @@ def _as_int(x, name: str) -> int:
     return int(x)
 
 
+def groups_of(labels: np.ndarray) -> np.ndarray:
+    """str ``[D]``: each label up to its first ``/``, the kind of traffic a document is (gpt-oss's
+    ``dataset/category/...`` -> the dataset; ESFT's task domain as it is)."""
+    return np.array([label.split("/", 1)[0] for label in labels.tolist()], dtype=str)
+
+
 @dataclasses.dataclass(frozen=True)
 class Trace:
     """A routing trace.
@@ -128,9 +134,8 @@ class Trace:
 
     @property
     def doc_groups(self) -> np.ndarray:
-        """str ``[D]``: each document's label up to its first ``/``, the kind of traffic it is
-        (gpt-oss's ``dataset/category/...`` -> the dataset; ESFT's task domain as it is)."""
-        return np.array([label.split("/", 1)[0] for label in self.doc_labels.tolist()], dtype=str)
+        """str ``[D]``: each document's label group (``groups_of``)."""
+        return groups_of(self.doc_labels)
 
     def document_chunks(self, max_tokens: int = 1 << 16) -> Iterator[tuple[int, int]]:
         """Yield ``(first_doc, end_doc)`` ranges of whole documents, each about ``max_tokens``.
