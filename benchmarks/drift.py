@@ -32,9 +32,13 @@ import numpy as np
 
 import moeplace
 from moeplace.calibrate.split import split_by_label
-from moeplace.planner.plan import least_tolerance
+from moeplace.planner.plan import least_tolerance, plan
 from moeplace.planner.replan import replan
+from moeplace.validators.choose import SERVED, choose_tolerance
 from moeplace.validators.monitor import watch
+from moeplace.validators.profile import H800, shape_of
+from moeplace.validators.report import StepSetting
+from moeplace.validators.step import Workload
 
 TRACES = {
     "esft-dsv2lite-prefill": ["intent", "law", "summary", "translation"],
@@ -116,6 +120,60 @@ def replans(args) -> list[tuple[str, list[float], list[float]]]:
     return curves
 
 
+def replan_steps(args) -> None:
+    print("### The serving step\n")
+    print(
+        f"The same splits, chosen by `--load-tolerance auto`: the step model (profile h800, kernel rank, "
+        f"communication overlapped; prefill {args.step_tokens} tokens a rank, decode 32 requests a rank) "
+        "picks, on the recent half, the tolerance of the from-scratch plan (or a balancer) and of the "
+        f"re-plan with M = N/8 moves (or the served placement). Estimated step on the future half (ms, "
+        "a model), and the share of the from-scratch plan's step gain over the served placement that the "
+        "moves recover.\n"
+    )
+    print("| trace | arrived | served | from scratch (auto) | M = N/8 (auto) | recovered |")
+    print("|---|---|---|---|---|---|")
+    for name, groups in TRACES.items():
+        trace = moeplace.load_trace(args.traces / f"{name}.npz")
+        topology = moeplace.Topology(trace.meta.num_experts, args.devices)
+        phase = "prefill" if name.endswith("prefill") else "decode"
+        setting = StepSetting(Workload(phase, args.step_tokens, 32, "rank"), H800, shape_of(trace.meta.model))
+        moves = trace.meta.num_experts // 8
+        for group in groups:
+            fit, arrived = split_by_label(trace, group)
+            recent, future = moeplace.split_documents(arrived, 0.5, 0)
+            fit_stats, recent_stats = moeplace.compute_statistics(fit), moeplace.compute_statistics(recent)
+            served = moeplace.plan(
+                fit_stats, topology, args.solver, options_for(fit_stats, topology, args.eps)
+            )
+            options = moeplace.SolverOptions(seed=0)
+
+            def replan_layers(stats, topology, solver, options, provenance, served=served, moves=moves):
+                return replan(stats, served, moves, options)
+
+            def plan_layers(stats, topology, solver, options, provenance):
+                return plan(stats, topology, solver, options)
+
+            scratch = choose_tolerance(
+                recent, recent_stats, topology, args.solver, options, setting, {}, plan_layers
+            )
+            moved = choose_tolerance(
+                recent, recent_stats, topology, args.solver, options, setting, {}, replan_layers,
+                fixed={SERVED: served},
+            )  # fmt: skip
+            steps = [
+                setting.replay(p.physical_to_logical, future, topology)[1].total(setting.overlap) * 1e3
+                for p in (served, scratch.placement, moved.placement)
+            ]
+            gain = steps[0] - steps[1]
+            recovered = f"{(steps[0] - steps[2]) / gain:.0%}" if gain > 0 else "no gain to recover"
+            print(
+                f"| {name} | {group} | {steps[0]:.3f} | {steps[1]:.3f} ({scratch.name}) "
+                f"| {steps[2]:.3f} ({moved.name}) | {recovered} |",
+                flush=True,
+            )
+    print()
+
+
 def figures(placement, trace) -> tuple[float, float]:
     """Held-out dev/token and max/mean load of ``placement`` on ``trace``."""
     headline = moeplace.validate(placement, trace).score.headline
@@ -194,12 +252,14 @@ def main() -> None:
     parser.add_argument("--solver", default="greedy-capped")
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--resamples", type=int, default=16)
+    parser.add_argument("--step-tokens", type=int, default=512, help="prefill tokens a rank in a step")
     parser.add_argument("--plot", type=Path, default=Path(__file__).parents[1] / "docs" / "drift-replan.png")
     args = parser.parse_args()
     print("# Traffic drift: results\n")
     print("\n\n".join(" ".join(part.split()) for part in __doc__.split("\n\n")[2:5]) + "\n")
     left_out(args)
     plot(replans(args), args.plot)
+    replan_steps(args)
     day_of_records(args)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from moeplace.calibrate.corpus import Document
-from moeplace.calibrate.model_config import DTYPE_NAMES
+from moeplace.calibrate.model_config import DTYPE_NAMES, group_limit
 from moeplace.calibrate.trace import TraceMeta
 from moeplace.calibrate.trace_io import TraceWriter
 from moeplace.errors import MoeplaceError
@@ -128,12 +128,15 @@ class RouterRecorder:
 def trace_meta(model: torch.nn.Module, name: str, corpus: Sequence[str], max_length: int) -> TraceMeta:
     """What the trace of ``model`` will say about itself."""
     routers = find_routers(model)
+    groups, per_token = group_limit(model.config.to_dict()) or (None, None)
     return TraceMeta(
         model=name,
         num_experts=int(routers[0][1].num_experts),
         top_k=int(routers[0][1].top_k),
         layer_ids=tuple(layer_id for layer_id, _ in routers),
         num_hidden_layers=getattr(model.config, "num_hidden_layers", None),
+        routing_groups=groups,
+        groups_per_token=per_token,
         phase="prefill",
         source=f"moeplace calibrate on {', '.join(corpus)}",
         note=f"documents longer than {max_length} tokens run as consecutive windows without earlier context",

@@ -29,6 +29,7 @@ class MoeLayout:
     layer_ids: tuple[int, ...]
     num_experts: int
     top_k: int
+    group_limit: tuple[int, int] | None = None  # (G, K) of group-limited routing (``group_limit``)
 
 
 def moe_layout(config: dict) -> MoeLayout:
@@ -62,7 +63,20 @@ def moe_layout(config: dict) -> MoeLayout:
         moe = list(range(layers))
     if not moe:
         raise MoeplaceError("config describes no MoE layer")
-    return MoeLayout(layers, tuple(moe), experts, top_k)
+    return MoeLayout(layers, tuple(moe), experts, top_k, group_limit(config))
+
+
+def group_limit(config: dict) -> tuple[int, int] | None:
+    """(G, K) when the config routes group-limited (``n_group`` groups, a token's experts from its
+    top ``topk_group``), else None. DeepSeek-V3 (and its look-alikes) always route group-limited;
+    DeepSeek-V2 unless ``topk_method`` is ``"greedy"``; choosing ``topk_group >= n_group`` groups is
+    no limit."""
+    config = config.get("text_config") or config
+    n_group, topk_group = config.get("n_group") or 1, config.get("topk_group") or config.get("n_group") or 1
+    if type(n_group) is not int or type(topk_group) is not int:
+        raise MoeplaceError(f"n_group and topk_group must be integers, got {n_group!r} and {topk_group!r}")
+    greedy = config.get("topk_method") == "greedy" and config.get("model_type") != "deepseek_v3"
+    return None if n_group <= 1 or greedy or topk_group >= n_group else (n_group, topk_group)
 
 
 def read_model_config(path: Path) -> MoeLayout:

@@ -31,6 +31,9 @@ class SyntheticSpec:
     num_domains: int = 8
     zipf: float = 0.3  # hottest expert ~3-4x the mean load, as on the real traces
     domain_boost: float = 8.0  # clustering gain ~2.1 into 8 groups at N = 256, as on the real traces
+    routing_groups: int = 0  # DeepSeek-V3's group-limited routing: G groups of N / G experts (0: off;
+    # the trace's metadata refuses groups that do not fit)
+    groups_per_token: int = 0  # ... a token's experts from its best K groups
     seed: int = 0
 
     def check(self) -> None:
@@ -74,19 +77,38 @@ def generate(spec: SyntheticSpec, path: str | Path, chunk_tokens: int = 1 << 15)
         phase="synthetic",
         source=f"moeplace synthetic generator: {dataclasses.asdict(spec)}",
         note="synthetic routing: for speed and memory work only, never for quality claims",
+        routing_groups=spec.routing_groups or None,
+        groups_per_token=spec.groups_per_token or None,
     )
+    groups = (spec.routing_groups, spec.groups_per_token) if spec.routing_groups else None
     with trace_writer(path, meta) as writer:
         for length, domain in zip(lengths.tolist(), domains.tolist(), strict=True):
             ids = np.empty((length, spec.num_layers, spec.top_k), np.int16)
             for start in range(0, length, chunk_tokens):
                 count = min(chunk_tokens, length - start)
                 for layer in range(spec.num_layers):
-                    ids[start : start + count, layer] = _top_k(log_w[layer, domain], count, spec.top_k, rng)
+                    ids[start : start + count, layer] = _top_k(
+                        log_w[layer, domain], count, spec.top_k, rng, groups
+                    )
             writer.add(ids, f"domain{domain}")
 
 
-def _top_k(log_weight: np.ndarray, count: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k distinct experts per token, drawn without replacement by weight: int16 ``[count, k]``."""
+def _top_k(
+    log_weight: np.ndarray,
+    count: int,
+    k: int,
+    rng: np.random.Generator,
+    groups: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """k distinct experts per token, drawn without replacement by weight: int16 ``[count, k]``.
+    With ``groups`` (G, K), DeepSeek-V3's rule first: score each of G groups of consecutive experts
+    by its two best keys and keep each token's K best groups."""
     noise = rng.random((count, log_weight.shape[0]), dtype=np.float32)
     keys = log_weight - np.log(-np.log(np.maximum(noise, np.float32(1e-30))))  # Gumbel perturbation
+    if groups is not None:
+        num_groups, per_token = groups
+        by_group = keys.reshape(count, num_groups, -1)
+        best_two = -np.partition(-by_group, 1, axis=2)[:, :, :2].sum(axis=2)  # [count, G]
+        dropped = np.argpartition(-best_two, per_token - 1, axis=1)[:, per_token:]
+        np.put_along_axis(by_group, dropped[:, :, None], -np.inf, axis=1)
     return np.argpartition(-keys, k - 1, axis=1)[:, :k].astype(np.int16)

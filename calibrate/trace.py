@@ -24,7 +24,10 @@ class TraceMeta:
     """What a trace was recorded from. ``layer_ids[i]`` is the model's layer index of MoE layer i.
 
     ``num_hidden_layers`` counts all the model's layers, dense ones included (engines such as SGLang
-    want a placement row for each); ``None`` when the source did not say.
+    want a placement row for each); ``None`` when the source did not say. ``routing_groups`` G and
+    ``groups_per_token`` K describe group-limited routing (DeepSeek-V3's ``n_group``, ``topk_group``):
+    the experts form G groups of N / G consecutive ids and a token's experts come from at most K
+    groups; ``None`` for plain top-k routing.
     """
 
     model: str
@@ -36,6 +39,8 @@ class TraceMeta:
     license: str = ""
     note: str = ""
     num_hidden_layers: int | None = None
+    routing_groups: int | None = None
+    groups_per_token: int | None = None
 
     def __post_init__(self):
         """Refuse metadata no model has, before anything is sized by it."""
@@ -58,11 +63,35 @@ class TraceMeta:
                 f"but MoE layer {max(self.layer_ids)} exists"
             )
 
+        self._check_groups()
+
+    def _check_groups(self) -> None:
+        groups, per_token = self.routing_groups, self.groups_per_token
+        if groups is None and per_token is None:
+            return
+        if groups is None or per_token is None:
+            raise MoeplaceError("metadata routing_groups and groups_per_token go together")
+        if not 2 <= groups <= self.num_experts or self.num_experts % groups:
+            raise MoeplaceError(
+                f"metadata routing_groups={groups} must divide the {self.num_experts} experts"
+            )
+        if not 1 <= per_token < groups or self.top_k > per_token * (self.num_experts // groups):
+            raise MoeplaceError(
+                f"metadata groups_per_token={per_token} must be in 1..{groups - 1} and its groups must hold "
+                f"the top-{self.top_k} experts"
+            )
+
+    @property
+    def group_limit(self) -> tuple[int, int] | None:
+        """(G, K) of group-limited routing, or None."""
+        return None if self.routing_groups is None else (self.routing_groups, self.groups_per_token)
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["layer_ids"] = list(self.layer_ids)
-        if self.num_hidden_layers is None:  # absent, not null: fingerprints of older traces stay
-            del d["num_hidden_layers"]
+        for field in ("num_hidden_layers", "routing_groups", "groups_per_token"):
+            if d[field] is None:  # absent, not null: fingerprints of older traces stay
+                del d[field]
         return d
 
     @classmethod
@@ -80,11 +109,10 @@ class TraceMeta:
                 top_k=_as_int(d["top_k"], "top_k"),
                 layer_ids=tuple(_as_int(x, "layer_ids") for x in d["layer_ids"]),
                 **{f: str(d[f]) for f in ("phase", "source", "license", "note") if f in d},
-                num_hidden_layers=(
-                    None
-                    if d.get("num_hidden_layers") is None
-                    else _as_int(d["num_hidden_layers"], "num_hidden_layers")
-                ),
+                **{
+                    f: None if d.get(f) is None else _as_int(d[f], f)
+                    for f in ("num_hidden_layers", "routing_groups", "groups_per_token")
+                },
             )
         except TypeError as exc:
             raise MoeplaceError(f"bad metadata: {exc}") from None

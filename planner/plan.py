@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import multiprocessing
 import multiprocessing.forkserver
@@ -16,6 +17,7 @@ import numpy as np
 from moeplace.calibrate.stats import LayerStats, Statistics
 from moeplace.errors import MoeplaceError
 from moeplace.planner.bounds import fanout_lower_bounds
+from moeplace.planner.groups import num_regions, solve_grouped
 from moeplace.planner.objective import fanout
 from moeplace.planner.placement import LayerPlacement, Placement, yaml_safe
 from moeplace.planner.replicas import add_replicas, replica_counts
@@ -63,6 +65,8 @@ def plan(
         )
     if spec.capped:
         check_tolerance(stats, topology, options.load_tolerance)
+    options = dataclasses.replace(options, routing_groups=stats.meta.routing_groups or 1)
+    grouped = num_regions(topology, options.routing_groups, options.group_mode) > 1
     layers = [stats.layer(i) for i in range(stats.num_layers)]
     if executor is None:
         solutions = []
@@ -94,6 +98,11 @@ def plan(
             "search_steps": options.search_steps,
             "refine": options.refine,
             **({"node_cost": options.node_cost} if topology.num_nodes > 1 else {}),
+            **(
+                {"routing_groups": options.routing_groups, "group_mode": options.group_mode}
+                if grouped
+                else {}
+            ),
         },
         calibration=calibration
         | ({"set_sample_rate": stats.set_sample_rate} if stats.set_sample_rate < 1 else {}),
@@ -151,6 +160,11 @@ def solve_layer(solver: str, stats: LayerStats, topology: Topology, options: Sol
     its lower bounds (when the statistics have top-k sets); then replicas, if the topology has
     redundant slots and the solver does not place them itself."""
     spec = SOLVERS[solver]
+    if num_regions(topology, options.routing_groups, options.group_mode) > 1:
+        solution = solve_grouped(functools.partial(solve_layer, solver), stats, topology, options)
+        if stats.topk_sets is not None and not topology.redundant_slots:
+            solution.info.update(fit_report(stats, topology, solution.expert_to_device))
+        return solution
     if topology.redundant_slots and spec.places_replicas:
         return spec.solve(stats, topology, options)
     if topology.redundant_slots:

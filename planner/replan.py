@@ -40,6 +40,11 @@ def replan(
     ``executor``. Each layer's report holds the moves made and the fit fan-out before and after."""
     if current.redundant_slots:
         raise MoeplaceError("a re-plan moves the experts of a placement without redundant slots")
+    if current.options.get("routing_groups", 1) > 1:
+        raise MoeplaceError(
+            "a re-plan's swaps may split routing groups: re-plan a placement planned with group mode free, "
+            "or plan from scratch"
+        )
     if (stats.meta.num_experts, tuple(stats.meta.layer_ids)) != (current.num_experts, current.layer_ids):
         raise MoeplaceError(
             f"the new traffic has {stats.meta.num_experts} experts and MoE layers "

@@ -420,3 +420,43 @@ def test_cli_permutes_by_placement_file_and_refuses_replicas(tmp_path):
     )
     assert result.exit_code == 2 and "cannot express replicas" in result.output
     assert not (tmp_path / "dst2").exists()
+
+
+@pytest.mark.parametrize(
+    ("devices", "solver"), [(2, "greedy-capped"), (4, "greedy-capped"), (4, "frequency")]
+)
+def test_group_mode_permutable_plans_what_permute_checkpoint_realizes_on_deepseek_v3(
+    tmp_path, devices, solver
+):
+    from typer.testing import CliRunner
+
+    import moeplace
+    from moeplace.calibrate.capture import capture_routing, trace_meta
+    from moeplace.calibrate.corpus import Document
+    from moeplace.calibrate.trace_io import trace_writer
+    from moeplace.cli import app
+
+    model = causal_lm("deepseek_v3")  # n_group 4 of 2 experts, topk_group 2
+    rng = np.random.default_rng(0)
+    token_ids = [rng.integers(0, 128, 24) for _ in range(12)]
+    with trace_writer(tmp_path / "t", trace_meta(model, "tiny-v3", ["test"], max_length=24)) as writer:
+        capture_routing(model, [Document("", f"d{i}") for i in range(12)], token_ids, writer, max_length=24)
+    trace = moeplace.load_trace(tmp_path / "t")
+    assert trace.meta.group_limit == (4, 2)  # read from the model's config
+    options = moeplace.SolverOptions(load_tolerance=1.0, group_mode="permutable")
+    topology = moeplace.Topology(N, devices)
+    planned = moeplace.plan(moeplace.compute_statistics(trace, resamples=0), topology, solver, options)
+    assert planned.options["routing_groups"] == 4 and planned.options["group_mode"] == "permutable"
+    assert (planned.expert_to_device != np.arange(N) // (N // devices)).any()  # experts do move
+    moeplace.save_placement(planned, tmp_path / "p.yaml")
+    src = saved(model, tmp_path / "src")
+    args = ["permute-checkpoint", str(src), str(tmp_path / "dst"), "--placement", str(tmp_path / "p.yaml")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (old_logits, old_ids), (new_logits, new_ids) = run(model), run(load(tmp_path / "dst"))
+    torch.testing.assert_close(new_logits, old_logits, atol=1e-5, rtol=1e-5)
+    for position, layer in enumerate(planned.layer_ids):  # contiguous layout realises the plan's devices
+        np.testing.assert_array_equal(
+            np.sort(new_ids[layer] // (N // devices), -1),
+            np.sort(planned.expert_to_device[position][old_ids[layer]], -1),
+        )

@@ -97,6 +97,28 @@ def test_plan_from_a_served_placement_reports_moves_and_recovery(tmp_path):
     assert run("plan", new, "--out", out).stderr.startswith("error: --devices is required")
 
 
+def test_an_auto_replan_weighs_moves_by_the_serving_step_and_keeps_the_budget(tmp_path):
+    fit, new = tmp_path / "fit.npz", tmp_path / "new.npz"
+    run("split", TRACE, "--holdout-label", "gpqa*,sorry*", "--fit-out", fit, "--holdout-out", new)
+    served = tmp_path / "served.yaml"
+    assert run("plan", fit, "--devices", 8, "--load-tolerance", 0.1, "--out", served).exit_code == 0
+    out = tmp_path / "replan.yaml"
+    step = ("--step", "decode", "--load-tolerance", "auto")
+    result = run("plan", new, "--from", served, "--max-moves", 4, *step, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "re-plan: estimated step on the calibration trace" in result.output
+    assert "of its step gain" in result.output
+    auto = moeplace.load_placement(out).options["load_tolerance_auto"]
+    estimates = auto["step_seconds"]
+    # the candidates are the served placement and re-plans: a balancer would move every expert
+    assert "served" in estimates and not {"frequency", "eplb"} & set(estimates)
+    assert len(estimates) > 2 and estimates[auto["chose"]] == min(estimates.values())
+    before = moeplace.load_placement(served).expert_to_device
+    assert ((moeplace.load_placement(out).expert_to_device != before).sum(axis=1) <= 4).all()
+    bad = run("plan", new, "--from", served, "--max-moves", 4, *step[:2], "--step-search", 8, "--out", out)
+    assert bad.exit_code == 2 and "--from re-plans by moves alone" in bad.stderr
+
+
 def test_a_replan_over_processes_is_the_same_as_in_one(drifted):
     served, new, options = drifted
     with layer_executor(2) as pool:

@@ -283,6 +283,11 @@ def test_auto_keeps_the_shortest_step_and_equal_steps_go_to_less_traffic():
     assert "one message per expert" in choice.verdict("expert")
     assert "compute imbalance" in Choice(None, "eplb", None, {"eplb": t(10.0, 1.0)}, True).verdict("rank")
     assert Choice(None, "eps=0.1", 0.1, times, True).verdict("rank").startswith("eps 0.1: co-location pays")
+    assert (
+        Choice(None, "served", None, {"served": t(1.0, 1.0)}, True)
+        .verdict("rank")
+        .startswith("served: no re")
+    )
 
 
 def test_sampled_steps_are_full_steps_of_shuffled_document_orders():

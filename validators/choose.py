@@ -26,6 +26,7 @@ from moeplace.validators.report import StepSetting
 
 AUTO_TOLERANCES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2)
 BALANCERS = (BASELINE, "eplb")  # load balancing only: the plans co-location must beat
+SERVED = "served"  # a re-plan's candidate that moves nothing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,10 @@ class Choice:
         """Why the choice, in a line."""
         if self.tolerance is not None:
             return f"eps {self.tolerance:g}: co-location pays this step"
+        if self.name == SERVED:
+            return (
+                f"{SERVED}: no re-plan within the move budget shortens this step; keep the served placement"
+            )
         chosen = self.times[self.name]
         if kernel == "expert":
             why = "the kernel sends one message per expert, so co-location saves no bytes"
@@ -69,12 +74,16 @@ def choose_tolerance(
     provenance: dict,
     plan_layers: Callable[..., Placement] = plan,
     tolerances: tuple[float, ...] = AUTO_TOLERANCES,
+    fixed: dict[str, Placement] | None = None,
 ) -> Choice:
     """Plan the balancers and ``solver`` at each of ``tolerances`` (those the balance floor
     allows); keep the one whose serving step, replayed on ``trace`` (the calibration trace), is
     cheapest, ties to less communication. ``plan_layers(stats, topology, solver, options,
-    provenance)`` plans (progress, pools)."""
-    candidates = [(name, None, plan_layers(stats, topology, name, options, provenance)) for name in BALANCERS]
+    provenance)`` plans (progress, pools). ``fixed``: candidates without a tolerance, by name, in
+    place of the balancers (a re-plan's: the served placement, since a balancer moves too much)."""
+    if fixed is None:
+        fixed = {name: plan_layers(stats, topology, name, options, provenance) for name in BALANCERS}
+    candidates = [(name, None, placement) for name, placement in fixed.items()]
     for eps in tolerances:
         try:
             run = dataclasses.replace(options, load_tolerance=eps)

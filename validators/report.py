@@ -57,6 +57,11 @@ class Validation:
                 ),
                 "balance_floor": float(np.mean([balance_floor(x, topology.num_devices) for x in held_load])),
                 "holdout": self.holdout.provenance(),
+                **(
+                    {"groups_per_token": self.holdout.meta.groups_per_token}
+                    if self.holdout.meta.group_limit and topology.num_nodes > 1
+                    else {}
+                ),
             }
         )
 
@@ -200,7 +205,9 @@ def compare_steps(validation: Validation, setting: StepSetting) -> StepCompariso
     topology = placement.topology
     cost, time = setting.replay(placement.physical_to_logical, held, topology)
     baseline_cost, baseline_time = setting.replay(validation.baseline_slots, held, topology.without_replicas)
-    _, eplb_time = setting.replay(eplb_slots(placement.calibration_load, topology), held, topology)
+    groups = placement.options.get("routing_groups", 1)  # hierarchical EPLB for a grouped placement
+    eplb = eplb_slots(placement.calibration_load, topology, groups)
+    _, eplb_time = setting.replay(eplb, held, topology)
     return StepComparison(setting, time, baseline_time, cost, baseline_cost, eplb_time)
 
 

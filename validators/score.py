@@ -23,6 +23,7 @@ class Headline:
     load_cv: float
     max_mean_load: float
     worst_layer_max_mean_load: float
+    most_nodes_a_token: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Score:
     Attributes:
         dev_per_token: mean distinct devices per token (over tokens with at least one expert).
         node_per_token: mean distinct nodes per token (cross-node fan-out; 1 with one node).
+        most_nodes_a_token: int64, the most distinct nodes any one token reached.
         load_cv: std / mean of device load.
         max_mean_load: busiest device over mean.
         device_load: int64 ``[L, D]`` activations per device.
@@ -39,6 +41,7 @@ class Score:
 
     dev_per_token: np.ndarray
     node_per_token: np.ndarray
+    most_nodes_a_token: np.ndarray
     load_cv: np.ndarray
     max_mean_load: np.ndarray
     device_load: np.ndarray
@@ -52,6 +55,7 @@ class Score:
             load_cv=float(self.load_cv.mean()),
             max_mean_load=float(self.max_mean_load.mean()),
             worst_layer_max_mean_load=float(self.max_mean_load.max()),
+            most_nodes_a_token=int(self.most_nodes_a_token.max()),
         )
 
 
@@ -64,6 +68,7 @@ def score_placement(physical_to_logical: np.ndarray, trace: Trace, topology: Top
     ]
     devices = np.zeros(num_layers, np.int64)
     nodes = np.zeros(num_layers, np.int64)
+    most_nodes = np.zeros(num_layers, np.int64)
     routed = np.zeros(num_layers, np.int64)
     loads = np.zeros((num_layers, num_devices))
     offsets = trace.doc_offsets
@@ -77,14 +82,17 @@ def score_placement(physical_to_logical: np.ndarray, trace: Trace, topology: Top
             devices[layer] += per_token.sum()
             routed[layer] += np.count_nonzero(per_token)
             if topology.num_nodes == 1:  # every routed token touches the one node
-                nodes[layer] += np.count_nonzero(per_token)
+                token_nodes = np.minimum(per_token, 1)
             else:
-                nodes[layer] += distinct_per_row(token_devices(served, topology.node_of_device)).sum()
+                token_nodes = distinct_per_row(token_devices(served, topology.node_of_device))
+            nodes[layer] += token_nodes.sum()
+            most_nodes[layer] = max(most_nodes[layer], token_nodes.max(initial=0))
         release_pages(trace.topk_ids)
     loads = loads.round().astype(np.int64)
     return Score(
         dev_per_token=devices / np.maximum(routed, 1),
         node_per_token=nodes / np.maximum(routed, 1),
+        most_nodes_a_token=most_nodes,
         load_cv=np.array([load_cv(x) for x in loads]),
         max_mean_load=np.array([max_mean_load(x) for x in loads]),
         device_load=loads,

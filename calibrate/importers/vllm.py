@@ -68,6 +68,7 @@ def read_routed_experts(paths: Sequence[Path], options) -> tuple[TraceMeta, list
             )
     layer_ids = options.layer_ids or (layout.layer_ids if layout else tuple(range(width)))
     documents = [(_moe_rows(doc, layer_ids, num_experts), doc.label) for doc in routed]
+    groups, per_token = (layout.group_limit if layout else None) or (None, None)
     meta = TraceMeta(
         model=options.model or model or "unknown (vLLM routed experts)",
         num_experts=num_experts,
@@ -76,6 +77,8 @@ def read_routed_experts(paths: Sequence[Path], options) -> tuple[TraceMeta, list
         phase="mixed",
         source=f"vLLM routed experts: {', '.join(p.name for p in paths)}",
         num_hidden_layers=layout.num_hidden_layers if layout else None,
+        routing_groups=groups,
+        groups_per_token=per_token,
     )
     return meta, documents
 

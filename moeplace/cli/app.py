@@ -7,6 +7,7 @@ file and the problem).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import functools
 import math
@@ -34,6 +35,7 @@ from rich.text import Text
 from moeplace import __version__
 from moeplace.calibrate.stats import RESAMPLE_UNITS
 from moeplace.errors import MoeplaceError
+from moeplace.planner.groups import GROUP_MODES
 from moeplace.planner.solvers import SOLVERS
 from moeplace.validators.profile import ModelShape, load_profile, shape_of
 from moeplace.validators.report import StepSetting
@@ -196,6 +198,41 @@ ResampleByOpt = Annotated[
         "label groups (a label up to its first /), so the cap also holds when the mix of traffic shifts.",
     ),
 ]
+GroupMode = choices("GroupMode", GROUP_MODES)
+GroupModeOpt = Annotated[
+    GroupMode,
+    typer.Option(
+        help="Under group-limited routing (DeepSeek-V3's n_group / topk_group, from the trace or --groups): "
+        "nodes: whole groups to nodes, so a token reaches at most topk_group nodes, co-activation placed "
+        "within each node; permutable: whole groups to blocks of devices, what permute-checkpoint can "
+        "realize; free: ignore the groups.",
+    ),
+]
+GroupsOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Routing groups G of N/G consecutive experts, if the trace does not say (1: plain top-k).",
+    ),
+]
+GroupsPerTokenOpt = Annotated[
+    int | None, typer.Option(min=1, help="With --groups: the most groups a token's experts come from (K).")
+]
+
+
+def with_groups(data, groups: int | None, per_token: int | None):
+    """``data`` (a trace or statistics) with its routing groups set by ``--groups``/``--groups-per-token``."""
+    if groups is None and per_token is None:
+        return data
+    if groups is None or (groups > 1) != (per_token is not None):
+        raise MoeplaceError(
+            "--groups G needs --groups-per-token K (and --groups 1, plain top-k routing, none)"
+        )
+    limit = (None, None) if groups == 1 else (groups, per_token)
+    meta = dataclasses.replace(data.meta, routing_groups=limit[0], groups_per_token=limit[1])
+    return dataclasses.replace(data, meta=meta)
+
+
 HoldoutLabelOpt = Annotated[
     str | None,
     typer.Option(

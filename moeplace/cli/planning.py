@@ -24,6 +24,10 @@ from moeplace.calibrate.trace import Trace
 from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.cli.app import (
     CORES,
+    GroupMode,
+    GroupModeOpt,
+    GroupsOpt,
+    GroupsPerTokenOpt,
     HiddenOpt,
     HoldoutLabelOpt,
     HoldoutShareOpt,
@@ -59,6 +63,7 @@ from moeplace.cli.app import (
     step_setting,
     tagged,
     user_errors,
+    with_groups,
 )
 from moeplace.cli.reports import print_steps, print_summary
 from moeplace.errors import MoeplaceError
@@ -68,9 +73,9 @@ from moeplace.planner.plan import plan as plan_layers
 from moeplace.planner.replan import replan
 from moeplace.planner.solvers import SOLVERS, SolverOptions
 from moeplace.planner.topology import Topology
-from moeplace.validators.choose import AUTO_TOLERANCES, BALANCERS, choose_tolerance
+from moeplace.validators.choose import AUTO_TOLERANCES, BALANCERS, SERVED, Choice, choose_tolerance
 from moeplace.validators.compare import fit_figures
-from moeplace.validators.report import check_compatible, compare_steps
+from moeplace.validators.report import StepSetting, check_compatible, compare_steps
 from moeplace.validators.report import validate as validate_placement
 from moeplace.validators.step_search import step_search
 
@@ -170,6 +175,9 @@ def plan(
     refine: RefineOpt = False,
     nodes: NodesOpt = 1,
     node_cost: NodeCostOpt = 0.0,
+    group_mode: GroupModeOpt = GroupMode.nodes,
+    groups: GroupsOpt = None,
+    groups_per_token: GroupsPerTokenOpt = None,
     redundant_slots: RedundantOpt = 0,
     resamples: ResamplesOpt = DEFAULT_RESAMPLES,
     resample_by: ResampleByOpt = ResampleUnit.documents,
@@ -221,9 +229,8 @@ def plan(
         raise MoeplaceError("--from and --max-moves go together: the placement served and the moves allowed")
     current = load_placement(from_placement) if from_placement is not None else None
     if current is not None:
-        if load_tolerance == "auto" or step_search_swaps or redundant_slots:
-            raise MoeplaceError("--from re-plans by moves alone: drop --load-tolerance auto, --step-search, "
-                                "--redundant-slots")  # fmt: skip
+        if step_search_swaps or redundant_slots:
+            raise MoeplaceError("--from re-plans by moves alone: drop --step-search and --redundant-slots")
         if devices not in (None, current.num_devices) or nodes not in (1, current.num_nodes):
             raise MoeplaceError(
                 f"--from: the placement has {current.num_devices} devices in {current.num_nodes} nodes"
@@ -241,11 +248,12 @@ def plan(
         raise MoeplaceError("--step-search places one copy of each expert: drop --redundant-slots")
     check_distinct([trace, holdout], [out_path])
     check_output_file(out_path)
-    source = load_trace_or_statistics(trace)
+    with named(trace):
+        source = with_groups(load_trace_or_statistics(trace), groups, groups_per_token)
     if (auto or step_search_swaps) and isinstance(source, Statistics):
         option = "--load-tolerance auto" if auto else "--step-search"
         raise MoeplaceError(f"{trace}: {option} replays the calibration trace; give the trace")
-    held = load_trace(holdout) if holdout is not None else None
+    held = with_groups(load_trace(holdout), groups, groups_per_token) if holdout is not None else None
     topology = Topology(source.meta.num_experts, devices, nodes, redundant_slots)
     options = SolverOptions(
         load_tolerance=tolerance,
@@ -254,6 +262,7 @@ def plan(
         search_steps=search_steps,
         refine=refine,
         node_cost=node_cost,
+        group_mode=group_mode.value,
     )
     if isinstance(source, Statistics):
         statistics = source  # resampled with the seed and count it was made with
@@ -279,14 +288,34 @@ def plan(
     if current is not None:
         with named(trace):
             check_compatible(current, statistics.meta)
+        runs = len(BALANCERS) + len(AUTO_TOLERANCES) if auto else 1
         with (
             named(trace),
-            progress_bar(f"{solver} from scratch, D={devices}", statistics.num_layers) as advance,
+            progress_bar(f"{solver} from scratch, D={devices}", runs * statistics.num_layers) as advance,
             layer_executor(jobs) as pool,
         ):
-            full = plan_layers(statistics, topology, solver, options, source.provenance(), advance, pool)
-            placement = replan(statistics, current, max_moves, options, source.provenance(), pool)
-        print_replan(current, placement, full, source if isinstance(source, Trace) else None)
+
+            def plan_one(stats, topology, solver, options, provenance):
+                return plan_layers(stats, topology, solver, options, provenance, advance, pool)
+
+            def replan_one(stats, topology, solver, options, provenance):
+                return replan(stats, current, max_moves, options, provenance, pool)
+
+            if auto:
+                full_choice = choose_tolerance(
+                    source, statistics, topology, solver, options, setting, source.provenance(), plan_one
+                )
+                choice = choose_tolerance(
+                    source, statistics, topology, solver, options, setting, source.provenance(), replan_one,
+                    fixed={SERVED: current},
+                )  # fmt: skip
+                full, placement = full_choice.placement, with_choice(choice, solver, setting)
+            else:
+                full = plan_one(statistics, topology, solver, options, source.provenance())
+                placement = replan_one(statistics, topology, solver, options, source.provenance())
+        if auto:
+            print_choice(choice, setting, "re-plan")
+        print_replan(current, placement, full, source if isinstance(source, Trace) else None, setting)
         solver = placement.solver
     elif auto:
         runs = len(BALANCERS) + len(AUTO_TOLERANCES)
@@ -302,24 +331,8 @@ def plan(
             choice = choose_tolerance(
                 source, statistics, topology, solver, options, setting, source.provenance(), plan_one
             )
-        placement = dataclasses.replace(
-            choice.placement,
-            options=choice.placement.options
-            | {
-                "load_tolerance_auto": {
-                    "chose": choice.name,
-                    "tolerance": choice.tolerance,
-                    "solver": solver,
-                    "step": setting.summary(),
-                    "step_seconds": choice.estimates,
-                }
-            },
-        )
-        out.print(
-            "load tolerance auto, estimated step on the calibration trace (ms, a model): "
-            + ", ".join(f"{name} {value * 1e3:.3f}" for name, value in choice.estimates.items())
-        )
-        out.print(f"chose {choice.verdict(setting.workload.kernel)}")
+        placement = with_choice(choice, solver, setting)
+        print_choice(choice, setting, "load tolerance auto")
         solver = placement.solver
     else:
         with (
@@ -380,14 +393,43 @@ def plan(
     out.print(f"placement ({solver}, D={devices}, {len(placement.layers)} layers) -> {out_path}")
 
 
-def print_replan(current: Placement, replanned: Placement, full: Placement, trace: Trace | None) -> None:
-    """Moves made, and how much of a from-scratch plan's gain they recover on the new traffic."""
-    moves = [layer.solver_report["moves"] for layer in replanned.layers]
+def with_choice(choice: Choice, solver: str, setting: StepSetting) -> Placement:
+    """The chosen placement, recording in its options what ``--load-tolerance auto`` chose and why."""
+    auto = {
+        "chose": choice.name,
+        "tolerance": choice.tolerance,
+        "solver": solver,
+        "step": setting.summary(),
+        "step_seconds": choice.estimates,
+    }
+    return dataclasses.replace(
+        choice.placement, options=choice.placement.options | {"load_tolerance_auto": auto}
+    )
+
+
+def print_choice(choice: Choice, setting: StepSetting, what: str) -> None:
+    out.print(
+        f"{what}: estimated step on the calibration trace (ms, a model): "
+        + ", ".join(f"{name} {value * 1e3:.3f}" for name, value in choice.estimates.items())
+    )
+    out.print(f"chose {choice.verdict(setting.workload.kernel)}")
+
+
+def print_replan(
+    current: Placement,
+    replanned: Placement,
+    full: Placement,
+    trace: Trace | None,
+    setting: StepSetting | None,
+) -> None:
+    """Moves made, and how much of a from-scratch plan's gain they recover on the new traffic (and
+    of its serving step, estimated on it, with a step setting)."""
+    moves = [layer.solver_report.get("moves", 0) for layer in replanned.layers]
     pairs = zip(current.expert_to_device, full.expert_to_device, strict=True)
     full_moves = sum(int((a != b).sum()) for a, b in pairs)
     out.print(
         f"re-plan from {current.solver}: {sum(moves)} expert moves ({max(moves)} at most in a layer, "
-        f"budget {replanned.options['max_moves']}); {full.solver} from scratch moves {full_moves}"
+        f"budget {replanned.options.get('max_moves', 0)}); {full.solver} from scratch moves {full_moves}"
     )
     if trace is None:
         return
@@ -403,6 +445,16 @@ def print_replan(current: Placement, replanned: Placement, full: Placement, trac
     out.print(
         f"  the moves recover {spread} of {full.solver}'s dev/token gain and {balance} of its balance gain"
     )
+    if setting is not None:
+        steps = [
+            setting.replay(p.physical_to_logical, trace, p.topology)[1].total(setting.overlap)
+            for p in plans.values()
+        ]
+        out.print(
+            "  estimated step on the new traffic (ms, a model): "
+            + ", ".join(f"{name} {t * 1e3:.3f}" for name, t in zip(plans, steps, strict=True))
+            + f"; the moves recover {_recovered(*steps)} of its step gain"
+        )
 
 
 def _recovered(before: float, after: float, target: float) -> str:

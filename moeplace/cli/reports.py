@@ -46,6 +46,14 @@ def print_summary(summary: dict) -> None:
                 if base["node_per_token"] > 1
                 else []
             ),
+            *(
+                [
+                    f"; at most {summary['most_nodes_a_token']} nodes a token (vs "
+                    f"{base['most_nodes_a_token']}; the routing's groups allow {summary['groups_per_token']})"
+                ]
+                if "groups_per_token" in summary
+                else []
+            ),
         )
     )
     out.print(

@@ -25,6 +25,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from moeplace.atomic import atomic_dir
+from moeplace.calibrate.model_config import group_limit
 from moeplace.calibrate.safe_io import loads_json, read_text
 from moeplace.calibrate.trace import MAX_EXPERTS, MAX_LAYERS
 from moeplace.deploy.engines import PERMUTATION_FORMAT
@@ -42,17 +43,10 @@ PER_EXPERT, FUSED = re.compile(r"^experts\.(\d+)\.(.+)$"), "experts."
 
 
 def routing_groups(config: Mapping) -> int:
-    """How many expert groups the router limits each token to (1: no limit), from ``config.json``.
-
-    DeepSeek-V3 (and its look-alikes) always route group-limited; DeepSeek-V2 unless ``topk_method``
-    is ``"greedy"``. Choosing ``topk_group >= n_group`` groups is no limit.
-    """
-    config = config.get("text_config") or config
-    n_group, topk_group = config.get("n_group") or 1, config.get("topk_group") or config.get("n_group") or 1
-    if type(n_group) is not int or type(topk_group) is not int:
-        raise MoeplaceError(f"n_group and topk_group must be integers, got {n_group!r} and {topk_group!r}")
-    greedy = config.get("topk_method") == "greedy" and config.get("model_type") != "deepseek_v3"
-    return 1 if n_group <= 1 or greedy or topk_group >= n_group else n_group
+    """How many expert groups the router limits each token to (1: no limit), from ``config.json``
+    (``group_limit``)."""
+    limit = group_limit(dict(config))
+    return 1 if limit is None else limit[0]
 
 
 def check_group_safe(config: Mapping, layer_id: int, new_to_old: np.ndarray) -> None:

@@ -27,6 +27,9 @@ class SolverOptions:
         refine: run the exact local search after the solver (``refine`` and ``hypergraph`` always do).
         node_cost: extra cost of a token's dispatch to a node, in devices: the exact local search
             minimizes devices/token + node_cost x nodes/token (0: nodes do not matter).
+        routing_groups: G of group-limited routing (1: none); ``plan`` sets it from the statistics.
+        group_mode: how placements keep groups whole (``moeplace.planner.groups``): nodes,
+            permutable or free.
     """
 
     load_tolerance: float = 0.05
@@ -35,6 +38,8 @@ class SolverOptions:
     search_steps: int = 2000
     refine: bool = False
     node_cost: float = 0.0
+    routing_groups: int = 1
+    group_mode: str = "nodes"
 
 
 @dataclasses.dataclass(frozen=True)

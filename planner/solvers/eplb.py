@@ -153,16 +153,16 @@ def rebalance_experts(
     return rebalance_hierarchical(weight, num_physical, 1, 1, num_gpus)
 
 
-def eplb_slots(load: np.ndarray, topology: Topology) -> np.ndarray:
+def eplb_slots(load: np.ndarray, topology: Topology, num_groups: int = 1) -> np.ndarray:
     """int64 ``[X, N + R]``: the expert in each physical slot of ``topology`` for each row of
-    expert loads ``load`` ``[X, N]``.
+    expert loads ``load`` ``[X, N]``, the routed experts in ``num_groups`` routing groups.
 
-    The routed experts are one group (the shared traces do not record the model's groups), so
-    with several nodes this is EPLB's global policy, as DeepSeek's code runs it for one group."""
+    With one group (plain top-k routing) and several nodes this is EPLB's global policy, as
+    DeepSeek's code runs it for one group."""
     return rebalance_experts(
         load,
         topology.num_physical,
-        num_groups=1,
+        num_groups=num_groups,
         num_nodes=topology.num_nodes,
         num_gpus=topology.num_devices,
     )
