@@ -59,6 +59,13 @@ def plan(
         raise MoeplaceError(
             f"{what} needs the distinct top-k sets of a per-token trace; these statistics have none"
         )
+    if not topology.one_copy_fits and not spec.places_replicas:
+        replicating = " or ".join(name for name, s in SOLVERS.items() if s.places_replicas)
+        raise MoeplaceError(
+            f"{topology.num_devices} devices do not divide the {topology.num_experts} experts, so the slots "
+            f"fill evenly only with the replicas placed as one; {solver!r} places one copy of each expert "
+            f"first: use solver {replicating}"
+        )
     if topology.num_experts != stats.meta.num_experts:
         raise MoeplaceError(
             f"topology has {topology.num_experts} experts, statistics {stats.meta.num_experts}"

@@ -6,6 +6,13 @@ Where: hottest first, each replica goes to the device (with a free extra slot, n
 that expert) that minimizes the fit trace's fan-out under the dispatch policy (``dispatch``),
 among the devices that keep every device's load within (1 + eps) x mean; if none does, to the one
 with the lowest busiest device. A token then finds a replica on a device it already touches.
+At scale the exact dispatch for every candidate is too slow (256 experts, 32 devices and 262k
+sets a layer: two minutes a layer), so two shortcuts apply. Beyond ``EXACT_SETS`` distinct top-k
+sets, candidates are dispatched on a fixed keyed sample of that many (``TopkSets.sampled``).
+Beyond ``EXACT_DEVICES`` candidate devices, only a shortlist is dispatched: the ``SHORTLIST`` with
+the largest estimated saving (tokens holding the expert whose other experts already touch the
+device, while the expert's current device serves that expert alone) and the ``SHORTLIST`` least
+loaded. Below both (the shared traces at D <= 8) every candidate is dispatched on every set.
 No device ever holds two copies of one expert (``moeplace.planner.slots``): an expert gets at most
 one copy per device, a replica goes only where the replicas still to come can go too, and when the
 devices left with free slots already hold the next replica's expert, that slot goes to the next
@@ -16,13 +23,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from moeplace.calibrate.stats import LayerStats
+from moeplace.calibrate.stats import LayerStats, TopkSets
 from moeplace.planner.dispatch import dispatch, replica_table
 from moeplace.planner.objective import distinct_per_row, token_devices
 from moeplace.planner.slots import copies_fit
 from moeplace.planner.solvers.base import SolverOptions
 from moeplace.planner.solvers.eplb import replicate_experts
 from moeplace.planner.topology import Topology
+
+EXACT_DEVICES = 8  # candidate devices a replica is dispatched exactly to, all of them, up to this many
+EXACT_SETS = 1 << 15  # distinct top-k sets the exact dispatch runs on (a fixed sample beyond)
+SHORTLIST = 3  # beyond EXACT_DEVICES: candidates by estimated saving, and as many by lowest load
 
 
 def replica_counts(load: np.ndarray, topology: Topology) -> np.ndarray:
@@ -40,13 +51,16 @@ def add_replicas(
     table = np.full((n, 1 + int(np.bincount(hot, minlength=n).max(initial=0))), -1, np.int64)
     table[:, 0] = expert_to_device
     free = np.full(d, extra // d)
-    sets, weight = stats.topk_sets.sets, stats.topk_sets.counts.astype(np.float64)
+    sets, weight = _evaluation_sets(stats.topk_sets, n)
     cap = (1.0 + options.load_tolerance) * weight @ (sets >= 0).sum(axis=1) / d
     for position, expert in enumerate(hot):
         column = int(np.argmax(table[expert] < 0))
         later = np.bincount(hot[position + 1 :], minlength=n)
         best = None
-        for device in np.flatnonzero((free > 0) & ~np.isin(np.arange(d), table[expert])):
+        candidates = np.flatnonzero((free > 0) & ~np.isin(np.arange(d), table[expert]))
+        if candidates.shape[0] > EXACT_DEVICES:
+            candidates = _shortlist(sets, weight, table, expert, candidates, d)
+        for device in candidates:
             table[expert, column] = device
             free[device] -= 1
             fits = copies_fit(later, _holds(table, d), free)
@@ -61,6 +75,7 @@ def add_replicas(
         table[expert, column] = best[1]
         free[best[1]] -= 1
     load = np.zeros(d)
+    sets, weight = stats.topk_sets.sets, stats.topk_sets.counts.astype(np.float64)
     served = dispatch(sets, weight, _distinct(table), d, load)
     report = {
         "replicated_experts": np.unique(hot).tolist(),
@@ -69,6 +84,33 @@ def add_replicas(
         "fit_max_mean_load": float(load.max() / load.mean()),
     }
     return _slots(table, topology), report
+
+
+def _evaluation_sets(topk_sets: TopkSets, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sets ``[H', k]`` and weights ``[H']`` candidate replicas are dispatched on: all of them,
+    or beyond ``EXACT_SETS`` a fixed keyed sample, each standing for 1 / rate as many tokens."""
+    rate = min(1.0, EXACT_SETS / max(topk_sets.sets.shape[0], 1))
+    sample = topk_sets.sampled(rate, num_experts, seed=1)  # seed 1: independent of the statistics' own
+    return sample.sets, sample.counts.astype(np.float64) / rate
+
+
+def _shortlist(
+    sets: np.ndarray, weight: np.ndarray, table: np.ndarray, expert: int, candidates: np.ndarray, d: int
+) -> np.ndarray:
+    """The ``SHORTLIST`` candidates with the largest estimated saving and the ``SHORTLIST`` least
+    loaded (ascending, distinct), under the current dispatch of ``sets`` [H, k] by ``table``."""
+    load = np.zeros(d)
+    served = dispatch(sets, weight, _distinct(table), d, load)
+    rows = np.flatnonzero((sets == expert).any(axis=1))
+    mine = sets[rows] == expert  # [n, k]
+    own = served[rows][mine]  # [n] the device now serving the expert
+    others = np.where(mine, -1, served[rows])  # the devices the token's other experts use
+    alone = ~(others == own[:, None]).any(axis=1)
+    touches = (others[:, :, None] == candidates[None, None, :]).any(axis=1)  # [n, C]
+    saving = (weight[rows, None] * (touches & alone[:, None])).sum(axis=0)
+    by_saving = candidates[np.argsort(-saving, kind="stable")[:SHORTLIST]]
+    by_load = candidates[np.argsort(load[candidates], kind="stable")[:SHORTLIST]]
+    return np.union1d(by_saving, by_load)
 
 
 def _placeable_replicas(load: np.ndarray, expert_to_device: np.ndarray, topology: Topology) -> np.ndarray:

@@ -15,7 +15,8 @@ class Topology:
 
     The devices sit in ``num_nodes`` nodes of ``num_devices / num_nodes`` each, numbered node-major
     (device d on node ``d // devices_per_node``), as ranks are in expert-parallel launchers.
-    ``redundant_slots`` R extra slots hold replicas of hot experts: ``(N + R) / D`` slots a device.
+    ``redundant_slots`` R extra slots hold replicas of hot experts: ``(N + R) / D`` slots a device
+    (D need not divide N then: DeepSeek's decode runs 256 experts + 32 replicas on 144 GPUs).
     """
 
     num_experts: int
@@ -29,16 +30,16 @@ class Topology:
             raise MoeplaceError(f"the device count must be at least 1, got {d}")
         if d > n:
             raise MoeplaceError(f"{d} devices exceed the {n} experts: a device would hold none")
-        if n % d:
+        if n % d and not self.redundant_slots:
             raise MoeplaceError(f"{d} devices do not divide the {n} experts into equal slots per device")
         if self.num_nodes < 1 or d % self.num_nodes:
             raise MoeplaceError(
                 f"the node count ({self.num_nodes}) must be at least 1 and divide the {d} devices"
             )
-        if self.redundant_slots < 0 or self.redundant_slots % d:
+        if self.redundant_slots < 0 or (n + self.redundant_slots) % d:
             raise MoeplaceError(
-                f"redundant slots ({self.redundant_slots}) must be >= 0 and a multiple of the {d} devices "
-                "(every device holds the same number of slots)"
+                f"redundant slots ({self.redundant_slots}) must be >= 0 and fill the {d} devices evenly: "
+                f"{n} experts + {self.redundant_slots} slots do not split into equal slots per device"
             )
         if self.slots_per_device > n:
             raise MoeplaceError(
@@ -56,7 +57,18 @@ class Topology:
         return self.num_physical // self.num_devices
 
     @property
+    def one_copy_fits(self) -> bool:
+        """Whether one copy of each expert fills the devices evenly (D divides N). When not (256
+        experts at EP144 with 32 redundant slots), only a placement with replicas fills the slots."""
+        return self.num_experts % self.num_devices == 0
+
+    @property
     def without_replicas(self) -> Topology:
+        if not self.one_copy_fits:
+            raise MoeplaceError(
+                f"{self.num_devices} devices do not divide the {self.num_experts} experts: only a placement "
+                f"with its {self.redundant_slots} replicas fills them evenly"
+            )
         return Topology(self.num_experts, self.num_devices, self.num_nodes)
 
     @property

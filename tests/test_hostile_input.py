@@ -216,7 +216,7 @@ def test_traces_of_different_models_are_not_mixed(good, tmp_path, differs):
         (("--devices", 32), "exceed the 16 experts"),
         (("--devices", 0), "device"),
         (("--devices", -4), "device"),
-        (("--devices", 4, "--redundant-slots", 2), "multiple of"),
+        (("--devices", 4, "--redundant-slots", 2), "do not split into equal slots per device"),
         (("--devices", 4, "--nodes", 3), "node count"),
         (("--devices", 2, "--redundant-slots", 18), "two copies of one expert"),  # 17 slots, 16 experts
     ],

@@ -192,7 +192,7 @@ def test_gate_failures_read_an_undefined_figure_as_a_failure():
     from moeplace.validators.report import gate_failures
 
     def validation(load, reduction):
-        return NS(score=NS(headline=NS(max_mean_load=load)), reduction=reduction)
+        return NS(score=NS(headline=NS(max_mean_load=load)), reduction=reduction, baseline_name="frequency")
 
     assert gate_failures(validation(float("nan"), 0.2), 1.15, None)
     assert gate_failures(validation(1.0, float("nan")), None, 0.1)

@@ -109,6 +109,23 @@ def test_redundant_slots_must_split_over_the_devices(redundant):
         Topology(32, 4, redundant_slots=redundant)
 
 
+def test_replicas_can_fill_devices_that_do_not_divide_the_experts(real_split, real_stats):
+    """DeepSeek's decode shape, scaled down: 32 experts + 4 replicas on 6 devices (EP144: 256 + 32 on
+    144). Only a solver that places the replicas as one fills it; the baseline is then EPLB."""
+    with pytest.raises(MoeplaceError, match="6 devices do not divide the 32 experts"):
+        Topology(32, 6)
+    topology = Topology(32, 6, 2, 4)
+    assert topology.slots_per_device == 6 and not topology.one_copy_fits
+    with pytest.raises(
+        MoeplaceError, match="'greedy-capped' places one copy of each expert first: use solver eplb"
+    ):
+        plan(real_stats, topology, "greedy-capped", SolverOptions(), {})
+    placement = plan(real_stats, topology, "eplb", SolverOptions(), {})
+    assert all(np.bincount(row, minlength=32).min() == 1 for row in placement.physical_to_logical)
+    summary = validate(placement, real_split[1]).summary()
+    assert summary["baseline"]["solver"] == "eplb" and summary["reduction"] == 0.0
+
+
 @pytest.fixture(scope="module")
 def replicated(real_stats, tmp_path_factory):
     topology = Topology(32, 4, redundant_slots=4)

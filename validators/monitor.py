@@ -27,9 +27,8 @@ import numpy as np
 from moeplace.calibrate.trace import Trace
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import Placement
-from moeplace.planner.solvers.frequency import frequency_placement
 from moeplace.validators.metrics import max_mean_load
-from moeplace.validators.report import validate
+from moeplace.validators.report import baseline_placement, validate
 
 DRIFT_SLACK = 0.05  # default limit: calibration max/mean + this
 CO_LOCATION_PAYS = 0.05  # a re-plan is worth its moves while co-location cuts this much dev/token
@@ -121,11 +120,13 @@ def watch(
         raise MoeplaceError("the recent records hold no expert activations")
     calibration = np.array([max_mean_load(x) for x in device_load(placement, placement.calibration_load)])
     recent = np.array([max_mean_load(x) for x in device_load(placement, load)])
-    plain = placement.topology.without_replicas
+    balanced = baseline_placement(load, placement.topology)  # [L, P]: the load balancer, refit
     rebalanced = np.array(
-        [max_mean_load(np.bincount(frequency_placement(x, plain), weights=x, minlength=plain.num_devices))
-         for x in load]
-    )  # fmt: skip
+        [
+            max_mean_load(_layer_device_load(row, x, placement.num_devices))
+            for row, x in zip(balanced, load, strict=True)
+        ]
+    )
     reduction = _reduction(placement, load, traces)
     expected = sampling_noise(placement, load.sum(axis=1))
     limit = max_load_ratio if max_load_ratio is not None else float(expected.mean()) + DRIFT_SLACK

@@ -28,11 +28,15 @@ class Validation:
     holdout: Trace
     score: Score
     baseline: Score
-    baseline_slots: np.ndarray  # int [L, N]: the frequency baseline's expert in each slot
+    baseline_slots: np.ndarray  # int [L, P]: the baseline's expert in each slot
+
+    @property
+    def baseline_name(self) -> str:
+        return baseline_solver(self.placement.topology)
 
     @property
     def reduction(self) -> float:
-        """1 - dev/token(placement) / dev/token(frequency), means over layers."""
+        """1 - dev/token(placement) / dev/token(baseline), means over layers."""
         return 1.0 - self.score.dev_per_token.mean() / self.baseline.dev_per_token.mean()
 
     def summary(self) -> dict:
@@ -45,7 +49,7 @@ class Validation:
             | {
                 "reduction": self.reduction,
                 "baseline": {
-                    "solver": BASELINE,
+                    "solver": self.baseline_name,
                     **dataclasses.asdict(self.baseline.headline),
                     "reduction": 0.0,
                 },
@@ -105,8 +109,27 @@ def check_compatible(placement: Placement, meta: TraceMeta) -> None:
         )
 
 
+def baseline_solver(topology: Topology) -> str:
+    """What a placement is measured against: frequency-balanced packing, or DeepSeek's EPLB where
+    one copy of each expert cannot fill the devices evenly (D does not divide N)."""
+    return BASELINE if topology.one_copy_fits else "eplb"
+
+
+def baseline_topology(topology: Topology) -> Topology:
+    """The slots the baseline fills: without replicas, unless it is EPLB (``baseline_solver``)."""
+    return topology.without_replicas if topology.one_copy_fits else topology
+
+
+def baseline_placement(load: np.ndarray, topology: Topology) -> np.ndarray:
+    """int ``[L, P]``: the baseline's expert in each slot, fit on expert load ``[L, N]``."""
+    if not topology.one_copy_fits:
+        return eplb_slots(load, topology)
+    plain = baseline_topology(topology)
+    return np.argsort(np.stack([frequency_placement(x, plain) for x in load]), axis=1, kind="stable")
+
+
 def validate(placement: Placement, holdout: Trace, baseline_load: np.ndarray | None = None) -> Validation:
-    """Score ``placement`` and the frequency baseline on ``holdout``.
+    """Score ``placement`` and the baseline (``baseline_solver``) on ``holdout``.
 
     The baseline is fit on ``baseline_load`` (int ``[L, N]``) or, by default, on the calibration
     load recorded in the placement: the same calibration data the placement was fit on.
@@ -116,13 +139,12 @@ def validate(placement: Placement, holdout: Trace, baseline_load: np.ndarray | N
         raise MoeplaceError("the held-out trace holds no tokens: nothing to score")
     load = placement.calibration_load if baseline_load is None else baseline_load
     topology = placement.topology
-    plain = topology.without_replicas
-    baseline = np.argsort(np.stack([frequency_placement(x, plain) for x in load]), axis=1, kind="stable")
+    baseline = baseline_placement(load, topology)
     return Validation(
         placement=placement,
         holdout=holdout,
         score=score_placement(placement.physical_to_logical, holdout, topology),
-        baseline=score_placement(baseline, holdout, plain),
+        baseline=score_placement(baseline, holdout, baseline_topology(topology)),
         baseline_slots=baseline,
     )
 
@@ -165,6 +187,7 @@ class StepComparison:
     cost: StepCost
     baseline_cost: StepCost
     eplb_time: StepTime  # DeepSeek's EPLB with the placement's slots and nodes, fit on the same load
+    baseline_name: str = BASELINE
 
     @property
     def overlap(self) -> bool:
@@ -204,11 +227,15 @@ def compare_steps(validation: Validation, setting: StepSetting) -> StepCompariso
     placement, held = validation.placement, validation.holdout
     topology = placement.topology
     cost, time = setting.replay(placement.physical_to_logical, held, topology)
-    baseline_cost, baseline_time = setting.replay(validation.baseline_slots, held, topology.without_replicas)
+    baseline_cost, baseline_time = setting.replay(
+        validation.baseline_slots, held, baseline_topology(topology)
+    )
     groups = placement.options.get("routing_groups", 1)  # hierarchical EPLB for a grouped placement
     eplb = eplb_slots(placement.calibration_load, topology, groups)
     _, eplb_time = setting.replay(eplb, held, topology)
-    return StepComparison(setting, time, baseline_time, cost, baseline_cost, eplb_time)
+    return StepComparison(
+        setting, time, baseline_time, cost, baseline_cost, eplb_time, validation.baseline_name
+    )
 
 
 def gate_failures(
@@ -223,7 +250,7 @@ def gate_failures(
         failures.append(f"max/mean device load {load:.4f} exceeds the limit {max_load_ratio:g}")
     if min_reduction is not None and not validation.reduction >= min_reduction:
         failures.append(
-            f"dev/token reduction {validation.reduction:.4f} vs {BASELINE} is below the minimum "
-            f"{min_reduction:g}"
+            f"dev/token reduction {validation.reduction:.4f} vs {validation.baseline_name} is below the "
+            f"minimum {min_reduction:g}"
         )
     return failures

@@ -164,7 +164,7 @@ def validate(
         summary = summary | {"step": steps.summary()}
         if min_speedup is not None and not steps.speedup >= min_speedup:
             failures.append(
-                f"estimated step speedup {steps.speedup:+.4f} vs {BASELINE} is below the minimum "
+                f"estimated step speedup {steps.speedup:+.4f} vs {steps.baseline_name} is below the minimum "
                 f"{min_speedup:g}"
             )
     if summary["holdout"]["fingerprint"] == placement.calibration.get("fingerprint"):

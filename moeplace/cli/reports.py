@@ -36,7 +36,7 @@ def print_summary(summary: dict) -> None:
     out.print(
         Text.assemble(
             f"held-out ({summary['holdout']['tokens']} tokens, mean over layers): "
-            f"dev/token {summary['dev_per_token']:.3f} vs {BASELINE} {base['dev_per_token']:.3f} (",
+            f"dev/token {summary['dev_per_token']:.3f} vs {base['solver']} {base['dev_per_token']:.3f} (",
             (f"{summary['reduction']:+.1%}", "bold"),
             f"); max/mean load {summary['max_mean_load']:.3f} "
             f"(worst layer {summary['worst_layer_max_mean_load']:.3f}) vs {base['max_mean_load']:.3f}; "
@@ -78,7 +78,7 @@ def print_steps(steps: StepComparison) -> None:
     out.print(
         f"  per step (ms): dispatch {ms(t.dispatch)} vs {ms(b.dispatch)}, expert compute {ms(t.compute)} vs "
         f"{ms(b.compute)}, combine {ms(t.combine)} vs {ms(b.combine)}; step {ms(t.total(steps.overlap))} vs "
-        f"{BASELINE} {ms(b.total(steps.overlap))} ({steps.speedup:+.1%}) and eplb "
+        f"{steps.baseline_name} {ms(b.total(steps.overlap))} ({steps.speedup:+.1%}) and eplb "
         f"{ms(steps.eplb_time.total(steps.overlap))} ({steps.speedup_vs_eplb:+.1%}); "
         f"{'communication overlapped with compute' if steps.overlap else 'phases in a row'}"
     )

@@ -2,7 +2,8 @@
 what ``moeplace export`` writes for placements of every solver, with and without replicas and nodes.
 
 A model of 5 hidden layers whose layers 1 and 3 are MoE (the others dense, as DeepSeek's first
-layer is), 32 experts on 4 EP ranks; routing from the real gpt-oss trace (its first two layers).
+layer is), 32 experts on 4 EP ranks (and, with 4 replicas, on 6: D need not divide N); routing
+from the real gpt-oss trace (its first two layers).
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ pytestmark = pytest.mark.engines
 HIDDEN, MOE_LAYERS, EP = 5, (1, 3), 4
 OPTIONS = SolverOptions(load_tolerance=0.2, time_limit=0.2, search_steps=50)
 CASES = [
-    (solver, redundant, nodes)
+    (solver, redundant, nodes, EP)
     for solver in SOLVERS
     for redundant in (0, EP)
     for nodes in ((1,) if solver == "exact" else (1, 2))  # exact does not model nodes
-]
+] + [("eplb", 4, nodes, 6) for nodes in (1, 2)]  # 32 experts + 4 replicas on 6 ranks: D does not divide N
 
 
 def as_model(placement: Placement) -> Placement:
@@ -47,7 +48,7 @@ def as_model(placement: Placement) -> Placement:
 
 @pytest.fixture(scope="module")
 def placements(real_stats):
-    """``{(solver, R, nodes): Placement}`` for every case."""
+    """``{(solver, R, nodes, D): Placement}`` for every case."""
     two = dataclasses.replace(
         real_stats,
         meta=dataclasses.replace(real_stats.meta, layer_ids=real_stats.meta.layer_ids[:2]),
@@ -58,10 +59,10 @@ def placements(real_stats):
     )
     small = compute_statistics(random_trace(experts=8, top_k=2, layers=2))  # exact solves small layers
     out = {}
-    for solver, redundant, nodes in CASES:
+    for solver, redundant, nodes, devices in CASES:
         stats, experts = (small, 8) if solver == "exact" else (two, 32)
-        topology = Topology(experts, EP, nodes, redundant)
-        out[solver, redundant, nodes] = as_model(plan(stats, topology, solver, OPTIONS, {}))
+        topology = Topology(experts, devices, nodes, redundant)
+        out[solver, redundant, nodes, devices] = as_model(plan(stats, topology, solver, OPTIONS, {}))
     return out
 
 
@@ -72,8 +73,8 @@ def test_sglang_places_and_dispatches_as_the_file_says(placements, tmp_path, ver
     backend) and dynamic dispatch (0.5.23 without one) send each expert to a slot holding it whose
     rank's own weight loader filled it."""
     dispatch = "static" if a2a != "none" or version == "0.5.2" else "dynamic"
-    for (solver, redundant, nodes), placement in placements.items():
-        path = tmp_path / f"{solver}-{redundant}-{nodes}.json"
+    for (solver, redundant, nodes, ep), placement in placements.items():
+        path = tmp_path / f"{solver}-{redundant}-{nodes}-{ep}.json"
         export(placement, "sglang", path)
         table = np.array(json.loads(path.read_text())["physical_to_logical_map"])
         n = placement.num_experts
@@ -82,15 +83,15 @@ def test_sglang_places_and_dispatches_as_the_file_says(placements, tmp_path, ver
             version,
             num_hidden_layers=HIDDEN,
             num_experts=n,
-            ep_size=EP,
+            ep_size=ep,
             redundant=redundant,
             a2a_backend=a2a,
             dispatch=dispatch,
         ) as engine:
-            metas = [engine.metadata(rank, str(path)) for rank in range(EP)]
-            per_rank = metas[0].num_physical_experts // EP
+            metas = [engine.metadata(rank, str(path)) for rank in range(ep)]
+            per_rank = metas[0].num_physical_experts // ep
             for layer in MOE_LAYERS:
-                loaded = {p for rank in range(EP) for p in engine.loaded_slots(metas[rank], rank, layer)}
+                loaded = {p for rank in range(ep) for p in engine.loaded_slots(metas[rank], rank, layer)}
                 for rank, meta in enumerate(metas):
                     np.testing.assert_array_equal(meta.physical_to_logical_map.numpy(), table)
                     assert per_rank == placement.topology.slots_per_device
@@ -146,13 +147,13 @@ def test_vllm_ascend_with_two_copies_on_rank_0_points_log2phy_at_wrong_slots(tmp
 @pytest.mark.parametrize("version", ["0.23.0", "0.30.0rc2"])
 def test_vllm_ascend_maps_every_rank_and_log2phy_as_the_file_says(placements, tmp_path, version):
     with vllm_ascend(version) as engine:
-        for (solver, redundant, nodes), placement in placements.items():
-            path = tmp_path / f"{solver}-{redundant}-{nodes}.json"
+        for (solver, redundant, nodes, ep), placement in placements.items():
+            path = tmp_path / f"{solver}-{redundant}-{nodes}-{ep}.json"
             export(placement, "vllm-ascend", path)
             config = engine.eplb_config({"expert_map_path": str(path), "num_redundant_experts": redundant})
             spd = placement.topology.slots_per_device
             for ordinal, row in enumerate(placement.physical_to_logical):  # indexed by MoE ordinal
-                maps = engine.rank_maps(config, ordinal, placement.num_experts, EP)
+                maps = engine.rank_maps(config, ordinal, placement.num_experts, ep)
                 for rank, (local_map, log2phy) in enumerate(maps):
                     local_map, log2phy = local_map.numpy(), log2phy.numpy()
                     mine = row[rank * spd : (rank + 1) * spd]
@@ -166,13 +167,13 @@ def test_tensorrt_llm_file_matches_its_documented_schema(placements, tmp_path):
     ``MoeLoadBalancerConfig`` and MoE layer document and assert: exactly num_slots,
     initial_global_assignments (model layer -> num_slots experts, every expert present, rank-major)
     and layer_updates_per_iter."""
-    for (solver, redundant, nodes), placement in placements.items():
+    for (solver, redundant, nodes, ep), placement in placements.items():
         path = tmp_path / "lb.yaml"
         export(placement, "tensorrt-llm", path)
         doc = yaml.safe_load(path.read_text())
         assert doc == tensorrt_llm_load_balancer(placement)
         assert set(doc) == {"num_slots", "initial_global_assignments", "layer_updates_per_iter"}
-        assert doc["num_slots"] % EP == 0 and doc["layer_updates_per_iter"] == 0
+        assert doc["num_slots"] % ep == 0 and doc["layer_updates_per_iter"] == 0
         assert list(doc["initial_global_assignments"]) == list(MOE_LAYERS)
         for layer, row in zip(MOE_LAYERS, placement.physical_to_logical, strict=True):
             slots = doc["initial_global_assignments"][layer]
