@@ -18,7 +18,7 @@ import numpy as np
 
 from moeplace.atomic import atomic_path
 from moeplace.calibrate.safe_io import ZIP_ERRORS, check_regular_file, loads_json, open_npz
-from moeplace.calibrate.stats import RESAMPLE_UNITS, Statistics, TopkSets, expert_load
+from moeplace.calibrate.stats import RESAMPLE_UNITS, Statistics, TopkSets, compute_statistics, expert_load
 from moeplace.calibrate.trace import Trace, TraceMeta
 from moeplace.calibrate.trace_io import load_trace
 from moeplace.errors import MoeplaceError, file_error
@@ -156,3 +156,10 @@ def load_trace_or_statistics(path: str | Path) -> Trace | Statistics:
 def source_load(source: Trace | Statistics) -> np.ndarray:
     """Activations per expert and MoE layer, int64 ``[L, N]``, of a trace or statistics."""
     return source.load if isinstance(source, Statistics) else expert_load(source)
+
+
+def statistics_of_file(path: str | Path, **options) -> Statistics:
+    """A statistics file as it is, or a trace's statistics (``compute_statistics`` with ``options``):
+    one shard's work in a merge, wherever it runs."""
+    source = load_trace_or_statistics(path)
+    return source if isinstance(source, Statistics) else compute_statistics(source, **options)

@@ -60,9 +60,10 @@ def dispatch(
             minlength=num_devices,
         )
         return chosen
-    options = np.where(valid[..., None], replicas[np.maximum(ids, 0)], -1)  # [T, k, R]
-    many = (options >= 0).sum(axis=-1) > 1  # [T, k] needs a choice
-    chosen = np.where(valid & ~many, options[..., 0], -1)
+    copies = (replicas >= 0).sum(axis=1)  # [N]
+    safe = np.maximum(ids, 0)
+    many = valid & (copies[safe] > 1)  # [T, k] needs a choice
+    chosen = np.where(valid & ~many, replicas[safe, 0], -1)
     fixed = chosen >= 0
     load += np.bincount(
         chosen[fixed], weights=np.broadcast_to(weights[:, None], chosen.shape)[fixed], minlength=num_devices
@@ -74,7 +75,7 @@ def dispatch(
         need = np.flatnonzero(many[:, slot])
         if not need.size:
             continue
-        cand = options[need, slot]  # [n, R]
+        cand = replicas[ids[need, slot]]  # [n, R]
         hit = touched[need[:, None], cand] & (cand >= 0)
         near = hit.any(axis=1)
         # a touched replica: the least-loaded of them
@@ -83,8 +84,9 @@ def dispatch(
         chosen[need[near], slot] = pick[near]
         load += np.bincount(pick[near], weights=weights[need[near]], minlength=num_devices)
         far = need[~near]
-        for expert in np.unique(ids[far, slot]):
-            tokens = far[ids[far, slot] == expert]
+        far = far[np.argsort(ids[far, slot], kind="stable")]  # grouped by expert, token order within
+        experts, starts = np.unique(ids[far, slot], return_index=True)
+        for expert, tokens in zip(experts, np.split(far, starts[1:]) if far.size else [], strict=True):
             devices = replicas[expert][replicas[expert] >= 0]
             chosen[tokens, slot] = _water_fill(devices, weights[tokens], load)
         touched[need[:, None], chosen[need, slot][:, None]] = True

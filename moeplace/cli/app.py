@@ -198,6 +198,14 @@ ResampleByOpt = Annotated[
         "label groups (a label up to its first /), so the cap also holds when the mix of traffic shifts.",
     ),
 ]
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Run on a Dask cluster (pip install 'moeplace[cluster]'): a scheduler address "
+        "(tcp://host:8786; workers must read the input paths), or local: worker processes on this "
+        "machine. The output is the same bytes as without it.",
+    ),
+]
 GroupMode = choices("GroupMode", GROUP_MODES)
 GroupModeOpt = Annotated[
     GroupMode,

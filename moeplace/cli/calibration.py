@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -12,8 +13,8 @@ from moeplace.calibrate.corpus import read_corpus
 from moeplace.calibrate.importers import IMPORTERS, ImportOptions
 from moeplace.calibrate.merge import merged_meta, trace_documents
 from moeplace.calibrate.model_config import DTYPE_NAMES, read_model_config
-from moeplace.calibrate.stats import DEFAULT_RESAMPLES, DEFAULT_SET_TOKENS, Statistics, compute_statistics
-from moeplace.calibrate.stats_io import load_trace_or_statistics, save_statistics
+from moeplace.calibrate.stats import DEFAULT_RESAMPLES, DEFAULT_SET_TOKENS, Statistics
+from moeplace.calibrate.stats_io import load_trace_or_statistics, save_statistics, statistics_of_file
 from moeplace.calibrate.trace import MAX_EXPERTS, MAX_LAYERS, Trace
 from moeplace.calibrate.trace_io import trace_writer
 from moeplace.cli.app import (
@@ -30,6 +31,7 @@ from moeplace.cli.app import (
     progress_bar,
     user_errors,
 )
+from moeplace.cluster import executor_for, statistics_of
 from moeplace.errors import MoeplaceError
 
 OutTrace = Annotated[
@@ -188,12 +190,20 @@ def merge(
     resample_by: ResampleByOpt = ResampleUnit.documents,
     seed: SeedOpt = 0,
     set_tokens: SetTokensOpt = DEFAULT_SET_TOKENS,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Compute each trace's statistics on a Dask cluster's workers (a scheduler address, whose "
+            "workers read the input paths, or local), then sum them here: the output is statistics, the "
+            "same bytes as without it (pip install 'moeplace[cluster]').",
+        ),
+    ] = None,
 ):
     """Merge routing recorded on several machines or GPUs into one trace (or statistics).
 
-    Traces concatenate document by document. If any input is a statistics file, every trace is
-    turned into statistics too (with --resamples and --seed, which must match the statistics
-    inputs) and all are summed: exactly the statistics of the concatenated trace.
+    Traces concatenate document by document. If any input is a statistics file (or with
+    --cluster), every trace is turned into statistics too (with --resamples and --seed, which must
+    match the statistics inputs) and all are summed: exactly the statistics of the concatenated trace.
     """
     if len(inputs) < 2:
         raise MoeplaceError("merge needs at least two inputs")
@@ -201,7 +211,7 @@ def merge(
     check_distinct(inputs, [out_path])
     sources = [load_trace_or_statistics(path) for path in inputs]
     traces = [source for source in sources if isinstance(source, Trace)]
-    if len(traces) == len(sources):
+    if len(traces) == len(sources) and cluster is None:
         meta = merged_meta(traces, inputs)
         with trace_writer(out_path, meta) as writer:
             for trace in traces:
@@ -213,14 +223,16 @@ def merge(
         )
         return
     _require_npz(out_path, "merged statistics")
-    as_stats = [
-        source
-        if isinstance(source, Statistics)
-        else compute_statistics(
-            source, resamples=resamples, seed=seed, resample_by=resample_by.value, set_tokens=set_tokens
-        )
-        for source in sources
-    ]
+    # each input's statistics are computed where it is read: here, or on a cluster's worker
+    compute = functools.partial(
+        statistics_of_file,
+        resamples=resamples,
+        seed=seed,
+        resample_by=resample_by.value,
+        set_tokens=set_tokens,
+    )
+    with executor_for(1, cluster) as pool:
+        as_stats = statistics_of(inputs, compute, pool)
     merged = as_stats[0]
     for path, stats in zip(inputs[1:], as_stats[1:], strict=True):
         with named(path):

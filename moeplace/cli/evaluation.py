@@ -17,6 +17,7 @@ from moeplace.calibrate.trace_io import load_trace
 from moeplace.cli.app import (
     CORES,
     LOAD_RATIO_UNIT,
+    ClusterOpt,
     HiddenOpt,
     HoldoutLabelOpt,
     HoldoutShareOpt,
@@ -55,9 +56,9 @@ from moeplace.cli.app import (
 )
 from moeplace.cli.planning import split_trace
 from moeplace.cli.reports import print_layers, print_steps, print_summary
+from moeplace.cluster import executor_for
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import load_placement
-from moeplace.planner.plan import layer_executor
 from moeplace.planner.solvers import BASELINE, DEFAULT_SOLVERS, SOLVERS, SolverOptions
 from moeplace.validators.compare import COMPARISON_FILES, markdown_table, write_comparison
 from moeplace.validators.compare import compare as compare_solvers
@@ -238,6 +239,7 @@ def compare(
     hidden: HiddenOpt = None,
     intermediate: IntermediateOpt = None,
     jobs: JobsOpt = CORES,
+    cluster: ClusterOpt = None,
 ):
     """Every solver at every device count (and load tolerance): fit on one split, score on the other."""
     check_distinct([trace], [out_dir / name for name in COMPARISON_FILES])
@@ -259,7 +261,7 @@ def compare(
     )
     runs = sum(len(tolerances) if refine or SOLVERS[name].capped else 1 for name in names)
     total = len(device_counts) * runs * fit.num_layers * (2 if oracle else 1)
-    with progress_bar("planning", total) as advance, layer_executor(jobs) as pool:
+    with progress_bar("planning", total) as advance, executor_for(jobs, cluster) as pool:
         comparison = compare_solvers(
             fit,
             held,

@@ -24,6 +24,7 @@ from moeplace.calibrate.trace import Trace
 from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.cli.app import (
     CORES,
+    ClusterOpt,
     GroupMode,
     GroupModeOpt,
     GroupsOpt,
@@ -66,9 +67,9 @@ from moeplace.cli.app import (
     with_groups,
 )
 from moeplace.cli.reports import print_steps, print_summary
+from moeplace.cluster import executor_for
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import Placement, load_placement, save_placement
-from moeplace.planner.plan import layer_executor
 from moeplace.planner.plan import plan as plan_layers
 from moeplace.planner.replan import replan
 from moeplace.planner.solvers import SOLVERS, SolverOptions
@@ -221,6 +222,7 @@ def plan(
         ),
     ] = None,
     jobs: JobsOpt = CORES,
+    cluster: ClusterOpt = None,
 ):
     """Solve a placement for every MoE layer and write the placement YAML (or, with --from, re-plan
     a served placement with few moves)."""
@@ -292,7 +294,7 @@ def plan(
         with (
             named(trace),
             progress_bar(f"{solver} from scratch, D={devices}", runs * statistics.num_layers) as advance,
-            layer_executor(jobs) as pool,
+            executor_for(jobs, cluster) as pool,
         ):
 
             def plan_one(stats, topology, solver, options, provenance):
@@ -322,7 +324,7 @@ def plan(
         with (
             named(trace),
             progress_bar(f"{solver}, D={devices}, eps auto", runs * statistics.num_layers) as advance,
-            layer_executor(jobs) as pool,
+            executor_for(jobs, cluster) as pool,
         ):
 
             def plan_one(stats, topology, solver, options, provenance):
@@ -338,7 +340,7 @@ def plan(
         with (
             named(trace),
             progress_bar(f"{solver}, D={devices}", statistics.num_layers) as advance,
-            layer_executor(jobs) as pool,
+            executor_for(jobs, cluster) as pool,
         ):
             placement = plan_layers(statistics, topology, solver, options, source.provenance(), advance, pool)
     relaxed = [layer.layer_id for layer in placement.layers if layer.solver_report.get("cap_relaxed")]
@@ -367,7 +369,7 @@ def plan(
         with (
             named(trace),
             progress_bar(f"step search, {step_search_swaps} swaps a layer", statistics.num_layers) as advance,
-            layer_executor(jobs) as pool,
+            executor_for(jobs, cluster) as pool,
         ):
             placement = step_search(
                 placement, source, setting, step_search_swaps, seed=seed, executor=pool, on_layer=advance
