@@ -44,7 +44,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=1_000_000)
     parser.add_argument("--rows", default=",".join(ROWS), help=f"any of {', '.join(ROWS)}")
-    parser.add_argument("--solver", default="greedy-capped", help="the default solver, beside eplb")
+    parser.add_argument(
+        "--solvers", default="greedy-capped,eplb", help="solvers of the full plans (one-copy-first solvers "
+        "are skipped where D does not divide N)"
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=Path("bench-data"))
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds a stage may take")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
@@ -57,6 +60,8 @@ def main() -> None:
         result["peak_gib"] = round(max(own, sampler.stop()), 2)
         print(json.dumps(result))
         return
+    from moeplace.planner.solvers import SOLVERS
+
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"# Production configurations\n\nMachine: {platform.platform()}, {os.cpu_count()} cores. ", end="")
     print(f"Synthetic traces of {args.tokens:,} tokens: speed and memory only.\n")
@@ -75,7 +80,7 @@ def main() -> None:
             ))  # fmt: skip
         stats = trace.with_suffix(".stats.npz")
         statistics = child(args, "statistics", str(trace), str(stats))
-        solvers = ["eplb"] if devices and experts % devices else [args.solver, "eplb"]
+        solvers = [s for s in args.solvers.split(",") if experts % devices == 0 or SOLVERS[s].places_replicas]
         for solver in solvers:
             out = args.workdir / f"{row}-{solver}.yaml"
             planned = child(args, "plan", str(stats), solver, *map(str, (devices, nodes, replicas)), str(out))

@@ -33,7 +33,7 @@ from moeplace.planner.topology import Topology
 
 EXACT_DEVICES = 8  # candidate devices a replica is dispatched exactly to, all of them, up to this many
 EXACT_SETS = 1 << 15  # distinct top-k sets the exact dispatch runs on (a fixed sample beyond)
-SHORTLIST = 3  # beyond EXACT_DEVICES: candidates by estimated saving, and as many by lowest load
+SHORTLIST = 2  # beyond EXACT_DEVICES: candidates by estimated saving, and as many by lowest load
 
 
 def replica_counts(load: np.ndarray, topology: Topology) -> np.ndarray:
