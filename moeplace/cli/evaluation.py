@@ -179,7 +179,7 @@ def validate(
             )
         )
     else:
-        print_layers(validation.layers())
+        print_layers(validation.layers(), validation.baseline_name)
         print_summary(summary)
         if steps is not None:
             print_steps(steps)

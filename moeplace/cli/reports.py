@@ -11,10 +11,11 @@ from moeplace.planner.solvers import BASELINE
 from moeplace.validators.report import StepComparison
 
 
-def print_layers(layers: list[dict]) -> None:
-    # narrow headers, this placement then frequency's figure: readable at 80 columns
-    table = Table(title=f"held-out, per MoE layer: this placement, then {BASELINE}'s", box=box.SIMPLE)
-    columns = ("layer", "dev/tok", "freq.", "reduct.", "max/mean", "freq.", "load-CV", "freq.")
+def print_layers(layers: list[dict], baseline: str = BASELINE) -> None:
+    # narrow headers, this placement then the baseline's figure: readable at 80 columns
+    table = Table(title=f"held-out, per MoE layer: this placement, then {baseline}'s", box=box.SIMPLE)
+    short = baseline if len(baseline) <= 5 else baseline[:4] + "."
+    columns = ("layer", "dev/tok", short, "reduct.", "max/mean", short, "load-CV", short)
     for column in columns:
         table.add_column(column, justify="right", no_wrap=True)
     for row in layers:
