@@ -32,7 +32,7 @@ import numpy as np
 
 import moeplace
 from moeplace.calibrate.split import split_by_label
-from moeplace.planner.plan import least_tolerance, plan
+from moeplace.planner.plan import least_tolerance
 from moeplace.planner.replan import replan
 from moeplace.validators.choose import SERVED, choose_tolerance
 from moeplace.validators.monitor import watch
@@ -150,12 +150,7 @@ def replan_steps(args) -> None:
             def replan_layers(stats, topology, solver, options, provenance, served=served, moves=moves):
                 return replan(stats, served, moves, options)
 
-            def plan_layers(stats, topology, solver, options, provenance):
-                return plan(stats, topology, solver, options)
-
-            scratch = choose_tolerance(
-                recent, recent_stats, topology, args.solver, options, setting, {}, plan_layers
-            )
+            scratch = choose_tolerance(recent, recent_stats, topology, args.solver, options, setting, {})
             moved = choose_tolerance(
                 recent, recent_stats, topology, args.solver, options, setting, {}, replan_layers,
                 fixed={SERVED: served},

@@ -158,8 +158,11 @@ def source_load(source: Trace | Statistics) -> np.ndarray:
     return source.load if isinstance(source, Statistics) else expert_load(source)
 
 
-def statistics_of_file(path: str | Path, **options) -> Statistics:
-    """A statistics file as it is, or a trace's statistics (``compute_statistics`` with ``options``):
-    one shard's work in a merge, wherever it runs."""
-    source = load_trace_or_statistics(path)
+def as_statistics(source: Trace | Statistics, **options) -> Statistics:
+    """Statistics as they are, or a trace's statistics (``compute_statistics`` with ``options``)."""
     return source if isinstance(source, Statistics) else compute_statistics(source, **options)
+
+
+def statistics_of_file(path: str | Path, **options) -> Statistics:
+    """``as_statistics`` of a file: one shard's work in a merge, on the worker that reads it."""
+    return as_statistics(load_trace_or_statistics(path), **options)

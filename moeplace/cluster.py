@@ -8,16 +8,15 @@ is imported only here, only when asked for.
 
 ``address``: ``local`` starts a cluster of worker processes on this machine for the run (and
 stops it after); anything else is a running scheduler's address (``tcp://host:8786``), whose
-workers must be able to read the input paths (a shared filesystem) for ``statistics_of``.
+workers must be able to read the input paths (a shared filesystem) for ``merge``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import Executor
-from pathlib import Path
 
 from moeplace.errors import MoeplaceError
 from moeplace.planner.plan import layer_executor
@@ -64,11 +63,3 @@ def executor_for(jobs: int, cluster: str | None) -> Iterator[Executor | None]:
     else:
         with cluster_executor(cluster) as pool:
             yield pool
-
-
-def statistics_of(paths: Sequence[Path], compute: Callable, executor: Executor | None) -> list:
-    """``compute(path)`` for every input, on the executor's workers (each reads its own shard) or
-    here; in input order, so their sum is the same as on one machine."""
-    if executor is None:
-        return [compute(path) for path in paths]
-    return list(executor.map(compute, paths))

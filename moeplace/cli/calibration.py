@@ -14,7 +14,12 @@ from moeplace.calibrate.importers import IMPORTERS, ImportOptions
 from moeplace.calibrate.merge import merged_meta, trace_documents
 from moeplace.calibrate.model_config import DTYPE_NAMES, read_model_config
 from moeplace.calibrate.stats import DEFAULT_RESAMPLES, DEFAULT_SET_TOKENS, Statistics
-from moeplace.calibrate.stats_io import load_trace_or_statistics, save_statistics, statistics_of_file
+from moeplace.calibrate.stats_io import (
+    as_statistics,
+    load_trace_or_statistics,
+    save_statistics,
+    statistics_of_file,
+)
 from moeplace.calibrate.trace import MAX_EXPERTS, MAX_LAYERS, Trace
 from moeplace.calibrate.trace_io import trace_writer
 from moeplace.cli.app import (
@@ -31,7 +36,7 @@ from moeplace.cli.app import (
     progress_bar,
     user_errors,
 )
-from moeplace.cluster import executor_for, statistics_of
+from moeplace.cluster import cluster_executor
 from moeplace.errors import MoeplaceError
 
 OutTrace = Annotated[
@@ -223,16 +228,12 @@ def merge(
         )
         return
     _require_npz(out_path, "merged statistics")
-    # each input's statistics are computed where it is read: here, or on a cluster's worker
-    compute = functools.partial(
-        statistics_of_file,
-        resamples=resamples,
-        seed=seed,
-        resample_by=resample_by.value,
-        set_tokens=set_tokens,
-    )
-    with executor_for(1, cluster) as pool:
-        as_stats = statistics_of(inputs, compute, pool)
+    options = dict(resamples=resamples, seed=seed, resample_by=resample_by.value, set_tokens=set_tokens)
+    if cluster is None:
+        as_stats = [as_statistics(source, **options) for source in sources]
+    else:  # each worker reads its own shard; the results come back in input order
+        with cluster_executor(cluster) as pool:
+            as_stats = list(pool.map(functools.partial(statistics_of_file, **options), inputs))
     merged = as_stats[0]
     for path, stats in zip(inputs[1:], as_stats[1:], strict=True):
         with named(path):

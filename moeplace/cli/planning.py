@@ -16,10 +16,9 @@ from moeplace.calibrate.stats import (
     DEFAULT_RESAMPLES,
     DEFAULT_SET_TOKENS,
     Statistics,
-    compute_statistics,
     load_skew,
 )
-from moeplace.calibrate.stats_io import load_trace_or_statistics, source_load
+from moeplace.calibrate.stats_io import as_statistics, load_trace_or_statistics, source_load
 from moeplace.calibrate.trace import Trace
 from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.cli.app import (
@@ -266,12 +265,9 @@ def plan(
         node_cost=node_cost,
         group_mode=group_mode.value,
     )
-    if isinstance(source, Statistics):
-        statistics = source  # resampled with the seed and count it was made with
-    else:
-        statistics = compute_statistics(
-            source, resamples=resamples, seed=seed, resample_by=resample_by.value, set_tokens=set_tokens
-        )
+    statistics = as_statistics(  # statistics as they were made (their own seed and resamples)
+        source, resamples=resamples, seed=seed, resample_by=resample_by.value, set_tokens=set_tokens
+    )
     setting = (
         None
         if step is None
