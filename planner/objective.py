@@ -28,10 +28,20 @@ def devices_per_token(topk_ids: np.ndarray, expert_to_device: np.ndarray) -> np.
 
 def distinct_per_row(values: np.ndarray) -> np.ndarray:
     """Distinct non-negative values in each row of ``values`` int ``[T, k]``, int64 ``[T]``."""
-    ordered = np.sort(values, axis=1)
-    new = ordered >= 0
-    new[:, 1:] &= ordered[:, 1:] != ordered[:, :-1]
-    return new.sum(axis=1)
+    if values.shape[1] > 12:  # comparisons grow as k^2: sort the rows instead
+        ordered = np.sort(values, axis=1)
+        new = ordered >= 0
+        new[:, 1:] &= ordered[:, 1:] != ordered[:, :-1]
+        return new.sum(axis=1)
+    # for small k, k(k-1)/2 column comparisons beat a sort of every row (3x at k = 8)
+    columns = np.ascontiguousarray(values.T)  # [k, T]
+    count = np.zeros(values.shape[0], np.int64)
+    for j, column in enumerate(columns):
+        new = column >= 0
+        for earlier in columns[:j]:
+            new &= column != earlier
+        count += new
+    return count
 
 
 def fanout(topk_sets, expert_to_device: np.ndarray) -> int:

@@ -103,6 +103,59 @@ def test_dispatch_without_replicas_is_the_plain_map():
     np.testing.assert_array_equal(served, token_devices(ids, expert_to_device))
 
 
+def reference_dispatch(ids, weights, replicas, num_devices, load):
+    """The dispatch policy (``planner/dispatch.py``'s docstring) token by token, for small cases."""
+    devices = [[d for d in row if d >= 0] for row in replicas.tolist()]
+    chosen = [[devices[e][0] if e >= 0 and len(devices[e]) == 1 else -1 for e in row] for row in ids.tolist()]
+    for row, weight in zip(chosen, weights.tolist(), strict=True):
+        for d in row:
+            load[d] += weight if d >= 0 else 0.0
+    for slot in range(ids.shape[1]):
+        need = [t for t in range(ids.shape[0]) if ids[t, slot] >= 0 and len(devices[ids[t, slot]]) > 1]
+        before, far = load.copy(), []
+        for t in need:
+            touched = [d for d in devices[ids[t, slot]] if d in chosen[t]]
+            if touched:  # the least-loaded touched replica, at the slot's start; the first on a tie
+                chosen[t][slot] = min(touched, key=lambda d: (before[d], devices[ids[t, slot]].index(d)))
+                load[chosen[t][slot]] += weights[t]
+            else:
+                far.append(t)
+        for expert in sorted({int(ids[t, slot]) for t in far}):
+            rows = [t for t in far if ids[t, slot] == expert]
+            total, levels = sum(weights[t] for t in rows), sorted(load[d] for d in devices[expert])
+            height = max((total + sum(levels[:c])) / c for c in range(1, len(levels) + 1)
+                         if (total + sum(levels[:c])) / c >= levels[c - 1])  # fmt: skip
+            bounds = np.cumsum([max(height - load[d], 0.0) for d in devices[expert]])
+            middle = np.cumsum([weights[t] for t in rows]) - np.array([weights[t] for t in rows]) / 2
+            for t, m in zip(rows, middle, strict=True):
+                which = min(int(np.searchsorted(bounds, m, side="right")), len(devices[expert]) - 1)
+                chosen[t][slot] = devices[expert][which]
+                load[chosen[t][slot]] += weights[t]
+    return np.array(chosen, np.int64).reshape(ids.shape)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_dispatch_follows_the_policy_token_by_token(seed):
+    """The vectorized dispatch against the policy applied one token at a time, on random
+    placements with replicas, skewed routing, missing experts, token counts and a starting load."""
+    rng = np.random.default_rng(seed)
+    experts, devices, top_k = [(8, 2, 2), (16, 4, 4), (64, 8, 8)][seed % 3]
+    slots_per_device = experts // devices + 2 + seed % 2
+    spare = slots_per_device * devices - experts
+    slots = rng.permutation(np.concatenate([np.arange(experts), rng.integers(0, experts // 4, spare)]))
+    replicas = replica_devices(slots, experts, slots_per_device)
+    assert replicas.shape[1] > 1
+    tokens = 300
+    ids = np.argsort(rng.random((tokens, experts)) ** np.linspace(0.3, 3, experts), axis=1)[:, :top_k]
+    ids[rng.random(ids.shape) < 0.05] = -1
+    weights = rng.integers(1, 9, tokens).astype(float) if seed % 2 else np.ones(tokens)
+    load = rng.integers(0, 50, devices).astype(float)
+    expected_load = load.copy()
+    expected = reference_dispatch(ids, weights, replicas, devices, expected_load)
+    np.testing.assert_array_equal(dispatch(ids, weights, replicas, devices, load), expected)
+    np.testing.assert_array_equal(load, expected_load)
+
+
 @pytest.mark.parametrize("redundant", [3, -4])
 def test_redundant_slots_must_split_over_the_devices(redundant):
     with pytest.raises(MoeplaceError, match="redundant slots"):

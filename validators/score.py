@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -71,23 +73,29 @@ def score_placement(physical_to_logical: np.ndarray, trace: Trace, topology: Top
     most_nodes = np.zeros(num_layers, np.int64)
     routed = np.zeros(num_layers, np.int64)
     loads = np.zeros((num_layers, num_devices))
+
+    def score_layer(layer: int, ids: np.ndarray) -> None:
+        """Add a chunk's tokens ``ids`` int ``[t, k]`` to ``layer``'s figures (its rows only)."""
+        served = dispatch(ids, np.ones(ids.shape[0]), replicas[layer], num_devices, loads[layer])
+        per_token = distinct_per_row(served)
+        devices[layer] += per_token.sum()
+        routed[layer] += np.count_nonzero(per_token)
+        if topology.num_nodes == 1:  # every routed token touches the one node
+            token_nodes = np.minimum(per_token, 1)
+        else:
+            token_nodes = distinct_per_row(token_devices(served, topology.node_of_device))
+        nodes[layer] += token_nodes.sum()
+        most_nodes[layer] = max(most_nodes[layer], token_nodes.max(initial=0))
+
     offsets = trace.doc_offsets
-    for first, end in trace.document_chunks(1 << 16):
-        chunk = np.asarray(trace.topk_ids[offsets[first] : offsets[end]])
-        for layer in range(num_layers):
-            served = dispatch(
-                chunk[:, layer, :], np.ones(chunk.shape[0]), replicas[layer], num_devices, loads[layer]
-            )
-            per_token = distinct_per_row(served)
-            devices[layer] += per_token.sum()
-            routed[layer] += np.count_nonzero(per_token)
-            if topology.num_nodes == 1:  # every routed token touches the one node
-                token_nodes = np.minimum(per_token, 1)
-            else:
-                token_nodes = distinct_per_row(token_devices(served, topology.node_of_device))
-            nodes[layer] += token_nodes.sum()
-            most_nodes[layer] = max(most_nodes[layer], token_nodes.max(initial=0))
-        release_pages(trace.topk_ids)
+    # layers on threads (NumPy releases the GIL in its loops); each adds into its own rows, so the
+    # figures do not depend on the thread count
+    with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, num_layers))) as pool:
+        for first, end in trace.document_chunks(1 << 16):
+            chunk = np.asarray(trace.topk_ids[offsets[first] : offsets[end]])
+            by_layer = np.ascontiguousarray(chunk.transpose(1, 0, 2))  # [L, t, k]: a layer's rows contiguous
+            list(pool.map(score_layer, range(num_layers), by_layer))
+            release_pages(trace.topk_ids)
     loads = loads.round().astype(np.int64)
     return Score(
         dev_per_token=devices / np.maximum(routed, 1),
