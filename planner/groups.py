@@ -63,8 +63,9 @@ def solve_grouped(
     options: SolverOptions,
 ) -> Solution:
     """``solve`` run inside each region on the region's experts, after whole groups are packed
-    into regions by load; ``options.routing_groups`` G, ``options.group_mode``. The report holds
-    each group's region and the regions' max/mean load."""
+    into regions by load; ``options.routing_groups`` G, ``options.group_mode``. The regions share
+    the layer's search budgets (``search_steps``, ``time_limit``) equally. The report holds each
+    group's region and the regions' max/mean load."""
     groups = options.routing_groups
     regions = num_regions(topology, groups, options.group_mode)
     size = topology.num_experts // groups
@@ -83,7 +84,14 @@ def solve_grouped(
         experts = (np.flatnonzero(region_of_group == region)[:, None] * size + np.arange(size)).ravel()
         # the cap is on the whole model's mean device load: a heavy region gets a tighter eps
         tolerance = (1.0 + options.load_tolerance) * region_load.mean() / max(region_load[region], 1) - 1.0
-        flat = dataclasses.replace(options, routing_groups=1, load_tolerance=max(0.0, tolerance))
+        flat = dataclasses.replace(
+            options,
+            routing_groups=1,
+            load_tolerance=max(0.0, tolerance),
+            # the search budgets are per layer: the regions share them
+            search_steps=options.search_steps // regions,
+            time_limit=options.time_limit / regions,
+        )
         solution = solve(restrict(stats, experts), inner, flat)
         device[experts] = solution.expert_to_device + region * inner.num_devices
         if solution.physical_to_logical is not None:

@@ -11,9 +11,10 @@ from moeplace.calibrate.synthetic import SyntheticSpec, generate
 from moeplace.calibrate.trace import TraceMeta
 from moeplace.calibrate.trace_io import save_trace
 from moeplace.errors import MoeplaceError
-from moeplace.planner.groups import num_regions, restrict
+from moeplace.planner.groups import num_regions, restrict, solve_grouped
 from moeplace.planner.objective import fanout
 from moeplace.planner.replan import replan
+from moeplace.planner.solvers import SOLVERS
 
 G, K = 8, 2  # 8 groups of 8 experts; a token's 4 experts from at most 2 groups
 
@@ -68,6 +69,22 @@ def test_regions_split_the_fan_out_exactly(grouped):
     part = restrict(layer, experts[1])
     np.testing.assert_array_equal(part.load, layer.load[experts[1]])
     np.testing.assert_array_equal(part.coact, layer.coact[np.ix_(experts[1], experts[1])])
+
+
+def test_regions_share_the_layers_search_budget(grouped):
+    """``search_steps`` and ``time_limit`` are per layer: a layer of 4 regions gives each a quarter
+    (else grouped ``refine`` would search 4x as long as the plain one)."""
+    _, fit, _ = grouped
+    layer = moeplace.compute_statistics(fit).layer(0)
+    seen = []
+
+    def spy(stats, topology, options):
+        seen.append((options.search_steps, options.time_limit))
+        return SOLVERS["frequency"].solve(stats, topology, options)
+
+    options = moeplace.SolverOptions(search_steps=2000, time_limit=2.0, routing_groups=G)
+    solve_grouped(spy, layer, moeplace.Topology(64, 16, 4), options)
+    assert seen == [(500, 0.5)] * 4
 
 
 def test_groups_that_cannot_stay_whole_are_refused(grouped):
