@@ -53,13 +53,16 @@ def add_replicas(
     free = np.full(d, extra // d)
     sets, weight = _evaluation_sets(stats.topk_sets, n)
     cap = (1.0 + options.load_tolerance) * weight @ (sets >= 0).sum(axis=1) / d
+    current = None  # the dispatch of sets by the table as it stands: (served, load)
     for position, expert in enumerate(hot):
         column = int(np.argmax(table[expert] < 0))
         later = np.bincount(hot[position + 1 :], minlength=n)
         best = None
         candidates = np.flatnonzero((free > 0) & ~np.isin(np.arange(d), table[expert]))
         if candidates.shape[0] > EXACT_DEVICES:
-            candidates = _shortlist(sets, weight, table, expert, candidates, d)
+            if current is None:
+                current = _dispatched(sets, weight, table, d)
+            candidates = _shortlist(sets, weight, *current, expert, candidates)
         for device in candidates:
             table[expert, column] = device
             free[device] -= 1
@@ -67,13 +70,15 @@ def add_replicas(
             free[device] += 1
             if not fits:
                 continue
-            cost, peak = _evaluate(sets, weight, table, topology, options.node_cost)
+            outcome = _dispatched(sets, weight, table, d)
+            cost, peak = _evaluate(weight, *outcome, topology, options.node_cost)
             key = (peak > cap, peak if peak > cap else cost)
             if best is None or key < best[0]:
-                best = (key, device)
+                best = (key, device, outcome)
         assert best is not None, "_placeable_replicas admitted a replica with no device"
         table[expert, column] = best[1]
         free[best[1]] -= 1
+        current = best[2]  # the next replica's shortlist starts from this dispatch
     load = np.zeros(d)
     sets, weight = stats.topk_sets.sets, stats.topk_sets.counts.astype(np.float64)
     served = dispatch(sets, weight, _distinct(table), d, load)
@@ -95,12 +100,16 @@ def _evaluation_sets(topk_sets: TopkSets, num_experts: int) -> tuple[np.ndarray,
 
 
 def _shortlist(
-    sets: np.ndarray, weight: np.ndarray, table: np.ndarray, expert: int, candidates: np.ndarray, d: int
+    sets: np.ndarray,
+    weight: np.ndarray,
+    served: np.ndarray,
+    load: np.ndarray,
+    expert: int,
+    candidates: np.ndarray,
 ) -> np.ndarray:
     """The ``SHORTLIST`` candidates with the largest estimated saving and the ``SHORTLIST`` least
-    loaded (ascending, distinct), under the current dispatch of ``sets`` [H, k] by ``table``."""
-    load = np.zeros(d)
-    served = dispatch(sets, weight, _distinct(table), d, load)
+    loaded (ascending, distinct), under the current dispatch of ``sets`` [H, k]: devices
+    ``served`` [H, k] and device load ``load`` [D] (``_dispatched``)."""
     rows = np.flatnonzero((sets == expert).any(axis=1))
     mine = sets[rows] == expert  # [n, k]
     own = served[rows][mine]  # [n] the device now serving the expert
@@ -151,13 +160,18 @@ def _distinct(table: np.ndarray) -> np.ndarray:
     return replica_table(expert, table[expert, column], table.shape[0])
 
 
-def _evaluate(sets, weight, table, topology, node_cost) -> tuple[float, float]:
-    """Fit fan-out (+ node cost x node fan-out) and the busiest device's load under dispatch."""
-    load = np.zeros(topology.num_devices)
-    devices = dispatch(sets, weight, _distinct(table), topology.num_devices, load)
-    cost = weight @ distinct_per_row(devices)
+def _dispatched(sets, weight, table, num_devices) -> tuple[np.ndarray, np.ndarray]:
+    """The dispatch of ``sets`` [H, k] weighing ``weight`` [H] by ``table`` [N, C]: the device of
+    each (set, expert) ``[H, k]`` and each device's load ``[D]``."""
+    load = np.zeros(num_devices)
+    return dispatch(sets, weight, _distinct(table), num_devices, load), load
+
+
+def _evaluate(weight, served, load, topology, node_cost) -> tuple[float, float]:
+    """Fit fan-out (+ node cost x node fan-out) and the busiest device's load of a dispatch."""
+    cost = weight @ distinct_per_row(served)
     if node_cost and topology.num_nodes > 1:
-        cost += node_cost * (weight @ distinct_per_row(token_devices(devices, topology.node_of_device)))
+        cost += node_cost * (weight @ distinct_per_row(token_devices(served, topology.node_of_device)))
     return float(cost), float(load.max())
 
 
