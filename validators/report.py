@@ -140,13 +140,12 @@ def validate(placement: Placement, holdout: Trace, baseline_load: np.ndarray | N
     load = placement.calibration_load if baseline_load is None else baseline_load
     topology = placement.topology
     baseline = baseline_placement(load, topology)
-    return Validation(
-        placement=placement,
-        holdout=holdout,
-        score=score_placement(placement.physical_to_logical, holdout, topology),
-        baseline=score_placement(baseline, holdout, baseline_topology(topology)),
-        baseline_slots=baseline,
-    )
+    score = score_placement(placement.physical_to_logical, holdout, topology)
+    if baseline_topology(topology) == topology and np.array_equal(baseline, placement.physical_to_logical):
+        baseline_score = score  # the placement is its own baseline (EPLB, or frequency): score it once
+    else:
+        baseline_score = score_placement(baseline, holdout, baseline_topology(topology))
+    return Validation(placement, holdout, score, baseline_score, baseline)
 
 
 @dataclasses.dataclass(frozen=True)
