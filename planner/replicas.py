@@ -93,10 +93,12 @@ def add_replicas(
 
 def _evaluation_sets(topk_sets: TopkSets, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
     """The sets ``[H', k]`` and weights ``[H']`` candidate replicas are dispatched on: all of them,
-    or beyond ``EXACT_SETS`` a fixed keyed sample, each standing for 1 / rate as many tokens."""
+    or beyond ``EXACT_SETS`` a fixed keyed sample. The weights are the sets' token counts, not
+    scaled by 1 / rate: candidates are compared with each other and with a cap computed from the
+    same weights, so a common scale changes nothing, and whole numbers keep every sum exact."""
     rate = min(1.0, EXACT_SETS / max(topk_sets.sets.shape[0], 1))
     sample = topk_sets.sampled(rate, num_experts, seed=1)  # seed 1: independent of the statistics' own
-    return sample.sets, sample.counts.astype(np.float64) / rate
+    return sample.sets, sample.counts.astype(np.float64)
 
 
 def _shortlist(
