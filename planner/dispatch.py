@@ -134,8 +134,8 @@ def _water_fill(
         height, filled = 0.0, 0.0
         for count, level in enumerate(sorted(levels[d] for d in devices), 1):
             filled += level
-            if (total + filled) / count >= level:
-                height = (total + filled) / count
+            if (level_height := (total + filled) / count) >= level:
+                height = level_height
         cuts, edge = [start], 0.0
         for d in devices[:-1]:
             edge += max(height - levels[d], 0.0)

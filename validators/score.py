@@ -93,8 +93,7 @@ def score_placement(physical_to_logical: np.ndarray, trace: Trace, topology: Top
     with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, num_layers))) as pool:
         for first, end in trace.document_chunks(1 << 16):
             chunk = np.asarray(trace.topk_ids[offsets[first] : offsets[end]])
-            by_layer = np.ascontiguousarray(chunk.transpose(1, 0, 2))  # [L, t, k]: a layer's rows contiguous
-            list(pool.map(score_layer, range(num_layers), by_layer))
+            list(pool.map(score_layer, range(num_layers), chunk.transpose(1, 0, 2)))  # [t, k] views
             release_pages(trace.topk_ids)
     loads = loads.round().astype(np.int64)
     return Score(
