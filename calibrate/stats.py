@@ -32,6 +32,7 @@ DEFAULT_RESAMPLES = 16
 RESAMPLE_UNITS = ("documents", "labels")
 MAX_RESAMPLES = 32  # one 64-byte BLAKE2b digest per document: 2 bytes per resample
 DEFAULT_SET_TOKENS = 1 << 18  # distinct top-k sets kept for all tokens up to this many (see above)
+POOLED_TOTAL = 1 << 30  # activations a layer of workloads' pooled shares (``Statistics.pooled_load``)
 
 # Poisson(1) cumulative distribution, to turn a uniform draw into a resample weight.
 _POISSON1_CDF = np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, n + 1)) for n in range(16)])
@@ -87,16 +88,35 @@ class LayerStats:
             None when the source recorded expert load only (an SGLang ``stat`` dump).
         load_resamples: int64 ``[B, N]`` expert load under B bootstrap resamples of the documents.
         topk_sets: the distinct top-k sets with token counts (None for load-only sources).
+        workload_share: float ``[W, N]`` each workload's share of the layer's activations per
+            expert (rows sum to 1 before ``groups.restrict`` keeps some experts), or None: one
+            workload, ``load``.
+        workload_weight: float ``[W]`` summing to 1, the weight of each workload (with the shares).
     """
 
     load: np.ndarray
     coact: np.ndarray | None
     load_resamples: np.ndarray
     topk_sets: TopkSets | None = None
+    workload_share: np.ndarray | None = None
+    workload_weight: np.ndarray | None = None
 
     @property
     def num_experts(self) -> int:
         return int(self.load.shape[0])
+
+    @property
+    def workload_shares(self) -> np.ndarray:
+        """float ``[W, N]``: the workloads' shares, or ``load`` as one workload."""
+        if self.workload_share is not None:
+            return self.workload_share
+        total = self.load.sum()
+        return (self.load / (total if total else 1))[None, :].astype(np.float64)
+
+    @property
+    def workload_weights(self) -> np.ndarray:
+        """float ``[W]``, summing to 1."""
+        return np.ones(1) if self.workload_weight is None else self.workload_weight
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +125,12 @@ class Statistics:
 
     ``coact`` and ``topk_sets`` (one ``TopkSets`` per layer) are None for load-only sources;
     ``load_resamples`` then has B = 0.
+
+    Load records of several workloads (``moeplace import sglang-load``: one a file) keep each
+    workload's load apart: ``workloads`` names them, ``workload_load`` int64 ``[W, L, N]`` holds
+    their counts (``load`` is their sum). Solvers then see each workload's share of a layer, and as
+    ``LayerStats.load`` the shares pooled with ``workload_weights`` (equal when empty) and scaled
+    to ``POOLED_TOTAL`` activations a layer, so a long recording does not outweigh a short one.
     """
 
     meta: TraceMeta
@@ -117,10 +143,58 @@ class Statistics:
     topk_sets: tuple[TopkSets, ...] | None = None
     set_sample_rate: float = 1.0
     resample_by: str = "documents"  # what a load resample draws: documents, or whole label groups
+    workloads: tuple[str, ...] = ()
+    workload_load: np.ndarray | None = None
+    workload_weights: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        if self.workload_load is None:
+            if self.workloads or self.workload_weights:
+                raise MoeplaceError("workload labels or weights without workload loads")
+            return
+        expected = (len(self.workloads), *self.load.shape)
+        if self.workload_load.shape != expected:
+            raise MoeplaceError(f"workload loads have shape {self.workload_load.shape}, expected {expected}")
+        if len(set(self.workloads)) != len(self.workloads):
+            raise MoeplaceError(f"workload labels repeat: {list(self.workloads)}")
+        if self.workload_weights and (
+            len(self.workload_weights) != len(self.workloads)
+            or not all(np.isfinite(w) and w >= 0 for w in self.workload_weights)
+            or not sum(self.workload_weights) > 0
+        ):
+            raise MoeplaceError("workload weights must be one non-negative number a workload, not all 0")
 
     @property
     def num_layers(self) -> int:
         return int(self.load.shape[0])
+
+    @property
+    def weights(self) -> np.ndarray:
+        """float ``[W]``: the workloads' weights, summing to 1 (equal unless set)."""
+        w = np.asarray(self.workload_weights or [1.0] * len(self.workloads), np.float64)
+        return w / w.sum()
+
+    def with_weights(self, weights: dict[str, float]) -> Statistics:
+        """These statistics with workload weights by label (labels not named weigh 0)."""
+        unknown = sorted(set(weights) - set(self.workloads))
+        if self.workload_load is None or unknown:
+            have = ", ".join(self.workloads) or "none (one workload)"
+            raise MoeplaceError(f"no workload {', '.join(unknown) or 'to weigh'}; the workloads: {have}")
+        return dataclasses.replace(
+            self, workload_weights=tuple(float(weights.get(label, 0.0)) for label in self.workloads)
+        )
+
+    def pooled_load(self) -> np.ndarray:
+        """int64 ``[L, N]``: the load solvers fit (class docstring): ``load``, or with workloads
+        their shares pooled by weight, ``POOLED_TOTAL`` a layer."""
+        if self.workload_load is None:
+            return self.load
+        return np.rint(np.einsum("w,wln->ln", self.weights, self._shares()) * POOLED_TOTAL).astype(np.int64)
+
+    def _shares(self) -> np.ndarray:
+        """float ``[W, L, N]``: each workload's share of each layer's activations."""
+        totals = self.workload_load.sum(axis=2, keepdims=True)
+        return self.workload_load / np.where(totals > 0, totals, 1)
 
     @property
     def load_only(self) -> bool:
@@ -130,14 +204,18 @@ class Statistics:
         """Statistics of MoE layer ``index`` (position in ``meta.layer_ids``, not the model's index)."""
         coact = None if self.coact is None else self.coact[index]
         sets = None if self.topk_sets is None else self.topk_sets[index]
-        return LayerStats(self.load[index], coact, self.load_resamples[index], sets)
+        if self.workload_load is None:
+            return LayerStats(self.load[index], coact, self.load_resamples[index], sets)
+        pooled, shares = self.pooled_load()[index], self._shares()[:, index]
+        return LayerStats(pooled, coact, self.load_resamples[index], sets, shares, self.weights)
 
     def provenance(self) -> dict:
         """What a placement file records about the statistics it was planned from."""
         h = hashlib.sha256(json.dumps(self.meta.to_dict(), sort_keys=True).encode())
-        for array in (self.load, self.coact, self.load_resamples):
+        for array in (self.load, self.coact, self.load_resamples, self.workload_load):
             if array is not None:
                 h.update(np.ascontiguousarray(array, dtype="<i8").tobytes())
+        h.update(json.dumps([self.workloads, self.workload_weights]).encode())
         for sets in self.topk_sets or ():
             h.update(np.ascontiguousarray(sets.sets, dtype="<i2").tobytes())
             h.update(np.ascontiguousarray(sets.counts, dtype="<i8").tobytes())
@@ -156,6 +234,10 @@ class Statistics:
         same_draws = (self.resample_seed, self.resample_by) == (other.resample_seed, other.resample_by)
         if not same_draws or self.load_resamples.shape != other.load_resamples.shape:
             raise MoeplaceError("cannot merge statistics resampled with different seeds, units or counts")
+        if (self.workload_load is None) != (other.workload_load is None):
+            raise MoeplaceError(
+                "cannot merge statistics with workloads (moeplace import sglang-load) and without"
+            )
         rate = min(self.set_sample_rate, other.set_sample_rate)  # sampled by one hash: nested tables
         n, seed = self.meta.num_experts, self.resample_seed
         return dataclasses.replace(
@@ -172,7 +254,21 @@ class Statistics:
             load_resamples=self.load_resamples + other.load_resamples,
             num_tokens=self.num_tokens + other.num_tokens,
             num_documents=self.num_documents + other.num_documents,
+            **merged_workloads(self, other),
         )
+
+
+def merged_workloads(a: Statistics, b: Statistics) -> dict:
+    """The workload fields of ``a + b``: labels of both in order of appearance, the loads of a
+    label both have summed (shards of one workload), weights reset to equal."""
+    if a.workload_load is None:
+        return {}
+    labels = list(a.workloads) + [label for label in b.workloads if label not in a.workloads]
+    load = np.zeros((len(labels), *a.load.shape), np.int64)
+    for stats in (a, b):
+        for label, counts in zip(stats.workloads, stats.workload_load, strict=True):
+            load[labels.index(label)] += counts
+    return {"workloads": tuple(labels), "workload_load": load, "workload_weights": ()}
 
 
 def row_keys(rows: np.ndarray, bits: int) -> list[np.ndarray]:

@@ -1,7 +1,8 @@
 """Statistics files (``.npz``, no pickle) and loading "a trace or statistics" for planning.
 
 Layout: ``stats_meta_json`` (format ``moeplace-statistics``, version, trace metadata, token and
-document counts, resample seed, top-k set sample rate), ``load`` int64 ``[L, N]``,
+document counts, resample seed, top-k set sample rate, workload labels if any), ``load`` int64
+``[L, N]``, ``workload_load`` int64 ``[W, L, N]`` for load records of several workloads,
 ``load_resamples`` int64 ``[L, B, N]`` and, unless the source recorded expert load only, ``coact``
 int64 ``[L, N, N]`` and the distinct top-k sets of every layer (``sets``, ``set_counts``,
 ``set_offsets``).
@@ -39,6 +40,9 @@ def save_statistics(stats: Statistics, path: str | Path) -> None:
         "resample_by": stats.resample_by,
     }
     arrays = {"load": stats.load, "load_resamples": stats.load_resamples}
+    if stats.workload_load is not None:
+        header["workloads"] = list(stats.workloads)
+        arrays["workload_load"] = stats.workload_load
     if stats.coact is not None:
         arrays["coact"] = stats.coact
     if stats.topk_sets is not None:
@@ -71,7 +75,8 @@ def load_statistics(path: str | Path) -> Statistics:
             ):
                 raise MoeplaceError(f"not a {FORMAT} version {VERSION} file")
             meta = TraceMeta.from_dict(header)
-            counts_of = {name: _counts(z, name) for name in ("load", "load_resamples", "coact") if name in z}
+            names = ("load", "load_resamples", "coact", "workload_load")
+            counts_of = {name: _counts(z, name) for name in names if name in z}
             load, resamples, coact = counts_of["load"], counts_of["load_resamples"], counts_of.get("coact")
             topk_sets = _topk_sets(z, meta) if "sets" in z.files else None
         n, num_layers = meta.num_experts, len(meta.layer_ids)
@@ -91,8 +96,9 @@ def load_statistics(path: str | Path) -> Statistics:
                 f"resample_by must be one of {', '.join(RESAMPLE_UNITS)}, got {resample_by!r}"
             )
         _check_consistent(meta, load, coact, numbers["num_tokens"])
+        workloads = _workloads(header, counts_of.get("workload_load"), load)
         return Statistics(
-            meta, load, coact, resamples, *numbers.values(), topk_sets, float(rate), resample_by
+            meta, load, coact, resamples, *numbers.values(), topk_sets, float(rate), resample_by, **workloads
         )
     except MoeplaceError as exc:
         raise file_error(path, str(exc)) from None
@@ -112,6 +118,21 @@ def _check_consistent(meta: TraceMeta, load: np.ndarray, coact: np.ndarray | Non
         raise MoeplaceError("coact is not symmetric with an empty diagonal")
     if np.any(coact.sum(axis=2) > load * (meta.top_k - 1)):
         raise MoeplaceError("coact counts more co-activations than the load allows")
+
+
+def _workloads(header: dict, workload_load: np.ndarray | None, load: np.ndarray) -> dict:
+    """The workload fields of ``Statistics``: labels from the header, counts ``[W, L, N]`` that sum
+    to ``load``; ``{}`` for statistics without workloads."""
+    labels = header.get("workloads")
+    if workload_load is None and labels is None:
+        return {}
+    if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
+        raise MoeplaceError("workloads must be a list of labels, with workload_load beside it")
+    if workload_load is None or workload_load.shape != (len(labels), *load.shape):
+        raise MoeplaceError(f"workload_load must be [{len(labels)} workloads, {load.shape[0]} layers, N]")
+    if not np.array_equal(workload_load.sum(axis=0), load):
+        raise MoeplaceError("workload_load does not sum to load")
+    return {"workloads": tuple(labels), "workload_load": workload_load}
 
 
 def _counts(z, name: str) -> np.ndarray:

@@ -6,7 +6,8 @@ and picks its experts from those. When every node holds whole groups, a token re
 nodes; a placement that scatters a group over nodes breaks that bound. Modes (``GROUP_MODES``):
 
 - ``nodes``: whole groups to nodes, G / M a node, packed by load heaviest first as DeepSeek's
-  hierarchical EPLB does; the solver places each node's experts on its devices (co-activation and
+  hierarchical EPLB does (for a solver that balances workloads, by ``workloads.pack_robust`` on
+  every workload's group loads); the solver places each node's experts on its devices (co-activation and
   load cap within the node). Engines that read a placement map (SGLang, vLLM) realize any such
   placement; ``permute-checkpoint`` only when it is also ``permutable``.
 - ``permutable``: whole groups to blocks of D / G consecutive devices (or G / D whole groups a
@@ -29,6 +30,7 @@ from moeplace.errors import MoeplaceError
 from moeplace.planner.solvers.base import Solution, SolverOptions
 from moeplace.planner.solvers.frequency import heaviest_first
 from moeplace.planner.topology import Topology
+from moeplace.planner.workloads import pack_robust
 
 GROUP_MODES = ("nodes", "permutable", "free")
 
@@ -70,7 +72,11 @@ def solve_grouped(
     regions = num_regions(topology, groups, options.group_mode)
     size = topology.num_experts // groups
     group_load = stats.load.reshape(groups, size).sum(axis=1)
-    region_of_group = heaviest_first(group_load, regions)[0]
+    if stats.workload_share is None:
+        region_of_group = heaviest_first(group_load, regions)[0]
+    else:  # several workloads: the pairing of groups must hold under each (planner.workloads)
+        per_workload = stats.workload_share.reshape(-1, groups, size).sum(axis=2).T  # [G, W]
+        region_of_group = pack_robust(per_workload, stats.workload_weights, regions)
     inner = Topology(
         topology.num_experts // regions,
         topology.num_devices // regions,
@@ -130,4 +136,7 @@ def restrict(stats: LayerStats, experts: np.ndarray) -> LayerStats:
         coact=None if stats.coact is None else stats.coact[np.ix_(experts, experts)],
         load_resamples=stats.load_resamples[:, experts],
         topk_sets=sets,
+        # shares of the whole layer, not renormalized: a heavy region stays heavy in the objective
+        workload_share=None if stats.workload_share is None else stats.workload_share[:, experts],
+        workload_weight=stats.workload_weight,
     )

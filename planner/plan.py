@@ -75,6 +75,8 @@ def plan(
     options = dataclasses.replace(options, routing_groups=stats.meta.routing_groups or 1)
     grouped = num_regions(topology, options.routing_groups, options.group_mode) > 1
     layers = [stats.layer(i) for i in range(stats.num_layers)]
+    if not spec.balances_workloads:  # the others fit the pooled load alone
+        layers = [dataclasses.replace(x, workload_share=None, workload_weight=None) for x in layers]
     if executor is None:
         solutions = []
         for layer in layers:
@@ -117,7 +119,7 @@ def plan(
             LayerPlacement(
                 layer_id,
                 solution.expert_to_device,
-                stats.load[i],
+                layers[i].load,  # what the solver fit: with workloads, their weighted shares
                 yaml_safe(solution.report),
                 solution.physical_to_logical,
             )

@@ -17,6 +17,7 @@ __all__ = [
     "load_cv",
     "max_mean_load",
     "random_expected_devices",
+    "slot_device_load",
     "token_devices",
 ]
 
@@ -25,6 +26,15 @@ def device_load(topk_ids: np.ndarray, expert_to_device: np.ndarray, num_devices:
     """(token, expert) activations landing on each device, int64 ``[D]``."""
     devices = token_devices(topk_ids, expert_to_device)
     return np.bincount(devices[devices >= 0], minlength=num_devices)
+
+
+def slot_device_load(slots: np.ndarray, load: np.ndarray, num_devices: int) -> np.ndarray:
+    """One layer's device loads ``[..., D]`` from expert loads ``[..., N]`` and its physical slots
+    ``slots`` int ``[P]`` (slot p on device ``p // (P / D)``), a replicated expert's load split
+    evenly over its slots (as DeepSeek's EPLB assumes; load records do not say which copy served)."""
+    copies = np.bincount(slots, minlength=load.shape[-1])
+    per_slot = load[..., slots] / copies[slots]  # [..., P]
+    return per_slot.reshape(*load.shape[:-1], num_devices, -1).sum(axis=-1)
 
 
 def load_cv(load: np.ndarray) -> float:

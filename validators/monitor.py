@@ -27,7 +27,7 @@ import numpy as np
 from moeplace.calibrate.trace import Trace
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import Placement
-from moeplace.validators.metrics import max_mean_load
+from moeplace.validators.metrics import max_mean_load, slot_device_load
 from moeplace.validators.report import baseline_placement, validate
 
 DRIFT_SLACK = 0.05  # default limit: calibration max/mean + this
@@ -76,16 +76,8 @@ def device_load(placement: Placement, load: np.ndarray) -> np.ndarray:
     load split evenly over its slots."""
     slots = placement.physical_to_logical  # [L, P]
     return np.stack(
-        [_layer_device_load(row, x, placement.num_devices) for row, x in zip(slots, load, strict=True)]
+        [slot_device_load(row, x, placement.num_devices) for row, x in zip(slots, load, strict=True)]
     )
-
-
-def _layer_device_load(slots: np.ndarray, load: np.ndarray, num_devices: int) -> np.ndarray:
-    """One layer's device loads ``[..., D]`` from expert loads ``[..., N]`` and its physical slots
-    ``[P]`` (slot p on device ``p // (P / D)``), a replicated expert's load split over its slots."""
-    copies = np.bincount(slots, minlength=load.shape[-1])
-    per_slot = load[..., slots] / copies[slots]  # [..., P]
-    return per_slot.reshape(*load.shape[:-1], num_devices, -1).sum(axis=-1)
 
 
 def sampling_noise(placement: Placement, activations: np.ndarray, draws: int = 32) -> np.ndarray:
@@ -101,7 +93,7 @@ def sampling_noise(placement: Placement, activations: np.ndarray, draws: int = 3
     for layer, count in enumerate(activations.tolist()):
         share = calibration[layer] / calibration[layer].sum()
         sampled = rng.multinomial(count, share, size=draws)  # [draws, N]
-        per_device = _layer_device_load(slots[layer], sampled, devices)  # [draws, D]
+        per_device = slot_device_load(slots[layer], sampled, devices)  # [draws, D]
         noise.append(np.percentile(per_device.max(axis=1) / per_device.mean(axis=1), 95))
     return np.array(noise)
 
@@ -123,7 +115,7 @@ def watch(
     balanced = baseline_placement(load, placement.topology)  # [L, P]: the load balancer, refit
     rebalanced = np.array(
         [
-            max_mean_load(_layer_device_load(row, x, placement.num_devices))
+            max_mean_load(slot_device_load(row, x, placement.num_devices))
             for row, x in zip(balanced, load, strict=True)
         ]
     )

@@ -107,10 +107,20 @@ def calibrate(
 @user_errors
 def import_(
     fmt: Annotated[ImportFormat, typer.Argument(metavar="FORMAT", help="What recorded the sources.")],
-    sources: Annotated[list[Path], typer.Argument(help="Recorded files (SGLang: one .pt per rank).")],
+    sources: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Recorded files (SGLang: one .pt per rank); trtllm-stat: directories, each its "
+            "EXPERT_STATISTIC_PATH."
+        ),
+    ],
     out_path: Annotated[
         Path,
-        typer.Option("--out", help="Trace to write (directory or .npz); statistics .npz for sglang-stat."),
+        typer.Option(
+            "--out",
+            help="Trace to write (directory or .npz); statistics .npz for sglang-stat, sglang-load and "
+            "trtllm-stat.",
+        ),
     ],
     model: Annotated[str | None, typer.Option(help="Model name to record (dumps may not say).")] = None,
     num_experts: Annotated[
@@ -118,7 +128,12 @@ def import_(
         typer.Option(min=1, max=MAX_EXPERTS, help="Routed experts per layer (vllm: or --model-config)."),
     ] = None,
     top_k: Annotated[
-        int | None, typer.Option(min=1, max=MAX_EXPERTS, help="Experts per token (required for sglang-stat).")
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_EXPERTS,
+            help="Experts per token (sglang-stat, sglang-load: or --model-config; trtllm-stat: a check).",
+        ),
     ] = None,
     layer_ids: Annotated[
         str | None,
@@ -127,8 +142,9 @@ def import_(
     model_config: Annotated[
         Path | None,
         typer.Option(
-            help="vllm: the model's config.json (or its folder): which layers are MoE, how many "
-            "layers and experts. Needed for models with dense layers (DeepSeek, some Qwen-MoE)."
+            help="vllm, sglang-load, trtllm-stat: the model's config.json (or its folder): which layers "
+            "are MoE, how many layers and experts, top-k, routing groups. Needed for models with dense "
+            "layers (DeepSeek, some Qwen-MoE)."
         ),
     ] = None,
     tp_size: Annotated[
@@ -146,12 +162,32 @@ def import_(
             "each rank counts only its own tokens."
         ),
     ] = "none",
+    label: Annotated[
+        str | None,
+        typer.Option(
+            help="sglang-load, trtllm-stat: the workload of each file (trtllm-stat: directory), "
+            "comma-separated, one a source (default: the file names without extension, the directory "
+            "names). Sources with the same label are shards of one workload and sum."
+        ),
+    ] = None,
+    iterations: Annotated[
+        str | None,
+        typer.Option(
+            metavar="A:B",
+            help="trtllm-stat: keep the iterations A <= iter < B (as generate_eplb_config.py's "
+            "--iter_start/--iter_stop; default: all recorded).",
+        ),
+    ] = None,
 ):
     """Turn routing recorded by a serving engine into a moeplace trace (or load-only statistics).
 
     sglang: --expert-distribution-recorder-mode per_token dumps, every rank's (SGLang 0.5.2 to
-    0.5.23); sglang-stat: stat dumps (expert load only); vllm: JSONL of request outputs with
-    routed_experts (vLLM 0.21 and 0.27+); npz: interchange traces.
+    0.5.23); sglang-stat: stat dumps of one recording, ranks summed (expert load only); sglang-load:
+    {"logical_count": [layers, experts]} JSON load records, one workload a file, kept apart (the input
+    of the robust solver); trtllm-stat: TensorRT-LLM expert statistics (EXPERT_STATISTIC_PATH:
+    meta_info.json, rank*.safetensors), one workload a directory, ranks summed, kept apart like
+    sglang-load; vllm: JSONL of request outputs with routed_experts (vLLM 0.21 and 0.27+); npz:
+    interchange traces.
     """
     config_file = model_config / "config.json" if model_config and model_config.is_dir() else model_config
     check_distinct([*sources, config_file], [out_path])
@@ -166,13 +202,22 @@ def import_(
         top_k=top_k,
         layer_ids=layers,
         counted_by=tp_size if moe_a2a_backend == "none" else 1,
+        labels=tuple(x.strip() for x in label.split(",")) if label is not None else None,
+        iterations=_parse_iterations(iterations) if iterations is not None else None,
     )
+    if options.iterations is not None and fmt.value != "trtllm-stat":
+        raise MoeplaceError(f"--iterations selects TensorRT-LLM iterations (trtllm-stat), not {fmt.value}'s")
+    if options.labels is not None and not all(options.labels):
+        raise MoeplaceError("--label: a workload label is empty")
     result = IMPORTERS[fmt.value](sources, options)
     if isinstance(result, Statistics):
         _require_npz(out_path, "statistics")
         save_statistics(result, out_path)
         layers = len(result.meta.layer_ids)
-        out.print(f"expert load of {layers} MoE layers (load only: no co-activation) -> {out_path}")
+        workloads = f", {len(result.workloads)} workloads" if result.workloads else ""
+        out.print(
+            f"expert load of {layers} MoE layers{workloads} (load only: no co-activation) -> {out_path}"
+        )
         return
     meta, documents = result
     with trace_writer(out_path, meta) as writer:
@@ -182,6 +227,18 @@ def import_(
         f"{writer.num_tokens} tokens, {len(writer.lengths)} documents, {len(meta.layer_ids)} MoE layers "
         f"({meta.num_experts} experts, top-{meta.top_k}) -> {out_path}"
     )
+
+
+def _parse_iterations(text: str) -> tuple[int, int]:
+    """``"100:200"`` -> (100, 200): the iterations 100 <= iter < 200."""
+    start, colon, stop = text.partition(":")
+    if not colon or not all(part.strip().isascii() and part.strip().isdigit() for part in (start, stop)):
+        raise MoeplaceError(
+            f"--iterations must be A:B, the iterations A <= iter < B (such as 100:200), got {text!r}"
+        )
+    if int(start) >= int(stop):
+        raise MoeplaceError(f"--iterations {text} selects nothing: A:B keeps A <= iter < B, so A < B")
+    return int(start), int(stop)
 
 
 @app.command()

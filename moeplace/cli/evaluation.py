@@ -11,8 +11,8 @@ from rich.text import Text
 
 from moeplace.atomic import check_distinct, check_output_dir, output_dir
 from moeplace.calibrate.split import split_by_label
-from moeplace.calibrate.stats import DEFAULT_RESAMPLES
-from moeplace.calibrate.stats_io import load_trace_or_statistics, source_load
+from moeplace.calibrate.stats import DEFAULT_RESAMPLES, Statistics
+from moeplace.calibrate.stats_io import as_statistics, load_trace_or_statistics, source_load
 from moeplace.calibrate.trace_io import load_trace
 from moeplace.cli.app import (
     CORES,
@@ -55,11 +55,12 @@ from moeplace.cli.app import (
     user_errors,
 )
 from moeplace.cli.planning import split_trace
-from moeplace.cli.reports import print_layers, print_steps, print_summary
+from moeplace.cli.reports import print_balance, print_layers, print_steps, print_summary
 from moeplace.cluster import executor_for
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import load_placement
 from moeplace.planner.solvers import BASELINE, DEFAULT_SOLVERS, SOLVERS, SolverOptions
+from moeplace.validators.balance import BalanceValidation, validate_balance
 from moeplace.validators.compare import COMPARISON_FILES, markdown_table, write_comparison
 from moeplace.validators.compare import compare as compare_solvers
 from moeplace.validators.report import check_compatible, compare_steps, gate_failures
@@ -70,7 +71,13 @@ from moeplace.validators.report import validate as validate_placement
 @user_errors
 def validate(
     placement_file: Annotated[Path, typer.Argument(help="Placement YAML from `moeplace plan`.")],
-    holdout: Annotated[Path, typer.Argument(help="Held-out trace to score on.")],
+    holdout: Annotated[
+        Path,
+        typer.Argument(
+            help="Held-out trace to score on, or load records (`moeplace import sglang-load`): then "
+            "balance only, per workload, beside EPLB."
+        ),
+    ],
     fit: Annotated[
         Path | None,
         typer.Option(
@@ -133,7 +140,21 @@ def validate(
             f"--max-load-ratio {max_load_ratio:g} can never fail: max/mean load is at most the "
             f"{placement.num_devices} devices (it is a ratio: 1.15 = 15% over the mean)"
         )
-    held = load_trace(holdout)
+    held = load_trace_or_statistics(holdout)
+    if isinstance(held, Statistics):
+        if held.workload_load is None and not held.load_only:
+            raise MoeplaceError(f"{holdout}: statistics of a trace; give the held-out trace itself")
+        unused = {"--label": label, "--min-reduction": min_reduction, "--step": step}
+        named_options = [name for name, value in unused.items() if value is not None]
+        if named_options:
+            raise MoeplaceError(
+                f"{holdout} holds expert load only: {', '.join(named_options)} needs a per-token trace"
+            )
+        baseline_load = None if fit is None else as_statistics(load_trace_or_statistics(fit)).pooled_load()
+        with named(holdout):
+            balance = validate_balance(placement, held, baseline_load)
+        _report_balance(balance, as_json, max_load_ratio)
+        return
     if label is not None:
         with named(holdout):
             held = split_by_label(held, label, keep_all=True)[1]
@@ -183,6 +204,28 @@ def validate(
         print_summary(summary)
         if steps is not None:
             print_steps(steps)
+        out.print(Text("PASSED", "green") if not failures else Text("FAILED", "red"))
+    for failure in failures:
+        err.print(tagged("gate failed:", "red", failure))
+    if failures:
+        raise typer.Exit(1)
+
+
+def _report_balance(balance: BalanceValidation, as_json: bool, max_load_ratio: float | None) -> None:
+    """Print a load-only validation (tables, or one JSON object) and exit 1 if the gate fails."""
+    summary = balance.summary()
+    failures = []
+    if max_load_ratio is not None and not summary["max_mean_load"] <= max_load_ratio:
+        failures.append(
+            f"held-out max/mean load {summary['max_mean_load']:.4f} (mean over workloads) exceeds "
+            f"{max_load_ratio:g}"
+        )
+    if as_json:
+        print(
+            json.dumps(summary | {"passed": not failures, "failures": failures, "layers": balance.layers()})
+        )
+    else:
+        print_balance(summary)
         out.print(Text("PASSED", "green") if not failures else Text("FAILED", "red"))
     for failure in failures:
         err.print(tagged("gate failed:", "red", failure))

@@ -87,6 +87,23 @@ StatsInputArg = Annotated[
 ]
 
 
+def parse_weights(text: str) -> dict[str, float]:
+    """``LABEL=WEIGHT,...`` as a dict; ``MoeplaceError`` for anything else."""
+    weights = {}
+    for item in text.split(","):
+        label, _, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not label.strip() or not weight >= 0 or weight == float("inf"):
+            raise MoeplaceError(f"--workload-weights: {item!r} is not LABEL=WEIGHT with a weight >= 0")
+        weights[label.strip()] = weight
+    if not sum(weights.values()) > 0:
+        raise MoeplaceError("--workload-weights: every weight is 0")
+    return weights
+
+
 def split_trace(data: Trace, share: float, labels: str | None, seed: int) -> tuple[Trace, Trace]:
     """By label when ``labels`` are given (the share is then unused), else a seeded random share."""
     return split_by_label(data, labels) if labels else split_documents(data, share, seed)
@@ -158,9 +175,21 @@ def plan(
         int | None, typer.Option(help="Number of expert-parallel devices D (required unless --from).")
     ] = None,
     solver: Annotated[
-        SolverName,
-        typer.Option(help="; ".join(f"{name}: {spec.summary}" for name, spec in SOLVERS.items()) + "."),
-    ] = SolverName["greedy-capped"],
+        SolverName | None,
+        typer.Option(
+            help="Default: robust for load-only statistics, else greedy-capped. "
+            + "; ".join(f"{name}: {spec.summary}" for name, spec in SOLVERS.items())
+            + ".",
+            show_default=False,
+        ),
+    ] = None,
+    workload_weights: Annotated[
+        str | None,
+        typer.Option(
+            help="robust: the weight of each workload of the load records, LABEL=WEIGHT comma-separated "
+            "(decode_a=2,prefill_b=1; workloads not named weigh 0). Default: equal weights."
+        ),
+    ] = None,
     load_tolerance: Annotated[
         str,
         typer.Option(
@@ -225,7 +254,6 @@ def plan(
 ):
     """Solve a placement for every MoE layer and write the placement YAML (or, with --from, re-plan
     a served placement with few moves)."""
-    solver = solver.value
     if (from_placement is None) != (max_moves is None):
         raise MoeplaceError("--from and --max-moves go together: the placement served and the moves allowed")
     current = load_placement(from_placement) if from_placement is not None else None
@@ -268,6 +296,10 @@ def plan(
     statistics = as_statistics(  # statistics as they were made (their own seed and resamples)
         source, resamples=resamples, seed=seed, resample_by=resample_by.value, set_tokens=set_tokens
     )
+    solver = solver.value if solver is not None else "robust" if statistics.load_only else "greedy-capped"
+    if workload_weights is not None:
+        with named(trace):
+            statistics = statistics.with_weights(parse_weights(workload_weights))
     setting = (
         None
         if step is None

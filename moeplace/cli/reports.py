@@ -6,7 +6,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from moeplace.cli.app import out
+from moeplace.cli.app import out, printable
 from moeplace.planner.solvers import BASELINE
 from moeplace.validators.report import StepComparison
 
@@ -60,6 +60,28 @@ def print_summary(summary: dict) -> None:
     out.print(
         f"for scale: random placement {summary['random_expected_dev_per_token']:.3f} dev/token, "
         f"lower bound {summary['dev_per_token_lower_bound']}, balance floor {summary['balance_floor']:.3f}"
+    )
+
+
+def print_balance(summary: dict) -> None:
+    """A load-only validation: each held-out workload's max/mean load beside the baseline's."""
+    base = summary["baseline"]
+    table = Table(title=f"held-out max/mean device load (mean over MoE layers) vs {base['solver']}")
+    for column in ("workload", "max/mean", "worst layer", base["solver"]):
+        table.add_column(column, justify="right")
+    for label, figures in summary["workloads"].items():
+        table.add_row(
+            printable(label),
+            f"{figures['max_mean_load']:.3f}",
+            f"{figures['worst_layer_max_mean_load']:.3f}",
+            f"{figures['baseline_max_mean_load']:.3f}",
+        )
+    out.print(table)
+    out.print(
+        f"held-out load records, {len(summary['workloads'])} workload(s): max/mean load "
+        f"{summary['max_mean_load']:.3f} (worst workload {summary['worst_workload_max_mean_load']:.3f}) vs "
+        f"{base['solver']} {base['max_mean_load']:.3f} (worst {base['worst_workload_max_mean_load']:.3f}); "
+        f"{summary['replica_load']}; no devices per token (load records hold no per-token routing)"
     )
 
 

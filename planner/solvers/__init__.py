@@ -13,6 +13,7 @@ from moeplace.planner.solvers import (
     hypergraph,
     random,
     refine,
+    robust,
 )
 from moeplace.planner.solvers.base import Solution, Solver, SolverOptions, SolverSpec
 
@@ -26,6 +27,7 @@ SOLVERS: dict[str, SolverSpec] = {
     "hypergraph": hypergraph.SPEC,
     "exact": exact.SPEC,
     "eplb": eplb.SPEC,
+    "robust": robust.SPEC,
 }
 
 BASELINE = "frequency"

@@ -96,6 +96,8 @@ class SolverSpec:
             by co-activation-aware replica placement.
         refines: ends with the exact local search itself (``--refine`` adds nothing).
         compared_by_default: in ``compare``'s default solver list.
+        balances_workloads: reads each workload's load (``LayerStats.workload_share``), and routing
+            groups go to nodes by every workload's load; the others see the workloads pooled.
     """
 
     solve: Solver
@@ -106,3 +108,4 @@ class SolverSpec:
     places_replicas: bool = False
     refines: bool = False
     compared_by_default: bool = True
+    balances_workloads: bool = False
