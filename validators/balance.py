@@ -107,14 +107,14 @@ def validate_balance(
     fit = placement.calibration_load if baseline_load is None else baseline_load
     baseline = eplb_slots(fit, topology, groups)
     ratios = [
-        _max_over_mean(slots, loads, topology.num_devices)
+        max_over_mean(slots, loads, topology.num_devices)
         for slots in (placement.physical_to_logical, baseline)
     ]
     name = "eplb-hierarchical" if groups > 1 else "eplb"
     return BalanceValidation(placement, holdout, tuple(labels), *ratios, name)
 
 
-def _max_over_mean(slots: np.ndarray, loads: np.ndarray, num_devices: int) -> np.ndarray:
+def max_over_mean(slots: np.ndarray, loads: np.ndarray, num_devices: int) -> np.ndarray:
     """float ``[W, L]``: busiest device over mean for slots ``[L, P]`` and loads ``[W, L, N]``."""
     per_device = np.stack(
         [slot_device_load(row, loads[:, layer], num_devices) for layer, row in enumerate(slots)], axis=1

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moeplace.calibrate.importers.workloads import workload_statistics
 from moeplace.calibrate.safe_io import loads_json, read_text
 from moeplace.calibrate.stats import Statistics
 from moeplace.calibrate.trace import MAX_EXPERTS, MAX_LAYERS, TraceMeta
@@ -54,15 +55,6 @@ def read_load(paths: Sequence[Path], options) -> Statistics:
     if top_k > n:
         raise MoeplaceError(f"top-k {top_k} exceeds the {n} experts the records count")
     moe_layers = _moe_layers(paths, counts, layout, options.layer_ids)
-    order = list(dict.fromkeys(labels))  # distinct labels in order of appearance
-    workload_load = np.zeros((len(order), len(moe_layers), n), np.int64)
-    for label, count in zip(labels, counts, strict=True):
-        workload_load[order.index(label)] += count[moe_layers]
-    for label, load in zip(order, workload_load, strict=True):
-        empty = np.flatnonzero(load.sum(axis=1) == 0)
-        if empty.size:
-            shard = paths[labels.index(label)]
-            raise file_error(shard, f"workload {label!r} counts nothing at MoE layer {moe_layers[empty[0]]}")
     groups = layout.group_limit if layout is not None else None
     meta = TraceMeta(
         model=options.model or "unknown (SGLang load record)",
@@ -76,18 +68,7 @@ def read_load(paths: Sequence[Path], options) -> Statistics:
         routing_groups=groups[0] if groups else None,
         groups_per_token=groups[1] if groups else None,
     )
-    tokens = int(sum(-(-load.sum(axis=1).max() // top_k) for load in workload_load))
-    return Statistics(
-        meta,
-        workload_load.sum(axis=0),
-        None,
-        np.zeros((len(moe_layers), 0, n), np.int64),
-        tokens,
-        0,
-        0,
-        workloads=tuple(order),
-        workload_load=workload_load,
-    )
+    return workload_statistics(paths, labels, [count[moe_layers] for count in counts], meta)
 
 
 def _read_counts(path: Path) -> np.ndarray:

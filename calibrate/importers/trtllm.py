@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moeplace.calibrate.importers.workloads import workload_statistics
 from moeplace.calibrate.safe_io import check_regular_file, loads_json, read_text
 from moeplace.calibrate.stats import Statistics
 from moeplace.calibrate.trace import MAX_EXPERTS, MAX_LAYERS, TraceMeta
@@ -74,19 +75,11 @@ def read_stat(paths: Sequence[Path], options) -> Statistics:
     n, layers = first.num_experts, first.layers
     top_k = _top_k(first, options)
     _check_layers(paths[0], layers, n, options)
-    order = list(dict.fromkeys(labels))  # distinct labels in order of appearance
-    workload_load = np.zeros((len(order), len(layers), n), np.int64)
     grand_total = 0.0
-    for label, record in zip(labels, records, strict=True):
+    for record in records:
         grand_total += record.total
         if grand_total >= MAX_TOTAL:
             raise file_error(record.path, "counts summed over the recordings reach 2^62")
-        workload_load[order.index(label)] += record.load
-    for label, load in zip(order, workload_load, strict=True):
-        empty = np.flatnonzero(load.sum(axis=1) == 0)
-        if empty.size:
-            shard = paths[labels.index(label)]
-            raise file_error(shard, f"workload {label!r} counts nothing at MoE layer {layers[empty[0]]}")
     layout = options.layout
     groups = layout.group_limit if layout is not None else None
     meta = TraceMeta(
@@ -102,18 +95,7 @@ def read_stat(paths: Sequence[Path], options) -> Statistics:
         routing_groups=groups[0] if groups else None,
         groups_per_token=groups[1] if groups else None,
     )
-    tokens = int(sum(-(-load.sum(axis=1).max() // top_k) for load in workload_load))
-    return Statistics(
-        meta,
-        workload_load.sum(axis=0),
-        None,
-        np.zeros((len(layers), 0, n), np.int64),
-        tokens,
-        0,
-        0,
-        workloads=tuple(order),
-        workload_load=workload_load,
-    )
+    return workload_statistics(paths, labels, [record.load for record in records], meta)
 
 
 @dataclasses.dataclass(frozen=True)

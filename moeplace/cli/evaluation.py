@@ -193,17 +193,23 @@ def validate(
         err.print(
             tagged("warning:", "yellow", "the held-out trace is the calibration trace: figures are in-sample")
         )
-    if as_json:
-        print(
-            json.dumps(
-                summary | {"passed": not failures, "failures": failures, "layers": validation.layers()}
-            )
-        )
-    else:
+
+    def tables() -> None:
         print_layers(validation.layers(), validation.baseline_name)
         print_summary(summary)
         if steps is not None:
             print_steps(steps)
+
+    conclude(summary, validation.layers(), failures, as_json, tables)
+
+
+def conclude(summary: dict, layers: list[dict], failures: list[str], as_json: bool, tables) -> None:
+    """End ``validate``: one JSON object (the summary, verdict and per-layer figures) or ``tables()``
+    and PASSED/FAILED; each failed gate on stderr; exit 1 if any failed."""
+    if as_json:
+        print(json.dumps(summary | {"passed": not failures, "failures": failures, "layers": layers}))
+    else:
+        tables()
         out.print(Text("PASSED", "green") if not failures else Text("FAILED", "red"))
     for failure in failures:
         err.print(tagged("gate failed:", "red", failure))
@@ -220,17 +226,7 @@ def _report_balance(balance: BalanceValidation, as_json: bool, max_load_ratio: f
             f"held-out max/mean load {summary['max_mean_load']:.4f} (mean over workloads) exceeds "
             f"{max_load_ratio:g}"
         )
-    if as_json:
-        print(
-            json.dumps(summary | {"passed": not failures, "failures": failures, "layers": balance.layers()})
-        )
-    else:
-        print_balance(summary)
-        out.print(Text("PASSED", "green") if not failures else Text("FAILED", "red"))
-    for failure in failures:
-        err.print(tagged("gate failed:", "red", failure))
-    if failures:
-        raise typer.Exit(1)
+    conclude(summary, balance.layers(), failures, as_json, lambda: print_balance(summary))
 
 
 @app.command()

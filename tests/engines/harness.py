@@ -14,12 +14,9 @@ from __future__ import annotations
 import ast
 import contextlib
 import enum
-import json
 import logging
 import os
-import tarfile
 import types
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace as NS
@@ -28,39 +25,20 @@ import pytest
 
 torch = pytest.importorskip("torch")  # the engines' code runs on torch
 
-HERE = Path(__file__).resolve().parent
-ENGINES = HERE.parent.parent / ".engines"
-FETCH = "python tests/engines/fetch.py"
+from archive_files import ENGINES, FETCH, extracted, pinned
 
 
 def archive(name: str, version: str) -> Path:
     """The pinned archive of ``name`` ``version`` (skips, saying how to fetch it, when absent)."""
-    entries = json.loads((HERE / "archives.json").read_text())["archives"]
-    entry = next(e for e in entries if (e["name"], e["version"]) == (name, version))
-    path = ENGINES / entry["file"]
+    path = ENGINES / pinned(name, version)["file"]
     if not path.is_file():
-        pytest.skip(f"{entry['file']} not fetched: run `{FETCH}` (the README's test command does)")
+        pytest.skip(f"{path.name} not fetched: run `{FETCH}` (the README's test command does)")
     return path
 
 
 def source(name: str, version: str) -> Path:
     """The archive's Python files, extracted once; returns the directory holding the packages."""
-    path = archive(name, version)
-    stem = path.name.removesuffix(".tar.gz").removesuffix(".whl")
-    target = ENGINES / "src" / stem
-    done = target / ".extracted"
-    if not done.exists():
-        target.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".whl":
-            with zipfile.ZipFile(path) as wheel:
-                wheel.extractall(target, [n for n in wheel.namelist() if n.endswith(".py")])
-        else:
-            with tarfile.open(path) as sdist:
-                members = [m for m in sdist.getmembers() if m.isfile() and m.name.endswith(".py")]
-                sdist.extractall(target, members, filter="data")
-        done.touch()
-    inner = target / stem  # an sdist unpacks into name-version/
-    return inner if inner.is_dir() else target
+    return extracted(archive(name, version))
 
 
 @contextlib.contextmanager
