@@ -11,6 +11,10 @@ per MoE layer (a replicated expert's load split evenly over its copies), average
 layers; then the mean and the worst over the scored workloads.
 
 ``--layers-every K`` scores every K-th MoE layer only (quick runs while developing).
+``--replan`` instead measures re-plans with few moves (``plan --from --max-moves M``): the placement
+served is fit on the six prefill workloads, the two decode workloads arrive, and the re-plan on
+them changes at most M slots a layer; its balance on them against the served placement's and a
+plan from scratch on them.
 ``--speed`` instead times the plan the issue sizes: all 8 workloads, EP64 = 8 nodes x 8, R = 64,
 ``robust``, groups free and on nodes, on ``--jobs`` processes, with the peak memory (this process
 and its workers).
@@ -31,6 +35,7 @@ from moeplace.calibrate.importers.sglang_load import read_load
 from moeplace.calibrate.model_config import read_model_config
 from moeplace.calibrate.stats import Statistics
 from moeplace.planner.plan import layer_executor, plan
+from moeplace.planner.replan_slots import replan_slots
 from moeplace.planner.solvers import SolverOptions
 from moeplace.planner.topology import Topology
 from moeplace.validators.balance import validate_balance
@@ -86,9 +91,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-in-sample", action="store_true")
     parser.add_argument("--speed", action="store_true")
+    parser.add_argument("--replan", action="store_true")
     args = parser.parse_args()
     if args.speed:
         speed(args.jobs)
+        return
+    if args.replan:
+        replans(args.configs.split(","), args.layers_every)
         return
     data = workloads(args.layers_every)
     names = list(data)
@@ -134,6 +143,33 @@ def main() -> None:
                 print(f"| {name} | " + " | ".join(row) + " |")
                 sys.stdout.flush()
             print("| **mean** | " + " | ".join(f"**{np.mean(inside[s]):.3f}**" for s in solvers) + " |\n")
+
+
+def replans(configs: list[str], every: int, budgets=(0, 4, 8, 16, 32, 64)) -> None:
+    """Prefill served, decode arrives: balance on decode after M slot moves a layer."""
+    data = workloads(every)
+    prefill = pool_workloads({n: s for n, s in data.items() if n.startswith("prefill")}, held="")
+    decode = pool_workloads({n: s for n, s in data.items() if n.startswith("decode")}, held="")
+    print("## Re-plans with few moves: served on prefill, decode arrives\n")
+    print("    python benchmarks/load_workloads.py --replan\n")
+    print("Max/mean device load on the two decode workloads (mean over layers, then over the two),")
+    print("after the re-plan moved at most M slots a layer; *recovered*: the share of the gain of a")
+    print(f"`robust` plan from scratch on decode that the moves make. Layers: every {every}.\n")
+    print("| configuration | served | " + " | ".join(f"M = {m}" for m in budgets) + " | from scratch |")
+    print("|---|---|" + "---|" * len(budgets) + "---|")
+    for config in configs:
+        devices, nodes, redundant, mode = CONFIGS[config]
+        topology = Topology(prefill.meta.num_experts, devices, nodes, redundant)
+        served = plan(prefill, topology, "robust", SolverOptions(group_mode=mode))
+        scratch = plan(decode, topology, "robust", SolverOptions(group_mode=mode))
+        before, after = (float(validate_balance(p, decode).max_mean_load.mean()) for p in (served, scratch))
+        cells = []
+        for budget in budgets:
+            moved = float(validate_balance(replan_slots(decode, served, budget), decode).max_mean_load.mean())
+            cells.append(f"{moved:.3f} ({(before - moved) / (before - after):.0%})")
+        print(f"| {config} | {before:.3f} | " + " | ".join(cells) + f" | {after:.3f} |")
+        sys.stdout.flush()
+    print()
 
 
 def speed(jobs: int) -> None:

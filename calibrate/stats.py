@@ -215,7 +215,8 @@ class Statistics:
         for array in (self.load, self.coact, self.load_resamples, self.workload_load):
             if array is not None:
                 h.update(np.ascontiguousarray(array, dtype="<i8").tobytes())
-        h.update(json.dumps([self.workloads, self.workload_weights]).encode())
+        if self.workload_load is not None:
+            h.update(json.dumps([self.workloads, self.workload_weights]).encode())
         for sets in self.topk_sets or ():
             h.update(np.ascontiguousarray(sets.sets, dtype="<i2").tobytes())
             h.update(np.ascontiguousarray(sets.counts, dtype="<i8").tobytes())

@@ -45,15 +45,9 @@ def replan(
             "a re-plan's swaps may split routing groups: re-plan a placement planned with group mode free, "
             "or plan from scratch"
         )
-    if (stats.meta.num_experts, tuple(stats.meta.layer_ids)) != (current.num_experts, current.layer_ids):
-        raise MoeplaceError(
-            f"the new traffic has {stats.meta.num_experts} experts and MoE layers "
-            f"{list(stats.meta.layer_ids)}; the placement {current.num_experts} and {list(current.layer_ids)}"
-        )
+    check_replan(stats, current, max_moves)
     if stats.topk_sets is None:
         raise MoeplaceError("a re-plan needs the distinct top-k sets of a per-token trace of the new traffic")
-    if max_moves < 0:
-        raise MoeplaceError(f"the move budget must be >= 0, got {max_moves}")
     topology = current.topology
     homes = list(current.expert_to_device)
     layer_stats = [stats.layer(index) for index in range(stats.num_layers)]
@@ -77,6 +71,18 @@ def replan(
         layers=layers,
         validation=None,
     )
+
+
+def check_replan(stats: Statistics, current: Placement, max_moves: int) -> None:
+    """Raise ``MoeplaceError`` unless ``stats`` is traffic of ``current``'s model layers and the
+    move budget is >= 0."""
+    if (stats.meta.num_experts, tuple(stats.meta.layer_ids)) != (current.num_experts, current.layer_ids):
+        raise MoeplaceError(
+            f"the new traffic has {stats.meta.num_experts} experts and MoE layers "
+            f"{list(stats.meta.layer_ids)}; the placement {current.num_experts} and {list(current.layer_ids)}"
+        )
+    if max_moves < 0:
+        raise MoeplaceError(f"the move budget must be >= 0, got {max_moves}")
 
 
 def replan_layer(

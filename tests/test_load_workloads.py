@@ -292,3 +292,61 @@ def test_monitor_judges_each_recent_workload_on_its_own(records, tmp_path):
     assert summary["action"] == "rebalance" and result.exit_code == 1
     alone = run("monitor", tmp_path / "p.yaml", records / "prefill_a.json")  # not statistics: refused
     assert alone.exit_code == 2
+
+
+@pytest.mark.parametrize("mode", ["free", "nodes"])
+def test_replan_with_few_slot_moves_keeps_the_budget_the_rules_and_the_groups(records, tmp_path, mode):
+    """Served on two prefill-like workloads, re-planned on a drifted one: at most M slots a layer
+    change expert, balance on the new traffic does not get worse (and improves with moves), and
+    with groups on nodes every group's copies stay on the node they were on."""
+    assert import_load(records, ["prefill_a", "prefill_b"], tmp_path / "fit.npz").exit_code == 0
+    write_record(records / "drifted.json", workload_counts(99, hot=4))
+    assert import_load(records, ["drifted"], tmp_path / "new.npz").exit_code == 0
+    args = ["plan", tmp_path / "fit.npz", "--devices", 8, "--nodes", 4, "--redundant-slots", 8]
+    assert run(*args, "--group-mode", mode, "--out", tmp_path / "served.yaml").exit_code == 0
+    served = load_placement(tmp_path / "served.yaml")
+    new = load_statistics(tmp_path / "new.npz")
+    before = validate_balance(served, new).max_mean_load.mean()
+    for moves in (0, 1, 3):
+        out = tmp_path / f"moved{moves}.yaml"
+        result = run(
+            "plan",
+            tmp_path / "new.npz",
+            "--from",
+            tmp_path / "served.yaml",
+            "--max-moves",
+            moves,
+            "--out",
+            out,
+        )
+        assert result.exit_code == 0, result.output
+        assert "of robust's balance gain" in result.stdout
+        moved = load_placement(out)
+        _check_engine_rules(moved, Topology(32, 8, 4, 8))
+        changed = (moved.physical_to_logical != served.physical_to_logical).sum(axis=1)
+        assert changed.max() <= moves
+        after = validate_balance(moved, new).max_mean_load.mean()
+        assert after <= before + 1e-9
+        if moves == 0:
+            np.testing.assert_array_equal(moved.physical_to_logical, served.physical_to_logical)
+        else:
+            assert changed.max() == moves and after < before - 0.005, (moves, after, before)
+        if mode == "nodes":
+            node_of_slot = np.arange(40) // 10
+            for old, row in zip(served.physical_to_logical, moved.physical_to_logical, strict=True):
+                for group in range(8):
+                    assert set(node_of_slot[(row // 4) == group]) <= set(node_of_slot[(old // 4) == group])
+
+
+def test_plan_records_balance_on_held_out_load_records(records, tmp_path):
+    assert import_load(records, ["prefill_a", "prefill_b"], tmp_path / "fit.npz").exit_code == 0
+    assert import_load(records, ["decode_c"], tmp_path / "held.npz").exit_code == 0
+    out = tmp_path / "p.yaml"
+    args = ["plan", tmp_path / "fit.npz", "--devices", 8, "--redundant-slots", 8, "--group-mode", "free"]
+    result = run(*args, "--holdout", tmp_path / "held.npz", "--out", out)
+    assert result.exit_code == 0, result.output
+    recorded = load_placement(out).validation
+    scored = json.loads(run("validate", out, tmp_path / "held.npz", "--json").stdout)
+    assert recorded["max_mean_load"] == scored["max_mean_load"]
+    assert list(recorded["workloads"]) == ["decode_c"]
+    refused(run(*args, "--holdout", tmp_path / "held.npz", "--step", "prefill", "--out", tmp_path / "q.yaml"))

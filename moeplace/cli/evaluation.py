@@ -150,9 +150,18 @@ def validate(
             raise MoeplaceError(
                 f"{holdout} holds expert load only: {', '.join(named_options)} needs a per-token trace"
             )
-        baseline_load = None if fit is None else as_statistics(load_trace_or_statistics(fit)).pooled_load()
+        baseline_load = None
+        if fit is not None:  # EPLB refit on these: their pooled load, as the placement records its own
+            fit_stats = as_statistics(load_trace_or_statistics(fit))
+            with named(fit):
+                check_compatible(placement, fit_stats.meta)
+            baseline_load = fit_stats.pooled_load()
         with named(holdout):
             balance = validate_balance(placement, held, baseline_load)
+        if held.provenance()["fingerprint"] == placement.calibration.get("fingerprint"):
+            err.print(
+                tagged("warning:", "yellow", "the held-out records are the calibration records: in-sample")
+            )
         _report_balance(balance, as_json, max_load_ratio)
         return
     if label is not None:

@@ -65,14 +65,16 @@ from moeplace.cli.app import (
     user_errors,
     with_groups,
 )
-from moeplace.cli.reports import print_steps, print_summary
+from moeplace.cli.reports import print_balance, print_steps, print_summary
 from moeplace.cluster import executor_for
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import Placement, load_placement, save_placement
 from moeplace.planner.plan import plan as plan_layers
 from moeplace.planner.replan import replan
+from moeplace.planner.replan_slots import replan_slots
 from moeplace.planner.solvers import SOLVERS, SolverOptions
 from moeplace.planner.topology import Topology
+from moeplace.validators.balance import validate_balance
 from moeplace.validators.choose import AUTO_TOLERANCES, BALANCERS, SERVED, Choice, choose_tolerance
 from moeplace.validators.compare import fit_figures
 from moeplace.validators.report import StepSetting, check_compatible, compare_steps
@@ -213,7 +215,10 @@ def plan(
     set_tokens: SetTokensOpt = DEFAULT_SET_TOKENS,
     holdout: Annotated[
         Path | None,
-        typer.Option(help="Held-out trace: score the placement on it and record the figures in the file."),
+        typer.Option(
+            help="Held-out trace, or load records of other workloads: score the placement on it and "
+            "record the figures in the file."
+        ),
     ] = None,
     step: StepOpt = None,
     tokens_per_rank: TokensPerRankOpt = 1024,
@@ -259,12 +264,16 @@ def plan(
     current = load_placement(from_placement) if from_placement is not None else None
     if current is not None:
         if step_search_swaps or redundant_slots:
-            raise MoeplaceError("--from re-plans by moves alone: drop --step-search and --redundant-slots")
+            raise MoeplaceError(
+                "--from re-plans by moves alone, on the placement's slots: drop --step-search and "
+                "--redundant-slots"
+            )
         if devices not in (None, current.num_devices) or nodes not in (1, current.num_nodes):
             raise MoeplaceError(
                 f"--from: the placement has {current.num_devices} devices in {current.num_nodes} nodes"
             )
-        devices, nodes = current.num_devices, current.num_nodes
+        devices, nodes, redundant_slots = current.num_devices, current.num_nodes, current.redundant_slots
+        group_mode = GroupMode(current.options.get("group_mode", "free"))  # from scratch: the same mode
     if devices is None:
         raise MoeplaceError("--devices is required (or --from a placement)")
     auto = load_tolerance == "auto"
@@ -282,7 +291,13 @@ def plan(
     if (auto or step_search_swaps) and isinstance(source, Statistics):
         option = "--load-tolerance auto" if auto else "--step-search"
         raise MoeplaceError(f"{trace}: {option} replays the calibration trace; give the trace")
-    held = with_groups(load_trace(holdout), groups, groups_per_token) if holdout is not None else None
+    held = (
+        with_groups(load_trace_or_statistics(holdout), groups, groups_per_token)
+        if holdout is not None
+        else None
+    )
+    if isinstance(held, Statistics) and ((held.workload_load is None and not held.load_only) or step):
+        raise MoeplaceError(f"{holdout}: --holdout takes a trace, or load records without --step")
     topology = Topology(source.meta.num_experts, devices, nodes, redundant_slots)
     options = SolverOptions(
         load_tolerance=tolerance,
@@ -329,7 +344,15 @@ def plan(
                 return plan_layers(stats, topology, solver, options, provenance, advance, pool)
 
             def replan_one(stats, topology, solver, options, provenance):
+                if slot_moves:  # replicas, groups on nodes or load records: moves of slots, for balance
+                    return replan_slots(stats, current, max_moves, provenance, pool)
                 return replan(stats, current, max_moves, options, provenance, pool)
+
+            slot_moves = (
+                statistics.load_only
+                or current.redundant_slots > 0
+                or current.options.get("group_mode") == "nodes"
+            )
 
             if auto:
                 full_choice = choose_tolerance(
@@ -345,7 +368,7 @@ def plan(
                 placement = replan_one(statistics, topology, solver, options, source.provenance())
         if auto:
             print_choice(choice, setting, "re-plan")
-        print_replan(current, placement, full, source if isinstance(source, Trace) else None, setting)
+        print_replan(current, placement, full, source if isinstance(source, Trace) else statistics, setting)
         solver = placement.solver
     elif auto:
         runs = len(BALANCERS) + len(AUTO_TOLERANCES)
@@ -408,7 +431,12 @@ def plan(
             f"trace (a model): estimated step {sum(r['seconds_before'] for r in searched) * 1e3:.3f} -> "
             f"{sum(r['seconds_after'] for r in searched) * 1e3:.3f} ms"
         )
-    if held is not None:
+    if isinstance(held, Statistics):  # load records: balance on each held-out workload
+        with named(holdout):
+            summary = validate_balance(placement, held).summary()
+        placement = dataclasses.replace(placement, validation=summary)
+        print_balance(summary)
+    elif held is not None:
         with named(holdout):
             validation = validate_placement(placement, held)
             summary = validation.summary()
@@ -449,18 +477,28 @@ def print_replan(
     current: Placement,
     replanned: Placement,
     full: Placement,
-    trace: Trace | None,
+    trace: Trace | Statistics | None,
     setting: StepSetting | None,
 ) -> None:
     """Moves made, and how much of a from-scratch plan's gain they recover on the new traffic (and
     of its serving step, estimated on it, with a step setting)."""
     moves = [layer.solver_report.get("moves", 0) for layer in replanned.layers]
-    pairs = zip(current.expert_to_device, full.expert_to_device, strict=True)
+    slots = replanned.options.get("moves") == "slots"  # else a move is an expert changing device
+    maps = ("physical_to_logical", "expert_to_device")[0 if slots else 1]
+    pairs = zip(getattr(current, maps), getattr(full, maps), strict=True)
     full_moves = sum(int((a != b).sum()) for a, b in pairs)
+    what = "slot" if slots else "expert"
     out.print(
-        f"re-plan from {current.solver}: {sum(moves)} expert moves ({max(moves)} at most in a layer, "
+        f"re-plan from {current.solver}: {sum(moves)} {what} moves ({max(moves)} at most in a layer, "
         f"budget {replanned.options.get('max_moves', 0)}); {full.solver} from scratch moves {full_moves}"
     )
+    if isinstance(trace, Statistics):  # load records: balance on each of their workloads
+        plans = {"served": current, "re-plan": replanned, full.solver: full}
+        figures = [float(validate_balance(p, trace).max_mean_load.mean()) for p in plans.values()]
+        for name, figure in zip(plans, figures, strict=True):
+            out.print(f"  on the new load records, {name}: max/mean {figure:.3f} (mean over workloads)")
+        out.print(f"  the moves recover {_recovered(*figures)} of {full.solver}'s balance gain")
+        return
     if trace is None:
         return
     plans = {"served": current, "re-plan": replanned, full.solver: full}
