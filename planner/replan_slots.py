@@ -12,7 +12,9 @@ busiest device's load), each step the best of
   moves from an expert that needs it less to one that needs it more),
 
 that keeps every device free of two copies of one expert and, with groups on nodes, every group's
-experts and replicas on their node. It stops when no step within the budget lowers the objective.
+experts and replicas on their node. It stops when no step within the budget lowers the objective,
+or after ``STEPS_PER_MOVE`` steps per move of the budget (steps among slots already changed cost
+no move, so without a bound the descent could run long).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from moeplace.calibrate.stats import Statistics
 from moeplace.planner.placement import Placement, yaml_safe
 from moeplace.planner.replan import check_replan
 from moeplace.planner.workloads import HOT_BINS, SMOOTHING, busiest_over_mean
+
+STEPS_PER_MOVE = 4  # descent steps a layer per move of the budget (rearranging moved slots is free)
 
 
 def replan_slots(
@@ -118,7 +122,7 @@ def replan_layer(
     share = shares.T * scale  # [N, W]
     before = _objective(slots, share, weights, num_devices)
     steps = 0
-    while True:
+    while steps < STEPS_PER_MOVE * max_moves:  # a bound: steps within the moved slots cost no move
         moved = int(np.count_nonzero(slots != served))
         step = _best_step(slots, served, share, weights, num_devices, allowed, max_moves - moved)
         if step is None:
