@@ -189,12 +189,17 @@ class Statistics:
         their shares pooled by weight, ``POOLED_TOTAL`` a layer."""
         if self.workload_load is None:
             return self.load
-        return np.rint(np.einsum("w,wln->ln", self.weights, self._shares()) * POOLED_TOTAL).astype(np.int64)
+        return self._pooled(self._shares(slice(None)))
 
-    def _shares(self) -> np.ndarray:
-        """float ``[W, L, N]``: each workload's share of each layer's activations."""
-        totals = self.workload_load.sum(axis=2, keepdims=True)
-        return self.workload_load / np.where(totals > 0, totals, 1)
+    def _shares(self, layers: int | slice) -> np.ndarray:
+        """float ``[W, ..., N]``: each workload's share of the activations of MoE layer(s) ``layers``."""
+        counts = self.workload_load[:, layers]
+        totals = counts.sum(axis=-1, keepdims=True)
+        return counts / np.where(totals > 0, totals, 1)
+
+    def _pooled(self, shares: np.ndarray) -> np.ndarray:
+        """int64 ``[..., N]``: ``shares`` ``[W, ..., N]`` pooled by weight, ``POOLED_TOTAL`` a layer."""
+        return np.rint(np.einsum("w,w...->...", self.weights, shares) * POOLED_TOTAL).astype(np.int64)
 
     @property
     def load_only(self) -> bool:
@@ -206,8 +211,8 @@ class Statistics:
         sets = None if self.topk_sets is None else self.topk_sets[index]
         if self.workload_load is None:
             return LayerStats(self.load[index], coact, self.load_resamples[index], sets)
-        pooled, shares = self.pooled_load()[index], self._shares()[:, index]
-        return LayerStats(pooled, coact, self.load_resamples[index], sets, shares, self.weights)
+        shares = self._shares(index)  # this layer's only
+        return LayerStats(self._pooled(shares), coact, self.load_resamples[index], sets, shares, self.weights)
 
     def provenance(self) -> dict:
         """What a placement file records about the statistics it was planned from."""

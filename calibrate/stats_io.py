@@ -175,8 +175,10 @@ def load_trace_or_statistics(path: str | Path) -> Trace | Statistics:
 
 
 def source_load(source: Trace | Statistics) -> np.ndarray:
-    """Activations per expert and MoE layer, int64 ``[L, N]``, of a trace or statistics."""
-    return source.load if isinstance(source, Statistics) else expert_load(source)
+    """Activations per expert and MoE layer, int64 ``[L, N]``, of a trace or statistics: for load
+    records of several workloads, their pooled shares (``Statistics.pooled_load``, what solvers fit
+    and placements record)."""
+    return source.pooled_load() if isinstance(source, Statistics) else expert_load(source)
 
 
 def as_statistics(source: Trace | Statistics, **options) -> Statistics:

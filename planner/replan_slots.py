@@ -28,7 +28,8 @@ import numpy as np
 from moeplace.calibrate.stats import Statistics
 from moeplace.planner.placement import Placement, yaml_safe
 from moeplace.planner.replan import check_replan
-from moeplace.planner.workloads import HOT_BINS, SMOOTHING, busiest_over_mean
+from moeplace.planner.solvers.base import Solution
+from moeplace.planner.workloads import HOT_BINS, REPLICA_LOAD, busiest_over_mean, smooth_max
 
 STEPS_PER_MOVE = 4  # descent steps a layer per move of the budget (rearranging moved slots is free)
 
@@ -65,7 +66,7 @@ def replan_slots(
     new_layers = tuple(
         dataclasses.replace(
             layer,
-            expert_to_device=_homes(slots, topology.num_experts, topology.slots_per_device),
+            expert_to_device=Solution.from_slots(slots, topology, {}).expert_to_device,
             calibration_load=load,
             solver_report=yaml_safe(report),
             physical_to_logical=slots if topology.redundant_slots else None,
@@ -85,13 +86,6 @@ def replan_slots(
         layers=new_layers,
         validation=None,
     )
-
-
-def _homes(slots: np.ndarray, num_experts: int, per_device: int) -> np.ndarray:
-    """int64 ``[N]``: the device of each expert's first slot."""
-    home = np.full(num_experts, -1, np.int64)
-    home[slots[::-1]] = (np.arange(slots.shape[0]) // per_device)[::-1]
-    return home
 
 
 def replan_layer(
@@ -139,27 +133,19 @@ def replan_layer(
         "objective_before": before,
         "objective_after": _objective(slots, share, weights, num_devices),
         "fit_max_mean_load": float(weights @ busiest),
-        "replica_load": "split evenly over an expert's copies",
+        "replica_load": REPLICA_LOAD,
     }
 
 
 def _objective(slots, share, weights, num_devices) -> float:
     """The weighted mean over workloads of the smoothed busiest device load (units: the mean)."""
-    return float(weights @ _smooth_max(_device_loads(slots, share, num_devices)))
+    return float(weights @ smooth_max(_device_loads(slots, share, num_devices)))
 
 
 def _device_loads(slots, share, num_devices) -> np.ndarray:
     """float ``[D, W]``: device loads of ``slots`` ``[P]`` for expert loads ``share`` ``[N, W]``."""
     copies = np.bincount(slots, minlength=share.shape[0])
     return (share[slots] / copies[slots, None]).reshape(num_devices, -1, share.shape[1]).sum(axis=1)
-
-
-def _smooth_max(loads: np.ndarray) -> np.ndarray:
-    """Log-sum-exp over devices (axis -2) at ``SMOOTHING``: ``[..., D, W] -> [..., W]``."""
-    top = loads.max(axis=-2, keepdims=True)
-    return (top + np.log(np.exp(SMOOTHING * (loads - top)).sum(axis=-2, keepdims=True)) / SMOOTHING)[
-        ..., 0, :
-    ]
 
 
 def _best_step(slots, served, share, weights, num_devices, allowed, budget):
@@ -172,7 +158,7 @@ def _best_step(slots, served, share, weights, num_devices, allowed, budget):
     per_device = num_slots // num_devices
     device = np.arange(num_slots) // per_device
     loads = _device_loads(slots, share, num_devices)  # [D, W]
-    current = weights @ _smooth_max(loads)
+    current = weights @ smooth_max(loads)
     holds = np.zeros((num_devices, n), bool)
     holds[device, slots] = True
     copies = np.bincount(slots, minlength=n)
@@ -202,7 +188,7 @@ def _best_step(slots, served, share, weights, num_devices, allowed, budget):
             trial = np.broadcast_to(loads, (others.size, *loads.shape)).copy()
             trial[:, here] += delta
             trial[np.arange(others.size), device[others]] -= delta
-            gain = current - _smooth_max(trial) @ weights
+            gain = current - smooth_max(trial) @ weights
             pick = int(np.argmax(gain))
             if gain[pick] > best_gain:
                 best_gain, best = gain[pick], [(slot, slots[others[pick]]), (others[pick], expert)]
@@ -222,7 +208,7 @@ def _best_step(slots, served, share, weights, num_devices, allowed, budget):
         shift = gain_y - per_copy[targets]  # every old copy of y sheds this (negative)
         trial += holds[:, targets].T[:, :, None] * shift[:, None, :]
         trial[:, here] += gain_y
-        gain = current - _smooth_max(trial) @ weights
+        gain = current - smooth_max(trial) @ weights
         pick = int(np.argmax(gain))
         if gain[pick] > best_gain:
             best_gain, best = gain[pick], [(slot, targets[pick])]

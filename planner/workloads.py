@@ -27,6 +27,15 @@ SPREAD = 2.0  # standard deviations of a copy's share across workloads added to 
 SMOOTHING = 30.0  # log-sum-exp temperature, in units of the mean bin load
 SWAP_STEPS = 400  # improving swaps at most per packing
 HOT_BINS = 2  # swaps take an item from the HOT_BINS busiest bins of some workload
+REPLICA_LOAD = "a replicated expert's load split evenly over its copies"  # what every report says
+
+
+def smooth_max(loads: np.ndarray) -> np.ndarray:
+    """The busiest bin smoothed: log-sum-exp over bins (axis -2) at ``SMOOTHING``,
+    ``[..., B, W] -> [..., W]``, loads in units of the mean bin."""
+    top = loads.max(axis=-2, keepdims=True)
+    total = np.exp(SMOOTHING * (loads - top)).sum(axis=-2, keepdims=True)
+    return (top + np.log(total) / SMOOTHING)[..., 0, :]
 
 
 def robust_counts(shares: np.ndarray, weights: np.ndarray, slots: int, max_copies: int) -> np.ndarray:

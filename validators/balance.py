@@ -19,9 +19,9 @@ from moeplace.calibrate.stats import Statistics
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import Placement, yaml_safe
 from moeplace.planner.solvers.eplb import eplb_slots
+from moeplace.planner.workloads import REPLICA_LOAD
 from moeplace.validators.metrics import slot_device_load
-
-REPLICA_LOAD = "a replicated expert's load split evenly over its copies"
+from moeplace.validators.report import check_compatible
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,15 +85,7 @@ def validate_balance(
     """Score ``placement`` and EPLB on each workload of ``holdout`` (one workload, its load, when
     the statistics keep none apart). EPLB is fit on ``baseline_load`` int ``[L, N]`` or, by
     default, on the calibration load recorded in the placement."""
-    if (
-        holdout.meta.num_experts != placement.num_experts
-        or tuple(holdout.meta.layer_ids) != placement.layer_ids
-    ):
-        raise MoeplaceError(
-            f"the load records cover MoE layers {list(holdout.meta.layer_ids)} of "
-            f"{holdout.meta.num_experts} experts; the placement is for layers {list(placement.layer_ids)} of "
-            f"{placement.num_experts}"
-        )
+    check_compatible(placement, holdout.meta)
     if holdout.workload_load is None:
         labels, loads = ("all",), holdout.load[None]
     else:

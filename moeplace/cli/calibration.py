@@ -236,9 +236,7 @@ def _parse_iterations(text: str) -> tuple[int, int]:
         raise MoeplaceError(
             f"--iterations must be A:B, the iterations A <= iter < B (such as 100:200), got {text!r}"
         )
-    if int(start) >= int(stop):
-        raise MoeplaceError(f"--iterations {text} selects nothing: A:B keeps A <= iter < B, so A < B")
-    return int(start), int(stop)
+    return int(start), int(stop)  # the importer refuses A >= B
 
 
 @app.command()

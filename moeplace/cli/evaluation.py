@@ -12,7 +12,7 @@ from rich.text import Text
 from moeplace.atomic import check_distinct, check_output_dir, output_dir
 from moeplace.calibrate.split import split_by_label
 from moeplace.calibrate.stats import DEFAULT_RESAMPLES, Statistics
-from moeplace.calibrate.stats_io import as_statistics, load_trace_or_statistics, source_load
+from moeplace.calibrate.stats_io import load_trace_or_statistics, source_load
 from moeplace.calibrate.trace_io import load_trace
 from moeplace.cli.app import (
     CORES,
@@ -140,9 +140,15 @@ def validate(
             f"--max-load-ratio {max_load_ratio:g} can never fail: max/mean load is at most the "
             f"{placement.num_devices} devices (it is a ratio: 1.15 = 15% over the mean)"
         )
+    baseline_load = None
+    if fit is not None:
+        fit_source = load_trace_or_statistics(fit)
+        with named(fit):
+            check_compatible(placement, fit_source.meta)
+        baseline_load = source_load(fit_source)
     held = load_trace_or_statistics(holdout)
     if isinstance(held, Statistics):
-        if held.workload_load is None and not held.load_only:
+        if not held.load_only:
             raise MoeplaceError(f"{holdout}: statistics of a trace; give the held-out trace itself")
         unused = {"--label": label, "--min-reduction": min_reduction, "--step": step}
         named_options = [name for name, value in unused.items() if value is not None]
@@ -150,29 +156,13 @@ def validate(
             raise MoeplaceError(
                 f"{holdout} holds expert load only: {', '.join(named_options)} needs a per-token trace"
             )
-        baseline_load = None
-        if fit is not None:  # EPLB refit on these: their pooled load, as the placement records its own
-            fit_stats = as_statistics(load_trace_or_statistics(fit))
-            with named(fit):
-                check_compatible(placement, fit_stats.meta)
-            baseline_load = fit_stats.pooled_load()
         with named(holdout):
             balance = validate_balance(placement, held, baseline_load)
-        if held.provenance()["fingerprint"] == placement.calibration.get("fingerprint"):
-            err.print(
-                tagged("warning:", "yellow", "the held-out records are the calibration records: in-sample")
-            )
         _report_balance(balance, as_json, max_load_ratio)
         return
     if label is not None:
         with named(holdout):
             held = split_by_label(held, label, keep_all=True)[1]
-    baseline_load = None
-    if fit is not None:
-        fit_source = load_trace_or_statistics(fit)
-        with named(fit):
-            check_compatible(placement, fit_source.meta)
-        baseline_load = source_load(fit_source)
     with named(holdout):
         validation = validate_placement(placement, held, baseline_load)
     summary = validation.summary()
@@ -229,6 +219,8 @@ def conclude(summary: dict, layers: list[dict], failures: list[str], as_json: bo
 def _report_balance(balance: BalanceValidation, as_json: bool, max_load_ratio: float | None) -> None:
     """Print a load-only validation (tables, or one JSON object) and exit 1 if the gate fails."""
     summary = balance.summary()
+    if summary["holdout"]["fingerprint"] == balance.placement.calibration.get("fingerprint"):
+        err.print(tagged("warning:", "yellow", "the held-out records are the calibration records: in-sample"))
     failures = []
     if max_load_ratio is not None and not summary["max_mean_load"] <= max_load_ratio:
         failures.append(

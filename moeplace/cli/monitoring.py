@@ -60,7 +60,8 @@ def monitor(
     for label, (load, traces) in workloads.items():
         with named(placement_file):
             results[label] = watch(placement, load, traces, max_load_ratio)
-    worst = max(results.values(), key=lambda r: ACTIONS.index(r.action))
+    worst_label = max(results, key=lambda label: ACTIONS.index(results[label].action))
+    worst = results[worst_label]
     if as_json:
         summary = (
             worst.summary()
@@ -82,7 +83,7 @@ def monitor(
             figures = (r.calibration.mean(), r.limit, r.recent.mean(), r.rebalanced.mean())
             table.add_row(printable(label), *(f"{x:.3f}" for x in figures), r.action)
         out.print(table)
-        out.print(f"worst workload ({next(k for k, v in results.items() if v is worst)}): {worst.verdict}")
+        out.print(f"worst workload ({printable(worst_label)}): {worst.verdict}")
     if worst.action == "re-plan" and any(traces for _, traces in workloads.values()):
         out.print(
             f"next: moeplace plan RECENT_TRACE --from {placement_file} "

@@ -296,7 +296,7 @@ def plan(
         if holdout is not None
         else None
     )
-    if isinstance(held, Statistics) and ((held.workload_load is None and not held.load_only) or step):
+    if isinstance(held, Statistics) and (not held.load_only or step):
         raise MoeplaceError(f"{holdout}: --holdout takes a trace, or load records without --step")
     topology = Topology(source.meta.num_experts, devices, nodes, redundant_slots)
     options = SolverOptions(
@@ -484,8 +484,10 @@ def print_replan(
     of its serving step, estimated on it, with a step setting)."""
     moves = [layer.solver_report.get("moves", 0) for layer in replanned.layers]
     slots = replanned.options.get("moves") == "slots"  # else a move is an expert changing device
-    maps = ("physical_to_logical", "expert_to_device")[0 if slots else 1]
-    pairs = zip(getattr(current, maps), getattr(full, maps), strict=True)
+    if slots:
+        pairs = zip(current.physical_to_logical, full.physical_to_logical, strict=True)
+    else:
+        pairs = zip(current.expert_to_device, full.expert_to_device, strict=True)
     full_moves = sum(int((a != b).sum()) for a, b in pairs)
     what = "slot" if slots else "expert"
     out.print(

@@ -16,7 +16,7 @@ import numpy as np
 from moeplace.calibrate.stats import LayerStats
 from moeplace.planner.solvers.base import Solution, SolverOptions, SolverSpec
 from moeplace.planner.topology import Topology
-from moeplace.planner.workloads import busiest_over_mean, pack_robust, robust_counts
+from moeplace.planner.workloads import REPLICA_LOAD, busiest_over_mean, pack_robust, robust_counts
 
 
 def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solution:
@@ -32,7 +32,7 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
         "workloads": int(shares.shape[0]),
         "fit_max_mean_load": float(weights @ busiest),
         "fit_worst_workload_max_mean_load": float(busiest.max()),
-        "replica_load": "split evenly over an expert's copies",
+        "replica_load": REPLICA_LOAD,
     }
     return Solution.from_slots(experts[order], topology, info)
 
