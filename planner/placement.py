@@ -84,6 +84,11 @@ class Placement:
         return Topology(self.num_experts, self.num_devices, self.num_nodes, self.redundant_slots)
 
     @property
+    def groups_on_nodes(self) -> int:
+        """The routing groups the placement keeps whole on nodes (its ``group_mode`` nodes), else 1."""
+        return self.options.get("routing_groups", 1) if self.options.get("group_mode") == "nodes" else 1
+
+    @property
     def layer_ids(self) -> tuple[int, ...]:
         return tuple(layer.layer_id for layer in self.layers)
 

@@ -46,8 +46,7 @@ def replan_slots(
     the file; layers in parallel with an ``executor``."""
     check_replan(stats, current, max_moves)
     topology = current.topology
-    options = current.options
-    groups = options.get("routing_groups", 1) if options.get("group_mode") == "nodes" else 1
+    groups = current.groups_on_nodes
     one = functools.partial(
         replan_layer,
         num_devices=topology.num_devices,

@@ -93,9 +93,7 @@ def validate_balance(
     if not np.all(loads.sum(axis=2) > 0):
         raise MoeplaceError("a held-out workload counts nothing at some MoE layer: nothing to score there")
     topology = placement.topology
-    groups = (
-        placement.options.get("routing_groups", 1) if placement.options.get("group_mode") == "nodes" else 1
-    )
+    groups = placement.groups_on_nodes
     fit = placement.calibration_load if baseline_load is None else baseline_load
     baseline = eplb_slots(fit, topology, groups)
     ratios = [

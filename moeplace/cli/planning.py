@@ -348,11 +348,7 @@ def plan(
                     return replan_slots(stats, current, max_moves, provenance, pool)
                 return replan(stats, current, max_moves, options, provenance, pool)
 
-            slot_moves = (
-                statistics.load_only
-                or current.redundant_slots > 0
-                or current.options.get("group_mode") == "nodes"
-            )
+            slot_moves = statistics.load_only or current.redundant_slots > 0 or current.groups_on_nodes > 1
 
             if auto:
                 full_choice = choose_tolerance(
