@@ -174,8 +174,8 @@ def import_(
         str | None,
         typer.Option(
             metavar="A:B",
-            help="trtllm-stat: keep the iterations A <= iter < B (as generate_eplb_config.py's "
-            "--iter_start/--iter_stop; default: all recorded).",
+            help="trtllm-stat: keep the iterations A <= iter < B, as TensorRT-LLM's own config generator "
+            "selects them (default: all recorded).",
         ),
     ] = None,
 ):

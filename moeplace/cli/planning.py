@@ -313,8 +313,9 @@ def plan(
     )
     solver = solver.value if solver is not None else "robust" if statistics.load_only else "greedy-capped"
     if workload_weights is not None:
+        weights = parse_weights(workload_weights)  # a bad flag value is the flag's, not the file's
         with named(trace):
-            statistics = statistics.with_weights(parse_weights(workload_weights))
+            statistics = statistics.with_weights(weights)
     setting = (
         None
         if step is None
