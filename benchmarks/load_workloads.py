@@ -15,9 +15,14 @@ layers; then the mean and the worst over the scored workloads.
 served is fit on the six prefill workloads, the two decode workloads arrive, and the re-plan on
 them changes at most M slots a layer; its balance on them against the served placement's and a
 plan from scratch on them.
+``--group-modes`` instead prices keeping routing groups on nodes: ``robust`` fit on all 8 workloads
+with groups on nodes and free, at EP32 (4 nodes) and EP64 (8 nodes), each serving step estimated
+(``h800`` profile, two-micro-batch overlap) on routing fitted to the pooled load, as ``plan
+--group-mode auto`` does, for prefill and decode under DeepEP's node-deduplicating and per-expert
+kernels.
 ``--speed`` instead times the plan the issue sizes: all 8 workloads, EP64 = 8 nodes x 8, R = 64,
-``robust``, groups free and on nodes, on ``--jobs`` processes, with the peak memory (this process
-and its workers).
+``robust``, groups free and on nodes, then ``--group-mode auto`` for prefill steps, on ``--jobs``
+processes, with the peak memory (this process and its workers).
 """
 
 from __future__ import annotations
@@ -34,11 +39,16 @@ from moeplace.calibrate.importers import ImportOptions
 from moeplace.calibrate.importers.sglang_load import read_load
 from moeplace.calibrate.model_config import read_model_config
 from moeplace.calibrate.stats import Statistics
+from moeplace.calibrate.synthetic import FIT_POOL, routing_from_load
 from moeplace.planner.plan import layer_executor, plan
 from moeplace.planner.replan_slots import replan_slots
 from moeplace.planner.solvers import SolverOptions
 from moeplace.planner.topology import Topology
 from moeplace.validators.balance import validate_balance
+from moeplace.validators.choose import AUTO_GROUP_MODES, choose_group_mode
+from moeplace.validators.profile import load_profile, shape_of
+from moeplace.validators.report import StepSetting
+from moeplace.validators.step import Workload, filling_documents
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "dsv3-load"
 
@@ -92,12 +102,16 @@ def main() -> None:
     parser.add_argument("--no-in-sample", action="store_true")
     parser.add_argument("--speed", action="store_true")
     parser.add_argument("--replan", action="store_true")
+    parser.add_argument("--group-modes", action="store_true")
     args = parser.parse_args()
     if args.speed:
         speed(args.jobs)
         return
     if args.replan:
         replans(args.configs.split(","), args.layers_every)
+        return
+    if args.group_modes:
+        group_modes(args.layers_every, args.jobs)
         return
     data = workloads(args.layers_every)
     names = list(data)
@@ -172,6 +186,61 @@ def replans(configs: list[str], every: int, budgets=(0, 4, 8, 16, 32, 64)) -> No
     print()
 
 
+# (phase, batch a rank, kernel) of the steps --group-modes prices
+STEPS = (
+    ("prefill", 1024, "node"),
+    ("prefill", 1024, "rank"),
+    ("decode", 128, "node"),
+    ("decode", 128, "expert"),
+)
+
+
+def group_modes(every: int, jobs: int) -> None:
+    """Estimated serving steps with groups on nodes and free, as ``--group-mode auto`` prices them."""
+    everything = pool_workloads(workloads(every), held="")
+    print("## Groups on nodes or free: the serving step\n")
+    print("    python benchmarks/load_workloads.py --group-modes\n")
+    print("`robust` fit on all 8 workloads, each mode; the step (ms, summed over MoE layers; a model,")
+    print("`h800` profile, two-micro-batch overlap) on routing fitted to the pooled load, as")
+    print("`plan --group-mode auto` prices it; communication and compute of the busiest rank beside it;")
+    print("*RDMA*: tokens a rank receives over RDMA per token of its batch, the mean rank / the busiest")
+    print("(averaged over layers): what fewer nodes a token saves on average, and what is paid.")
+    print(f"Layers: every {every}.\n")
+    print("| configuration | step | nodes: step (comm., compute) | nodes: RDMA | free: step (comm., compute) "
+          "| free: RDMA | auto picks |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    with layer_executor(jobs) as pool:
+        for devices, nodes in ((32, 4), (64, 8)):
+            topology = Topology(everything.meta.num_experts, devices, nodes, devices)
+            placements = {
+                mode: plan(everything, topology, "robust", SolverOptions(group_mode=mode), executor=pool)
+                for mode in AUTO_GROUP_MODES
+            }
+            for phase, batch, kernel in STEPS:
+                workload = Workload(phase, batch, batch, kernel)
+                setting = StepSetting(workload, load_profile("h800"), shape_of("deepseek-ai/DeepSeek-V3"))
+                lengths = filling_documents(workload, devices, 2 * FIT_POOL)
+                routing = routing_from_load(everything.pooled_load(), everything.meta, lengths).trace
+                cells, totals = [], {}
+                for mode, placement in placements.items():
+                    cost, time_ = setting.replay(placement.physical_to_logical, routing, topology)
+                    totals[mode] = time_.total(True)
+                    rdma_mean = float(cost.mean["received_rdma"].mean() / cost.batch)
+                    cells.append(
+                        f"{time_.total(True) * 1e3:.1f} ({time_.communication * 1e3:.1f}, "
+                        f"{time_.compute * 1e3:.1f}) | {rdma_mean:.2f} / "
+                        f"{cost.summary()['rdma_received_straggler']:.2f}"
+                    )
+                picked = min(totals, key=totals.get)
+                print(
+                    f"| EP{devices} = {nodes} nodes, R = {devices} | {phase} {batch}, {kernel} kernel | "
+                    + " | ".join(cells)
+                    + f" | {picked} |"
+                )
+                sys.stdout.flush()
+    print()
+
+
 def speed(jobs: int) -> None:
     """Seconds and peak memory of the EP64 R = 64 robust plan of all 8 workloads."""
     import resource
@@ -185,6 +254,15 @@ def speed(jobs: int) -> None:
             start = time.perf_counter()
             plan(everything, topology, "robust", SolverOptions(group_mode=mode), executor=pool)
             print(f"robust EP64 R=64 groups {mode}, {jobs} processes: {time.perf_counter() - start:.1f} s")
+        start = time.perf_counter()
+        workload = Workload("prefill", 1024, 32, "node")
+        setting = StepSetting(workload, load_profile("h800"), shape_of("deepseek-ai/DeepSeek-V3"))
+        lengths = filling_documents(workload, 64, 2 * FIT_POOL)
+        routing = routing_from_load(everything.pooled_load(), everything.meta, lengths).trace
+        choose_group_mode(routing, everything, topology, "robust", SolverOptions(), setting, {},
+                          lambda *a: plan(*a, executor=pool))  # fmt: skip
+        print(f"robust EP64 R=64 group mode auto (prefill, both plans), {jobs} processes: "
+              f"{time.perf_counter() - start:.1f} s")  # fmt: skip
     peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     scope = "this process, planning included" if jobs == 1 else "this process; --jobs 1 to include planning"
     print(f"peak resident memory ({scope}): {peak / 2**20:.2f} GiB")

@@ -1,4 +1,5 @@
-"""Synthetic routing traces, for speed and memory work only: never for quality claims.
+"""Synthetic routing traces, for speed and memory work only: never for quality claims; and
+routing fitted to recorded expert load, for the serving step of load records (``routing_from_load``).
 
 Shapes like real routing so solvers face realistic inputs: expert popularity is Zipf-like (per
 layer, a random permutation of 1/rank^zipf), and every document belongs to one of a few domains
@@ -10,11 +11,13 @@ without replacement in proportion to the weights), vectorized over a chunk of to
 from __future__ import annotations
 
 import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from moeplace.calibrate.trace import TraceMeta
+from moeplace.calibrate.trace import Trace, TraceMeta
 from moeplace.calibrate.trace_io import trace_writer
 from moeplace.errors import MoeplaceError
 
@@ -100,11 +103,23 @@ def _top_k(
     rng: np.random.Generator,
     groups: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """k distinct experts per token, drawn without replacement by weight: int16 ``[count, k]``.
+    """k distinct experts per token, drawn without replacement by weight: int16 ``[count, k]``
+    (``log_weight`` float ``[N]``)."""
+    return _pick(log_weight + _gumbel(rng, (count, log_weight.shape[0])), k, groups)
+
+
+def _gumbel(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Standard Gumbel noise, float32 ``shape``: added to log-weights, its top k are a draw
+    without replacement in proportion to the weights."""
+    noise = rng.random(shape, dtype=np.float32)
+    return -np.log(-np.log(np.maximum(noise, np.float32(1e-30))))
+
+
+def _pick(keys: np.ndarray, k: int, groups: tuple[int, int] | None) -> np.ndarray:
+    """The k largest ``keys`` (float ``[T, N]``, overwritten) of each token: int16 ``[T, k]``.
     With ``groups`` (G, K), DeepSeek-V3's rule first: score each of G groups of consecutive experts
     by its two best keys and keep each token's K best groups."""
-    noise = rng.random((count, log_weight.shape[0]), dtype=np.float32)
-    keys = log_weight - np.log(-np.log(np.maximum(noise, np.float32(1e-30))))  # Gumbel perturbation
+    count = keys.shape[0]
     if groups is not None:
         num_groups, per_token = groups
         by_group = keys.reshape(count, num_groups, -1)
@@ -112,3 +127,91 @@ def _top_k(
         dropped = np.argpartition(-best_two, per_token - 1, axis=1)[:, per_token:]
         np.put_along_axis(by_group, dropped[:, :, None], -np.inf, axis=1)
     return np.argpartition(-keys, k - 1, axis=1)[:, :k].astype(np.int16)
+
+
+# Routing fitted to recorded load (``routing_from_load``)
+FIT_POOL = 1 << 14  # distinct routings drawn a layer; steps repeat them in shuffled order
+FIT_TOLERANCE = 0.005  # total variation from the recorded shares at which fitting stops
+FIT_ROUNDS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class FittedRouting:
+    """Synthetic routing fitted to recorded expert load. ``trace``: the routing; ``distance``:
+    float ``[L]``, per layer the total variation between its expert shares and the recorded ones
+    (0.01: 1% of the activations sit on other experts than recorded)."""
+
+    trace: Trace
+    distance: np.ndarray
+
+
+def routing_from_load(
+    load: np.ndarray, meta: TraceMeta, doc_lengths: np.ndarray, seed: int = 0
+) -> FittedRouting:
+    """Tokens routed by ``meta``'s rule (top-k, group-limited when it has routing groups) with
+    per-expert weights fitted so each layer's expert shares match ``load`` (float ``[L, N]``).
+
+    For load records, which hold no per-token routing: the serving step needs tokens. Per layer,
+    ``FIT_POOL`` tokens draw their experts by the Gumbel top-k trick from fixed noise, and the
+    weights are corrected by the ratio of recorded to drawn shares until the drawn shares are
+    within ``FIT_TOLERANCE``; the tokens of the trace (``doc_lengths`` int ``[D]``, summing to T)
+    repeat the pool in a shuffled order. Layers are drawn independently: no co-activation beyond
+    what the routing rule itself makes, so this prices balance and the group limit, not
+    co-location.
+    """
+    load = np.asarray(load, np.float64)
+    doc_lengths = np.asarray(doc_lengths, np.int64)
+    tokens = int(doc_lengths.sum())
+    layers = len(meta.layer_ids)
+    if load.shape != (layers, meta.num_experts) or tokens < 1:
+        raise MoeplaceError(f"load {load.shape} does not match {layers} layers of {meta.num_experts} experts")
+    if (load.sum(axis=1) <= 0).any():
+        raise MoeplaceError("a layer has no recorded load to fit routing to")
+    pool = min(FIT_POOL, tokens)
+
+    def layer_ids(layer: int) -> tuple[np.ndarray, float]:
+        rng = np.random.default_rng([seed, layer])
+        drawn = _fit_layer(load[layer] / load[layer].sum(), meta.top_k, meta.group_limit, pool, rng)
+        order = np.concatenate([rng.permutation(pool) for _ in range(-(-tokens // pool))])[:tokens]
+        ids = drawn[order]
+        return ids, _distance(ids, load[layer] / load[layer].sum())
+
+    ids = np.empty((tokens, layers, meta.top_k), np.int16)
+    distance = np.empty(layers)
+    with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, layers))) as pool_:
+        for layer, (layer_routing, gap) in enumerate(pool_.map(layer_ids, range(layers))):
+            ids[:, layer], distance[layer] = layer_routing, gap
+    offsets = np.concatenate([[0], np.cumsum(doc_lengths)]).astype(np.int64)
+    synthetic = dataclasses.replace(
+        meta,
+        source=f"synthetic routing fitted to the expert load of: {meta.source}"[:4000],
+        note="synthetic routing: per-expert weights fitted to recorded load, layers drawn independently",
+    )
+    labels = np.full(doc_lengths.shape[0], "synthetic")
+    return FittedRouting(Trace(ids, offsets, labels, synthetic), distance)
+
+
+def _fit_layer(
+    share: np.ndarray, k: int, groups: tuple[int, int] | None, pool: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``pool`` tokens' k experts, int16 ``[pool, k]``, whose shares match ``share`` (float
+    ``[N]``, summing to 1) within ``FIT_TOLERANCE`` or after ``FIT_ROUNDS`` corrections."""
+    gumbel = _gumbel(rng, (pool, share.shape[0]))
+    # an expert with no load gets a weight too small to be drawn while k others remain
+    target = np.log(np.maximum(share, 1e-12)).astype(np.float32)
+    log_weight = target.copy()
+    for _ in range(FIT_ROUNDS):
+        ids = _pick(gumbel + log_weight, k, groups)
+        drawn = np.bincount(ids.ravel(), minlength=share.shape[0]) / ids.size
+        if 0.5 * np.abs(drawn - share).sum() <= FIT_TOLERANCE:
+            break
+        # damped; an expert drawn 0 times is treated as drawn half a time
+        drawn_log = np.log(np.maximum(drawn, 0.5 / ids.size)).astype(np.float32)
+        log_weight += np.float32(0.8) * (target - drawn_log)
+    return ids
+
+
+def _distance(ids: np.ndarray, share: np.ndarray) -> float:
+    """Total variation between the expert shares of ``ids`` (int ``[T, k]``) and ``share``."""
+    drawn = np.bincount(ids.ravel(), minlength=share.shape[0]) / ids.size
+    return float(0.5 * np.abs(drawn - share).sum())

@@ -252,6 +252,12 @@ def layer_executor(jobs: int) -> Iterator[Executor | None]:
             worker.join(timeout=2)
             if worker.is_alive():
                 worker.kill()
+        # let the pool's manager thread see its workers gone and close its wake-up pipe before
+        # exit: Python 3.11's exit hook writes to that pipe unlocked, and a close racing it
+        # prints a traceback after the one error line
+        manager = getattr(executor, "_executor_manager_thread", None)
+        if manager is not None:
+            manager.join(timeout=2)
         raise
     executor.shutdown(wait=True)
 

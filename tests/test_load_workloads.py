@@ -20,6 +20,7 @@ from moeplace.calibrate.importers import ImportOptions
 from moeplace.calibrate.importers.sglang_load import read_load
 from moeplace.calibrate.model_config import moe_layout
 from moeplace.calibrate.stats_io import load_statistics
+from moeplace.calibrate.synthetic import routing_from_load
 from moeplace.planner.placement import load_placement
 from moeplace.planner.plan import plan
 from moeplace.planner.slots import repeated_copy
@@ -27,6 +28,7 @@ from moeplace.planner.solvers import SolverOptions
 from moeplace.planner.topology import Topology
 from moeplace.planner.workloads import pack_robust, robust_counts
 from moeplace.validators.balance import validate_balance
+from moeplace.validators.step import Workload, filling_documents, schedule
 
 CONFIG = {
     "model_type": "deepseek_v3",
@@ -40,13 +42,13 @@ CONFIG = {
 LAYOUT = moe_layout(CONFIG)
 
 
-def workload_counts(seed: int, hot: int = 3) -> np.ndarray:
-    """int ``[6 hidden layers, 32]``: skewed counts, ``hot`` experts per layer far above the rest
-    (different experts for each seed), the dense layer 0 zero."""
+def workload_counts(seed: int, hot: int = 3, factor: int = 12) -> np.ndarray:
+    """int ``[6 hidden layers, 32]``: skewed counts, ``hot`` experts per layer ``factor`` times the
+    rest (different experts for each seed), the dense layer 0 zero."""
     rng = np.random.default_rng(seed)
     counts = rng.integers(200, 2000, size=(6, 32))
     for layer in range(1, 6):
-        counts[layer, rng.choice(32, hot, replace=False)] *= 12
+        counts[layer, rng.choice(32, hot, replace=False)] *= factor
     counts[0] = 0
     return counts
 
@@ -350,3 +352,81 @@ def test_plan_records_balance_on_held_out_load_records(records, tmp_path):
     assert recorded["max_mean_load"] == scored["max_mean_load"]
     assert list(recorded["workloads"]) == ["decode_c"]
     refused(run(*args, "--holdout", tmp_path / "held.npz", "--step", "prefill", "--out", tmp_path / "q.yaml"))
+
+
+# --- group mode auto: the serving step of both modes, on routing fitted to the load --------------
+
+
+def test_routing_fitted_to_load_matches_it_and_keeps_the_group_limit():
+    # hot experts at 4x: routable (12x would ask one expert of more than every token's top-4)
+    stats = read_load_counts([workload_counts(0, factor=4), workload_counts(1, factor=4)])
+    load = stats.pooled_load()
+    fitted = routing_from_load(load, stats.meta, np.full(40, 100), seed=3)
+    ids = np.asarray(fitted.trace.topk_ids)
+    assert ids.shape == (4000, 5, 4) and fitted.trace.num_documents == 40
+    shares = load / load.sum(axis=1, keepdims=True)
+    for layer in range(5):
+        drawn = np.bincount(ids[:, layer].ravel(), minlength=32) / ids[:, layer].size
+        assert 0.5 * np.abs(drawn - shares[layer]).sum() == pytest.approx(fitted.distance[layer])
+    assert fitted.distance.max() <= 0.01  # within 1% of the recorded load, every layer
+    assert (np.diff(np.sort(ids, axis=-1), axis=-1) > 0).all()  # k distinct experts a token
+    groups = np.sort(ids // 4, axis=-1)  # 8 groups of 4 experts, a token's from its 4 best groups
+    assert (1 + (np.diff(groups, axis=-1) != 0).sum(axis=-1)).max() <= 4
+    again = routing_from_load(load, stats.meta, np.full(40, 100), seed=3)
+    np.testing.assert_array_equal(np.asarray(again.trace.topk_ids), ids)
+    other = routing_from_load(load, stats.meta, np.full(40, 100), seed=4)
+    assert not np.array_equal(np.asarray(other.trace.topk_ids), ids)
+
+
+def test_filling_documents_keep_every_batch_full():
+    for workload in (Workload("prefill", tokens_per_rank=64), Workload("decode", requests_per_rank=8)):
+        lengths = filling_documents(workload, 4, 1000)
+        step, rank = schedule(np.concatenate([[0], np.cumsum(lengths)]), 4, workload)
+        batches = np.bincount(step * 4 + rank).reshape(-1, 4)
+        assert (batches == workload.batch).all() and batches.shape[0] >= 2 and lengths.sum() >= 1000
+
+
+STEP_FLAGS = ["--step", "prefill", "--tokens-per-rank", 64, "--hidden", 256, "--intermediate", 128]
+
+
+def test_group_mode_auto_prices_both_modes_and_keeps_the_cheaper(records, tmp_path):
+    assert import_load(records, ["prefill_a", "prefill_b", "decode_c"], tmp_path / "load.npz").exit_code == 0
+    out = tmp_path / "p.yaml"
+    args = ["plan", tmp_path / "load.npz", "--devices", 8, "--nodes", 4, "--redundant-slots", 8]
+    result = run(*args, "--group-mode", "auto", *STEP_FLAGS, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "synthetic routing fitted to the recorded load" in result.output
+    assert "nodes " in result.output and "free " in result.output and "chose group mode" in result.output
+    placement = load_placement(out)
+    auto = placement.options["group_mode_auto"]
+    seconds = auto["step_seconds"]
+    assert set(seconds) == {"nodes", "free"} and seconds[auto["chose"]] == min(seconds.values())
+    assert placement.groups_on_nodes == (8 if auto["chose"] == "nodes" else 1)
+    _check_engine_rules(placement, Topology(32, 8, 4, 8))
+    # the chosen mode's placement is what that mode plans on its own
+    alone = tmp_path / "alone.yaml"
+    assert run(*args, "--group-mode", auto["chose"], "--out", alone).exit_code == 0
+    np.testing.assert_array_equal(load_placement(alone).physical_to_logical, placement.physical_to_logical)
+    again = tmp_path / "again.yaml"
+    assert run(*args, "--group-mode", "auto", *STEP_FLAGS, "--out", again).exit_code == 0
+    assert again.read_bytes() == out.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "extra, problem",
+    [
+        ([], "needs --step"),
+        ([*STEP_FLAGS, "--load-tolerance", "auto"], "drop --from and --load-tolerance auto"),
+    ],
+)
+def test_group_mode_auto_needs_a_step_and_plans_alone(records, tmp_path, extra, problem):
+    assert import_load(records, ["prefill_a", "decode_c"], tmp_path / "load.npz").exit_code == 0
+    args = ["plan", tmp_path / "load.npz", "--devices", 8, "--nodes", 4, "--group-mode", "auto"]
+    refused(run(*args, *extra, "--out", tmp_path / "p.yaml"), "--group-mode auto", problem)
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_group_mode_auto_needs_groups_and_nodes(records, tmp_path):
+    assert import_load(records, ["prefill_a", "decode_c"], tmp_path / "load.npz").exit_code == 0
+    args = ["plan", tmp_path / "load.npz", "--devices", 8, "--group-mode", "auto", *STEP_FLAGS]
+    refused(run(*args, "--out", tmp_path / "p.yaml"), "load.npz", "--nodes 2 or more")

@@ -1,4 +1,5 @@
-"""``--load-tolerance auto``: the plan whose serving step is cheapest, or load balancing.
+"""``--load-tolerance auto``: the plan whose serving step is cheapest, or load balancing; and
+``--group-mode auto``: routing groups kept on nodes or not, whichever step is cheaper.
 
 A tighter load cap keeps the compute straggler near frequency's; a looser one cuts more traffic
 and loads the busiest rank more. Which wins depends on the step (phase, batch, kernel, hardware),
@@ -27,6 +28,7 @@ from moeplace.validators.report import StepSetting
 AUTO_TOLERANCES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2)
 BALANCERS = (BASELINE, "eplb")  # load balancing only: the plans co-location must beat
 SERVED = "served"  # a re-plan's candidate that moves nothing
+AUTO_GROUP_MODES = ("nodes", "free")  # what --group-mode auto weighs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,12 +92,57 @@ def choose_tolerance(
             candidates.append((f"eps={eps:g}", eps, plan_layers(stats, topology, solver, run, provenance)))
         except MoeplaceError:  # below a layer's balance floor: no placement meets this cap
             continue
-    times = {
-        name: setting.replay(placement.physical_to_logical, trace, topology)[1]
-        for name, _, placement in candidates
-    }
+    times = replay_times({name: placement for name, _, placement in candidates}, trace, topology, setting)
     name, eps, placement = next(c for c in candidates if c[0] == cheapest(times, setting.overlap))
     return Choice(placement, name, eps, times, setting.overlap)
+
+
+def choose_group_mode(
+    trace: Trace,
+    stats: Statistics,
+    topology: Topology,
+    solver: str,
+    options: SolverOptions,
+    setting: StepSetting,
+    provenance: dict,
+    plan_layers: Callable[..., Placement] = plan,
+) -> Choice:
+    """``--group-mode auto``: plan ``solver`` with each routing group kept on one node and with
+    the groups ignored (``AUTO_GROUP_MODES``), and keep the mode whose serving step, replayed on
+    ``trace``, is cheapest. Keeping groups on nodes bounds the nodes a token reaches by the
+    routing's group limit; ignoring them leaves the solver free to balance load. ``trace``: the
+    calibration trace, or for load records routing fitted to their load."""
+    placements = {
+        mode: plan_layers(stats, topology, solver, dataclasses.replace(options, group_mode=mode), provenance)
+        for mode in AUTO_GROUP_MODES
+    }
+    times = replay_times(placements, trace, topology, setting)
+    name = cheapest(times, setting.overlap)
+    return Choice(placements[name], name, None, times, setting.overlap)
+
+
+def group_mode_verdict(choice: Choice) -> str:
+    """Why ``choose_group_mode`` chose its mode, in a line."""
+    other = next(mode for mode in choice.times if mode != choice.name)
+    gain = 1.0 - choice.estimates[choice.name] / choice.estimates[other]
+    if gain < 5e-4:  # a tie, gone to less communication
+        chosen, rival = choice.times[choice.name].communication, choice.times[other].communication
+        return (
+            f"group mode {choice.name}: as long as {other} (the step waits on expert compute either way), "
+            f"with {1.0 - chosen / rival:.1%} less communication"
+        )
+    if choice.name == "nodes":
+        why = "tokens reach fewer nodes, and that saves more than the less even load costs"
+    else:
+        why = "the even load saves more than keeping tokens on fewer nodes would"
+    return f"group mode {choice.name}: {gain:.1%} shorter than {other}; {why}"
+
+
+def replay_times(
+    placements: dict[str, Placement], trace: Trace, topology: Topology, setting: StepSetting
+) -> dict[str, StepTime]:
+    """The estimated step of each placement, by name, replaying ``trace``."""
+    return {name: setting.replay(p.physical_to_logical, trace, topology)[1] for name, p in placements.items()}
 
 
 def cheapest(times: dict[str, StepTime], overlap: bool) -> str:

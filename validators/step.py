@@ -135,6 +135,16 @@ def schedule(doc_offsets: np.ndarray, num_ranks: int, workload: Workload) -> tup
     return position // workload.tokens_per_rank, rank
 
 
+def filling_documents(workload: Workload, num_ranks: int, min_tokens: int) -> np.ndarray:
+    """Request lengths, int ``[R]``, that keep every rank's batch full for two steps at least and
+    ``min_tokens`` tokens in all: prefill, requests of one batch each (a rank runs one a step);
+    decode, one request per slot, as long as the steps."""
+    steps = max(2, -(-min_tokens // (num_ranks * workload.batch)))
+    if workload.phase == "prefill":
+        return np.full(num_ranks * steps, workload.tokens_per_rank, np.int64)
+    return np.full(num_ranks * workload.requests_per_rank, steps, np.int64)
+
+
 def _prefill(lengths: np.ndarray, num_ranks: int, workload: Workload) -> tuple[np.ndarray, np.ndarray]:
     """Each request to the rank with the fewest tokens queued; its first token's queue place."""
     queued = np.zeros(num_ranks, np.int64)

@@ -206,14 +206,15 @@ ClusterOpt = Annotated[
         "machine. The output is the same bytes as without it.",
     ),
 ]
-GroupMode = choices("GroupMode", GROUP_MODES)
+GroupMode = choices("GroupMode", (*GROUP_MODES, "auto"))
 GroupModeOpt = Annotated[
     GroupMode,
     typer.Option(
         help="Under group-limited routing (DeepSeek-V3's n_group / topk_group, from the trace or --groups): "
         "nodes: whole groups to nodes, so a token reaches at most topk_group nodes, co-activation placed "
         "within each node; permutable: whole groups to blocks of devices, what permute-checkpoint can "
-        "realize; free: ignore the groups.",
+        "realize; free: ignore the groups. auto (with --step and --nodes > 1): plan nodes and free, keep "
+        "the one whose estimated serving step is shorter (load records: on routing fitted to their load).",
     ),
 ]
 GroupsOpt = Annotated[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,7 @@ from moeplace.calibrate.stats import (
     load_skew,
 )
 from moeplace.calibrate.stats_io import as_statistics, load_trace_or_statistics, source_load
+from moeplace.calibrate.synthetic import FIT_POOL, routing_from_load
 from moeplace.calibrate.trace import Trace
 from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.cli.app import (
@@ -75,10 +77,20 @@ from moeplace.planner.replan_slots import replan_slots
 from moeplace.planner.solvers import SOLVERS, SolverOptions
 from moeplace.planner.topology import Topology
 from moeplace.validators.balance import validate_balance
-from moeplace.validators.choose import AUTO_TOLERANCES, BALANCERS, SERVED, Choice, choose_tolerance
+from moeplace.validators.choose import (
+    AUTO_GROUP_MODES,
+    AUTO_TOLERANCES,
+    BALANCERS,
+    SERVED,
+    Choice,
+    choose_group_mode,
+    choose_tolerance,
+    group_mode_verdict,
+)
 from moeplace.validators.compare import fit_figures
 from moeplace.validators.report import StepSetting, check_compatible, compare_steps
 from moeplace.validators.report import validate as validate_placement
+from moeplace.validators.step import filling_documents
 from moeplace.validators.step_search import step_search
 
 StatsInputArg = Annotated[
@@ -284,6 +296,12 @@ def plan(
         raise MoeplaceError("--step-search needs --step prefill or decode: the step it shortens")
     if step_search_swaps and redundant_slots:
         raise MoeplaceError("--step-search places one copy of each expert: drop --redundant-slots")
+    auto_groups = group_mode == GroupMode.auto
+    if auto_groups and (step is None or auto or current is not None):
+        raise MoeplaceError(
+            "--group-mode auto needs --step prefill or decode (the step it prices), and plans from scratch "
+            "at one load tolerance: drop --from and --load-tolerance auto"
+        )
     check_distinct([trace, holdout], [out_path])
     check_output_file(out_path)
     with named(trace):
@@ -296,6 +314,13 @@ def plan(
         if holdout is not None
         else None
     )
+    if auto_groups and (source.meta.group_limit is None or nodes < 2):
+        raise MoeplaceError(
+            f"{trace}: --group-mode auto weighs keeping routing groups on nodes: it needs routing groups "
+            "(the input's, or --groups and --groups-per-token) and --nodes 2 or more"
+        )
+    if auto_groups and isinstance(source, Statistics) and not source.load_only:
+        raise MoeplaceError(f"{trace}: --group-mode auto replays the calibration trace; give the trace")
     if isinstance(held, Statistics) and (not held.load_only or step):
         raise MoeplaceError(f"{holdout}: --holdout takes a trace, or load records without --step")
     topology = Topology(source.meta.num_experts, devices, nodes, redundant_slots)
@@ -306,7 +331,7 @@ def plan(
         search_steps=search_steps,
         refine=refine,
         node_cost=node_cost,
-        group_mode=group_mode.value,
+        group_mode=AUTO_GROUP_MODES[0] if auto_groups else group_mode.value,  # auto: each in turn
     )
     statistics = as_statistics(  # statistics as they were made (their own seed and resamples)
         source, resamples=resamples, seed=seed, resample_by=resample_by.value, set_tokens=set_tokens
@@ -335,14 +360,8 @@ def plan(
         with named(trace):
             check_compatible(current, statistics.meta)
         runs = len(BALANCERS) + len(AUTO_TOLERANCES) if auto else 1
-        with (
-            named(trace),
-            progress_bar(f"{solver} from scratch, D={devices}", runs * statistics.num_layers) as advance,
-            executor_for(jobs, cluster) as pool,
-        ):
-
-            def plan_one(stats, topology, solver, options, provenance):
-                return plan_layers(stats, topology, solver, options, provenance, advance, pool)
+        label = f"{solver} from scratch, D={devices}"
+        with planning(trace, label, runs * statistics.num_layers, jobs, cluster) as (plan_one, pool):
 
             def replan_one(stats, topology, solver, options, provenance):
                 if slot_moves:  # replicas, groups on nodes or load records: moves of slots, for balance
@@ -369,28 +388,34 @@ def plan(
         solver = placement.solver
     elif auto:
         runs = len(BALANCERS) + len(AUTO_TOLERANCES)
-        with (
-            named(trace),
-            progress_bar(f"{solver}, D={devices}, eps auto", runs * statistics.num_layers) as advance,
-            executor_for(jobs, cluster) as pool,
-        ):
-
-            def plan_one(stats, topology, solver, options, provenance):
-                return plan_layers(stats, topology, solver, options, provenance, advance, pool)
-
+        label = f"{solver}, D={devices}, eps auto"
+        with planning(trace, label, runs * statistics.num_layers, jobs, cluster) as (plan_one, _):
             choice = choose_tolerance(
                 source, statistics, topology, solver, options, setting, source.provenance(), plan_one
             )
         placement = with_choice(choice, solver, setting)
         print_choice(choice, setting, "load tolerance auto")
         solver = placement.solver
+    elif auto_groups:
+        replayed, routing = steps_to_replay(source, setting, topology, seed)
+        label, runs = f"{solver}, D={devices}, group mode auto", len(AUTO_GROUP_MODES)
+        with planning(trace, label, runs * statistics.num_layers, jobs, cluster) as (plan_one, _):
+            choice = choose_group_mode(
+                replayed, statistics, topology, solver, options, setting, source.provenance(), plan_one
+            )
+        placement = with_group_choice(choice, setting, routing)
+        out.print(
+            f"group mode auto: estimated step on {routing} (ms, a model): "
+            + ", ".join(
+                f"{mode} {time.total(overlap) * 1e3:.3f} (communication {time.communication * 1e3:.3f}, "
+                f"compute {time.compute * 1e3:.3f})"
+                for mode, time in choice.times.items()
+            )
+        )
+        out.print(f"chose {group_mode_verdict(choice)}")
     else:
-        with (
-            named(trace),
-            progress_bar(f"{solver}, D={devices}", statistics.num_layers) as advance,
-            executor_for(jobs, cluster) as pool,
-        ):
-            placement = plan_layers(statistics, topology, solver, options, source.provenance(), advance, pool)
+        with planning(trace, f"{solver}, D={devices}", statistics.num_layers, jobs, cluster) as (plan_one, _):
+            placement = plan_one(statistics, topology, solver, options, source.provenance())
     relaxed = [layer.layer_id for layer in placement.layers if layer.solver_report.get("cap_relaxed")]
     if relaxed:
         err.print(
@@ -460,6 +485,45 @@ def with_choice(choice: Choice, solver: str, setting: StepSetting) -> Placement:
     return dataclasses.replace(
         choice.placement, options=choice.placement.options | {"load_tolerance_auto": auto}
     )
+
+
+@contextlib.contextmanager
+def planning(trace: Path, label: str, layers: int, jobs: int, cluster: str | None):
+    """Yield ``plan_one(stats, topology, solver, options, provenance)``, which plans every layer
+    on the pool of ``--jobs`` / ``--cluster`` (also yielded) with one progress bar of ``layers``
+    layer plans in all, errors named by the input ``trace``."""
+    with named(trace), progress_bar(label, layers) as advance, executor_for(jobs, cluster) as pool:
+
+        def plan_one(stats, topology, solver, options, provenance):
+            return plan_layers(stats, topology, solver, options, provenance, advance, pool)
+
+        yield plan_one, pool
+
+
+def steps_to_replay(
+    source: Trace | Statistics, setting: StepSetting, topology: Topology, seed: int
+) -> tuple[Trace, str]:
+    """The trace whose steps price the group modes, and what it is: the calibration trace, or for
+    load records routing fitted to their pooled load, whole steps of every rank."""
+    if isinstance(source, Trace):
+        return source, "the calibration trace"
+    lengths = filling_documents(setting.workload, topology.num_devices, 2 * FIT_POOL)
+    fitted = routing_from_load(source.pooled_load(), source.meta, lengths, seed)
+    return fitted.trace, (
+        f"synthetic routing fitted to the recorded load ({len(lengths)} requests; expert shares within "
+        f"{fitted.distance.max():.1%} per layer; layers independent, no co-activation)"
+    )
+
+
+def with_group_choice(choice: Choice, setting: StepSetting, routing: str) -> Placement:
+    """The chosen placement, recording what ``--group-mode auto`` chose, on what, and why."""
+    auto = {
+        "chose": choice.name,
+        "step": setting.summary(),
+        "step_seconds": choice.estimates,
+        "replayed": routing,
+    }
+    return dataclasses.replace(choice.placement, options=choice.placement.options | {"group_mode_auto": auto})
 
 
 def print_choice(choice: Choice, setting: StepSetting, what: str) -> None:

@@ -218,3 +218,39 @@ def test_stat_dumps_count_every_token_once(version, setup, model, tmp_path, monk
     assert stats.meta.layer_ids == (1, 2, 3, 4)
     np.testing.assert_array_equal(stats.load, load)
     assert stats.num_tokens == routing.shape[0]
+
+
+def test_load_records_import_to_what_sglang_reads_from_them(tmp_path):
+    """A ``logical_count`` JSON in the form ``--init-expert-location`` takes: SGLang 0.5.23's own
+    ``compute_initial_expert_location_metadata`` accepts it and balances the counts ``import
+    sglang-load`` reads, layer for layer (dense layer 0 included, all zero)."""
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 5000, size=(HIDDEN, N)).astype(float)
+    counts[0] = 0  # the dense layer
+    path = tmp_path / "decode.json"
+    path.write_text(json.dumps({"logical_count": counts.tolist()}))
+    seen = []
+    with sglang("0.5.23", num_hidden_layers=HIDDEN, num_experts=N, ep_size=EP, redundant=R) as engine:
+        location = __import__("sglang.srt.eplb.expert_location", fromlist=["*"])
+        init_by_eplb = location.ExpertLocationMetadata.init_by_eplb
+
+        def recording(model_config, logical_count, **kwargs):
+            seen.append(torch.as_tensor(logical_count))
+            return init_by_eplb(model_config, logical_count, **kwargs)
+
+        location.ExpertLocationMetadata.init_by_eplb = staticmethod(recording)
+        try:
+            meta = engine.metadata(0, str(path))
+        finally:
+            location.ExpertLocationMetadata.init_by_eplb = staticmethod(init_by_eplb)
+    assert meta is not None and meta.physical_to_logical_map.shape == (HIDDEN, N + R)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"n_routed_experts": N, "num_experts_per_tok": K, "first_k_dense_replace": 1,
+                                  "num_hidden_layers": HIDDEN}))  # fmt: skip
+    out = tmp_path / "load.npz"
+    result = run("import", "sglang-load", path, "--model-config", config, "--out", out)
+    assert result.exit_code == 0, result.output
+    stats = load_statistics(out)
+    (sglang_counts,) = seen
+    np.testing.assert_array_equal(sglang_counts.numpy()[list(stats.meta.layer_ids)], stats.workload_load[0])
+    assert stats.meta.layer_ids == (1, 2, 3, 4) and not sglang_counts.numpy()[0].any()
