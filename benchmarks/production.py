@@ -228,7 +228,7 @@ def stage_validate(path: str, placement_path: str) -> dict:
     score_placement(placement.physical_to_logical, trace, placement.topology)
     one = time.perf_counter() - start  # the placement alone: what the 15 s target was set on
     start = time.perf_counter()
-    headline = validate(placement, trace).score.headline
+    headline = validate(placement, trace, allow_overlap=True).score.headline
     return {
         "seconds": time.perf_counter() - start,
         "one_seconds": one,

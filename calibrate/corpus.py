@@ -56,7 +56,7 @@ def json_lines(path: Path) -> Iterator[tuple[int, dict]]:
             try:
                 record = loads_json(line, f"line {number}")
             except MoeplaceError as exc:
-                raise file_error(path, str(exc)) from None
+                raise file_error(path, exc) from None
             if not isinstance(record, dict):
                 raise file_error(path, f"line {number}: not a JSON object")
             yield number, record

@@ -91,7 +91,7 @@ def read_model_config(path: Path) -> MoeLayout:
             raise MoeplaceError("the model config is not a JSON object")
         return moe_layout(config)
     except MoeplaceError as exc:
-        raise file_error(path, str(exc)) from None
+        raise file_error(path, exc) from None
 
 
 def _count(config: dict, key: str, low: int, high: int, default: int | None = None) -> int:

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from moeplace.calibrate.fingerprints import document_hashes, encode_hashes, workload_hashes
 from moeplace.calibrate.trace import Trace, TraceMeta, groups_of, release_pages
 from moeplace.errors import MoeplaceError
 
@@ -146,8 +147,13 @@ class Statistics:
     workloads: tuple[str, ...] = ()
     workload_load: np.ndarray | None = None
     workload_weights: tuple[float, ...] = ()
+    document_hashes: np.ndarray | None = None  # uint64 [D]: each document's routing hash (fingerprints.py)
 
     def __post_init__(self):
+        if self.document_hashes is not None and self.document_hashes.shape != (self.num_documents,):
+            raise MoeplaceError(
+                f"{self.document_hashes.shape[0]} document hashes for {self.num_documents} documents"
+            )
         if self.workload_load is None:
             if self.workloads or self.workload_weights:
                 raise MoeplaceError("workload labels or weights without workload loads")
@@ -231,6 +237,16 @@ class Statistics:
             "documents": self.num_documents,
         }
 
+    def evidence(self) -> dict:
+        """What a placement records to recognize this calibration in a held-out set: the distinct
+        document hashes (statistics of a trace), or one hash a workload (load records), encoded;
+        ``{}`` when neither is known (statistics files written before documents were hashed)."""
+        if self.document_hashes is not None:
+            return {"document_hashes": encode_hashes(self.document_hashes)}
+        if self.workload_load is not None:
+            return {"workload_hashes": encode_hashes(workload_hashes(self.workload_load))}
+        return {}
+
     def __add__(self, other: Statistics) -> Statistics:
         """Statistics of the concatenation of both traces (exact)."""
         if self.meta.num_experts != other.meta.num_experts or self.meta.top_k != other.meta.top_k:
@@ -258,6 +274,9 @@ class Statistics:
             ),
             set_sample_rate=rate,
             load_resamples=self.load_resamples + other.load_resamples,
+            document_hashes=None
+            if self.document_hashes is None or other.document_hashes is None
+            else np.concatenate([self.document_hashes, other.document_hashes]),
             num_tokens=self.num_tokens + other.num_tokens,
             num_documents=self.num_documents + other.num_documents,
             **merged_workloads(self, other),
@@ -356,8 +375,10 @@ def compute_statistics(
     rate = 1.0 if trace.num_tokens <= set_tokens else set_tokens / trace.num_tokens
     counts = _Counts.zeros(num_layers, n, trace.meta.top_k, resamples)
     offsets = trace.doc_offsets
+    hashes = []
     with ThreadPoolExecutor(max_workers=max(1, min(threads, num_layers))) as pool:
         for first, end in trace.document_chunks(chunk_tokens):
+            hashes.append(document_hashes(trace, first, end))
             chunk = np.asarray(trace.topk_ids[offsets[first] : offsets[end]])  # int16 [t, L, k]
             by_layer = np.ascontiguousarray(chunk.transpose(1, 0, 2))  # [L, t, k]: a layer's rows contiguous
             by_layer.sort(axis=-1)
@@ -386,6 +407,7 @@ def compute_statistics(
         topk_sets=topk_sets,
         set_sample_rate=rate,
         resample_by=resample_by,
+        document_hashes=np.concatenate([np.zeros(0, np.uint64), *hashes]),
     )
 
 

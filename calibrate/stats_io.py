@@ -45,6 +45,8 @@ def save_statistics(stats: Statistics, path: str | Path) -> None:
         arrays["workload_load"] = stats.workload_load
     if stats.coact is not None:
         arrays["coact"] = stats.coact
+    if stats.document_hashes is not None:
+        arrays["document_hashes"] = stats.document_hashes.astype("<u8")
     if stats.topk_sets is not None:
         arrays["set_offsets"] = np.cumsum([0] + [s.counts.shape[0] for s in stats.topk_sets])
         arrays["sets"] = np.concatenate([s.sets for s in stats.topk_sets])
@@ -79,6 +81,9 @@ def load_statistics(path: str | Path) -> Statistics:
             counts_of = {name: _counts(z, name) for name in names if name in z}
             load, resamples, coact = counts_of["load"], counts_of["load_resamples"], counts_of.get("coact")
             topk_sets = _topk_sets(z, meta) if "sets" in z.files else None
+            hashes = (
+                _document_hashes(z, header.get("num_documents")) if "document_hashes" in z.files else None
+            )
         n, num_layers = meta.num_experts, len(meta.layer_ids)
         if load.shape != (num_layers, n) or resamples.ndim != 3 or resamples.shape[::2] != (num_layers, n):
             raise MoeplaceError(f"load arrays do not match {num_layers} layers x {n} experts")
@@ -98,10 +103,11 @@ def load_statistics(path: str | Path) -> Statistics:
         _check_consistent(meta, load, coact, numbers["num_tokens"])
         workloads = _workloads(header, counts_of.get("workload_load"), load)
         return Statistics(
-            meta, load, coact, resamples, *numbers.values(), topk_sets, float(rate), resample_by, **workloads
-        )
+            meta, load, coact, resamples, *numbers.values(), topk_sets, float(rate), resample_by, **workloads,
+            document_hashes=hashes,
+        )  # fmt: skip
     except MoeplaceError as exc:
-        raise file_error(path, str(exc)) from None
+        raise file_error(path, exc) from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise file_error(path, f"unreadable statistics ({exc})") from None
 
@@ -133,6 +139,16 @@ def _workloads(header: dict, workload_load: np.ndarray | None, load: np.ndarray)
     if not np.array_equal(workload_load.sum(axis=0), load):
         raise MoeplaceError("workload_load does not sum to load")
     return {"workloads": tuple(labels), "workload_load": workload_load}
+
+
+def _document_hashes(z, documents) -> np.ndarray:
+    """uint64 ``[D]``: one hash a document (``calibrate/fingerprints.py``)."""
+    hashes = z["document_hashes"]  # sizes checked by the reader before allocating
+    if hashes.dtype != np.dtype("<u8") or hashes.shape != (documents,):
+        raise MoeplaceError(
+            f"document_hashes must be {documents} uint64 values, got {hashes.dtype} {hashes.shape}"
+        )
+    return hashes.astype(np.uint64)
 
 
 def _counts(z, name: str) -> np.ndarray:

@@ -51,7 +51,7 @@ def load_trace(path: str | Path) -> Trace:
             raise MoeplaceError("not a trace: expected a moeplace trace directory or an .npz file")
         check_trace(trace)
     except MoeplaceError as exc:
-        raise file_error(path, str(exc)) from None
+        raise file_error(path, exc) from None
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise file_error(path, "holds pickled objects; refusing to unpickle untrusted data") from None
@@ -158,7 +158,7 @@ def trace_writer(path: str | Path, meta: TraceMeta) -> Iterator[TraceWriter]:
                 trace = _read_dir(Path(tmp) / "trace")
                 check_trace(trace)
             except MoeplaceError as exc:
-                raise file_error(path, str(exc)) from None
+                raise file_error(path, exc) from None
             save_trace(trace, path)
         return
     with atomic_dir(path, replaceable=_is_trace_dir) as tmp:

@@ -224,7 +224,7 @@ def load_placement(path: str | Path) -> Placement:
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise file_error(path, f"not valid YAML ({exc})") from None
     except MoeplaceError as exc:
-        raise file_error(path, str(exc)) from None
+        raise file_error(path, exc) from None
 
 
 def _from_doc(doc: Any) -> Placement:

@@ -39,14 +39,16 @@ def plan(
     """Placement of every MoE layer of ``stats`` by ``solver``.
 
     ``options`` default to ``SolverOptions()``; ``calibration`` describes the calibration trace
-    (``Trace.provenance()``: fingerprint, tokens, documents) for the file;
+    (``Trace.provenance()``: fingerprint, tokens, documents) for the file, to which the
+    statistics' own evidence is added (``Statistics.evidence``: what lets validation recognize a
+    calibration document in a held-out trace);
     ``on_layer`` is called as each layer finishes (progress); with an ``executor`` the layers are
     solved in parallel. Layers are independent and solvers deterministic, so the result is the same.
     """
     if solver not in SOLVERS:
         raise MoeplaceError(f"unknown solver {solver!r}; choose from {', '.join(SOLVERS)}")
     options = SolverOptions() if options is None else options
-    calibration = {} if calibration is None else calibration
+    calibration = ({} if calibration is None else calibration) | stats.evidence()
     spec = SOLVERS[solver]
     if stats.load_only and spec.uses_coactivation:
         raise MoeplaceError(

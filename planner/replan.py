@@ -67,7 +67,7 @@ def replan(
             "load_resamples": int(stats.load_resamples.shape[1]),
             **({"node_cost": options.node_cost} if topology.num_nodes > 1 else {}),
         },
-        calibration={} if calibration is None else calibration,
+        calibration=({} if calibration is None else calibration) | stats.evidence(),
         layers=layers,
         validation=None,
     )

@@ -81,7 +81,7 @@ def replan_slots(
             "moves": "slots",  # a move is one physical slot changing its expert
         }
         | ({"routing_groups": groups, "group_mode": "nodes"} if groups > 1 else {}),
-        calibration={} if calibration is None else calibration,
+        calibration=({} if calibration is None else calibration) | stats.evidence(),
         layers=new_layers,
         validation=None,
     )

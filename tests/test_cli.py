@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 import moeplace
-from conftest import read_sglang_map
+from conftest import read_sglang_map, refused
 from moeplace.cli import app
 from moeplace.demo import demo_trace_path
 from moeplace.planner.placement import load_placement
@@ -129,9 +129,10 @@ def test_baseline_refit_from_fit_trace_matches_recorded_loads(planned, split_fil
     assert a["baseline"] == b["baseline"]
 
 
-def test_validate_on_calibration_data_warns(planned, split_files):
-    result = run("validate", planned, split_files[0])
-    assert result.exit_code == 0 and "in-sample" in result.stderr
+def test_validate_on_calibration_data_is_refused_unless_allowed(planned, split_files):
+    refused(run("validate", planned, split_files[0]), split_files[0], "are calibration documents")
+    result = run("validate", planned, split_files[0], "--allow-overlap")
+    assert result.exit_code == 0 and "IN-SAMPLE" in result.stdout
 
 
 def test_incompatible_trace_is_a_clear_error(planned, tmp_path):
@@ -323,7 +324,7 @@ def test_fit_on_some_kinds_of_traffic_and_score_on_another(tmp_path):
     result = run("plan", fit, *args, "--out", out)
     assert result.exit_code == 0, result.output
     assert moeplace.load_placement(out).options["load_resamples_by"] == "labels"
-    whole = json.loads(run("validate", out, TRACE, "--json").stdout)
+    whole = json.loads(run("validate", out, TRACE, "--json", "--allow-overlap").stdout)
     gpqa = json.loads(run("validate", out, TRACE, "--json", "--label", "gpqa*").stdout)
     assert gpqa["holdout"]["tokens"] == held_trace.num_tokens < whole["holdout"]["tokens"]
     assert "no document label matches 'nope'" in run("validate", out, TRACE, "--label", "nope").stderr

@@ -159,8 +159,8 @@ def test_robust_holds_balance_on_every_workload_where_eplb_fits_their_pool():
     topology = Topology(32, 8, 1, 8)
     ours = plan(stats, topology, "robust", SolverOptions(group_mode="free"))
     eplb = plan(stats, topology, "eplb", SolverOptions(group_mode="free"))
-    ours_score = validate_balance(ours, stats).max_mean_load.mean()
-    eplb_score = validate_balance(eplb, stats).max_mean_load.mean()
+    ours_score = validate_balance(ours, stats, allow_overlap=True).max_mean_load.mean()  # in-sample
+    eplb_score = validate_balance(eplb, stats, allow_overlap=True).max_mean_load.mean()
     assert ours_score < eplb_score - 0.01, (ours_score, eplb_score)
 
 
@@ -168,8 +168,10 @@ def test_in_sample_robust_is_no_worse_than_eplb_on_one_workload():
     for seed in range(4):
         stats = read_load_counts([workload_counts(seed)])
         topology = Topology(32, 8, 1, 8)
-        ours = validate_balance(plan(stats, topology, "robust"), stats).max_mean_load.mean()
-        eplb = validate_balance(plan(stats, topology, "eplb"), stats).max_mean_load.mean()
+        ours = validate_balance(
+            plan(stats, topology, "robust"), stats, allow_overlap=True
+        ).max_mean_load.mean()
+        eplb = validate_balance(plan(stats, topology, "eplb"), stats, allow_overlap=True).max_mean_load.mean()
         assert ours <= eplb + 0.01, (seed, ours, eplb)
 
 
@@ -191,15 +193,15 @@ def test_pack_robust_never_puts_two_items_of_one_label_in_a_bin():
 
 
 def test_validate_scores_each_held_out_workload_beside_eplb(records, tmp_path):
-    assert import_load(records, ["prefill_a", "prefill_b"], tmp_path / "fit.npz").exit_code == 0
-    assert import_load(records, ["decode_c", "prefill_a"], tmp_path / "held.npz").exit_code == 0
+    assert import_load(records, ["prefill_a"], tmp_path / "fit.npz").exit_code == 0
+    assert import_load(records, ["decode_c", "prefill_b"], tmp_path / "held.npz").exit_code == 0
     plan_args = ["plan", tmp_path / "fit.npz", "--devices", 8, "--redundant-slots", 8, "--group-mode", "free"]
     assert run(*plan_args, "--out", tmp_path / "p.yaml").exit_code == 0
     result = run("validate", tmp_path / "p.yaml", tmp_path / "held.npz", "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     per_workload = summary["workloads"]
-    assert list(per_workload) == ["decode_c", "prefill_a"]
+    assert list(per_workload) == ["decode_c", "prefill_b"]
     figures = [x["max_mean_load"] for x in per_workload.values()]
     assert summary["max_mean_load"] == pytest.approx(np.mean(figures), abs=1e-5)
     assert summary["worst_workload_max_mean_load"] == pytest.approx(max(figures), abs=1e-5)
@@ -308,7 +310,7 @@ def test_replan_with_few_slot_moves_keeps_the_budget_the_rules_and_the_groups(re
     assert run(*args, "--group-mode", mode, "--out", tmp_path / "served.yaml").exit_code == 0
     served = load_placement(tmp_path / "served.yaml")
     new = load_statistics(tmp_path / "new.npz")
-    before = validate_balance(served, new).max_mean_load.mean()
+    before = validate_balance(served, new, allow_overlap=True).max_mean_load.mean()  # the re-plan's own
     for moves in (0, 1, 3):
         out = tmp_path / f"moved{moves}.yaml"
         result = run(
@@ -327,7 +329,7 @@ def test_replan_with_few_slot_moves_keeps_the_budget_the_rules_and_the_groups(re
         _check_engine_rules(moved, Topology(32, 8, 4, 8))
         changed = (moved.physical_to_logical != served.physical_to_logical).sum(axis=1)
         assert changed.max() <= moves
-        after = validate_balance(moved, new).max_mean_load.mean()
+        after = validate_balance(moved, new, allow_overlap=True).max_mean_load.mean()
         assert after <= before + 1e-9
         if moves == 0:
             np.testing.assert_array_equal(moved.physical_to_logical, served.physical_to_logical)

@@ -157,7 +157,7 @@ def test_validate_reports_the_step_and_gates_on_it(tmp_path, real_split):
     gated = run(
         "validate", tmp_path / "p.yaml", tmp_path / "held.npz", "--step", "prefill", "--min-speedup", 0.5
     )
-    assert gated.exit_code == 1 and "estimated step speedup" in gated.stderr
+    assert gated.exit_code == 1 and "the better balancer: speedup" in gated.stderr
     assert "serving step, prefill" in gated.output
     refused = run("validate", tmp_path / "p.yaml", tmp_path / "held.npz", "--min-speedup", 0.1)
     assert refused.exit_code == 2 and "--min-speedup needs --step" in refused.stderr
@@ -369,3 +369,54 @@ def test_plan_step_search_records_what_it_did_and_refuses_what_it_cannot(tmp_pat
     refused(run(*plan), None, "--step-search needs --step")
     refused(run(*plan, "--step", "prefill", "--redundant-slots", 4), None, "one copy of each expert")
     assert not (tmp_path / "o.yaml").exists()
+
+
+def step_comparison(ours: float, frequency: float, eplb: float):
+    """A ``StepComparison`` whose steps take these milliseconds (counts left out: unused here)."""
+    from moeplace.validators.profile import H800, ModelShape, StepTime
+    from moeplace.validators.report import StepComparison, StepSetting
+
+    def time(ms):
+        return StepTime(dispatch=0.0, compute=ms / 1e3, combine=0.0, overlapped=ms / 1e3)
+
+    setting = StepSetting(Workload(), H800, ModelShape(64, 32))
+    return StepComparison(setting, time(ours), time(frequency), None, None, time(eplb))
+
+
+def test_the_step_gate_reads_the_better_balancer():
+    from moeplace.validators.report import MIN_STEP_SPEEDUP
+
+    assert MIN_STEP_SPEEDUP == -0.01
+    slower = step_comparison(4.205, 4.004, 4.100)  # the issue's example: 5% slower than frequency
+    assert slower.best_balancer == "frequency" and slower.speedup_vs_best == pytest.approx(-0.0502, abs=1e-4)
+    assert "vs frequency 4.004 ms, the better balancer: speedup -5.0%" in slower.verdict()
+    eplb_better = step_comparison(4.0, 4.2, 3.97)
+    assert eplb_better.best_balancer == "eplb" and eplb_better.verdict() is None  # 0.8% slower: passes
+    assert "vs eplb 3.950 ms" in step_comparison(4.0, 4.2, 3.95).verdict()  # 1.3% slower: fails
+    assert step_comparison(4.0, 4.0, 4.0).verdict() is None  # as fast passes the default
+    assert step_comparison(4.0, 4.0, 4.0).verdict(0.05) is not None  # but not a demand for 5%
+
+
+@pytest.mark.slow
+def test_plan_holdout_and_compare_gate_a_slower_step(tmp_path, real_split):
+    """With --step a slower placement fails: plan --holdout writes it and exits 1, compare exits 1
+    after writing its files; each names the better balancer."""
+    from conftest import run
+    from moeplace.calibrate.trace_io import save_trace
+
+    fit, held = real_split
+    save_trace(fit, tmp_path / "fit.npz")
+    save_trace(held, tmp_path / "held.npz")
+    step = ("--step", "prefill", "--tokens-per-rank", 256, "--min-speedup", 0.5)  # asks 50% faster: fails
+    planned = run("plan", tmp_path / "fit.npz", "--devices", 4, "--holdout", tmp_path / "held.npz", *step,
+                  "--jobs", 1, "--out", tmp_path / "p.yaml")  # fmt: skip
+    assert planned.exit_code == 1 and "the better balancer" in planned.stderr, planned.output
+    assert (tmp_path / "p.yaml").exists()
+    compared = run("compare", tmp_path / "fit.npz", "--devices", 4, "--solvers", "greedy-capped",
+                   "--load-tolerance", 0.1, *step, "--jobs", 1, "--out", tmp_path / "c")  # fmt: skip
+    assert compared.exit_code == 1 and "greedy-capped eps=0.1, D=4" in compared.stderr, compared.output
+    assert (tmp_path / "c" / "comparison.md").exists()
+    refused = run(
+        "plan", tmp_path / "fit.npz", "--devices", 4, "--min-speedup", 0.1, "--out", tmp_path / "q.yaml"
+    )
+    assert refused.exit_code == 2 and "needs --holdout and --step" in refused.stderr

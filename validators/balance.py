@@ -20,6 +20,7 @@ from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import Placement, yaml_safe
 from moeplace.planner.solvers.eplb import eplb_slots
 from moeplace.planner.workloads import REPLICA_LOAD
+from moeplace.validators.evidence import Evidence, check_evidence
 from moeplace.validators.metrics import slot_device_load
 from moeplace.validators.report import check_compatible
 
@@ -41,6 +42,7 @@ class BalanceValidation:
     max_mean_load: np.ndarray
     baseline_max_mean_load: np.ndarray
     baseline_name: str
+    evidence: Evidence | None = None
 
     def summary(self) -> dict:
         """Headline (mean over workloads of each's mean over layers), worst workload, and each
@@ -64,7 +66,8 @@ class BalanceValidation:
                     for w, label in enumerate(self.workloads)
                 },
                 "replica_load": REPLICA_LOAD,
-                "holdout": {"load_only": True, **self.holdout.provenance()},
+                "holdout": {"load_only": True, **self.holdout.provenance()}
+                | ({} if self.evidence is None else self.evidence.summary()),
             }
         )
 
@@ -80,12 +83,19 @@ class BalanceValidation:
 
 
 def validate_balance(
-    placement: Placement, holdout: Statistics, baseline_load: np.ndarray | None = None
+    placement: Placement,
+    holdout: Statistics,
+    baseline_load: np.ndarray | None = None,
+    *,
+    allow_overlap: bool = False,
+    allow_model_mismatch: bool = False,
 ) -> BalanceValidation:
     """Score ``placement`` and EPLB on each workload of ``holdout`` (one workload, its load, when
     the statistics keep none apart). EPLB is fit on ``baseline_load`` int ``[L, N]`` or, by
-    default, on the calibration load recorded in the placement."""
+    default, on the calibration load recorded in the placement. A calibration workload among
+    ``holdout``'s, or another model's records, is refused unless allowed (``evidence.py``)."""
     check_compatible(placement, holdout.meta)
+    evidence = check_evidence(placement, holdout, allow_overlap, allow_model_mismatch)
     if holdout.workload_load is None:
         labels, loads = ("all",), holdout.load[None]
     else:
@@ -101,7 +111,7 @@ def validate_balance(
         for slots in (placement.physical_to_logical, baseline)
     ]
     name = "eplb-hierarchical" if groups > 1 else "eplb"
-    return BalanceValidation(placement, holdout, tuple(labels), *ratios, name)
+    return BalanceValidation(placement, holdout, tuple(labels), *ratios, name, evidence)
 
 
 def max_over_mean(slots: np.ndarray, loads: np.ndarray, num_devices: int) -> np.ndarray:

@@ -29,7 +29,7 @@ from moeplace.planner.plan import plan
 from moeplace.planner.solvers import BASELINE, SOLVERS, SolverOptions
 from moeplace.planner.topology import Topology
 from moeplace.validators.plots import devices_png, frontier_png, series, steps_png
-from moeplace.validators.report import StepComparison, StepSetting, compare_steps, validate
+from moeplace.validators.report import MIN_STEP_SPEEDUP, StepComparison, StepSetting, compare_steps, validate
 
 COLUMNS = {  # CSV name -> Markdown header
     "devices": "D",
@@ -47,6 +47,8 @@ COLUMNS = {  # CSV name -> Markdown header
     "combine_ms": "est. combine (ms)",
     "step_ms": "est. step (ms)",
     "step_speedup": f"step vs {BASELINE}",
+    "step_vs_best_balancer": "step vs better balancer",
+    "best_balancer": "better balancer",
     "received_straggler": "busiest rank received/token",
     "pairs_straggler": "busiest rank pairs/token",
     "fit_dev_per_token": "fit dev/token",
@@ -135,7 +137,7 @@ def compare(
                     row |= step_columns(compare_steps(validation, step))
                 if held_stats is not None:
                     best = plan(held_stats, topology, solver, run, holdout.provenance(), on_layer, executor)
-                    oracle = validate(best, holdout).score.headline
+                    oracle = validate(best, holdout, allow_overlap=True).score.headline  # fit on it
                     row["oracle_dev_per_token"] = oracle.dev_per_token
                     row["oracle_max_mean_load"] = oracle.max_mean_load
                     row["oracle_gap"] = row["dev_per_token"] / row["oracle_dev_per_token"] - 1.0
@@ -167,9 +169,25 @@ def step_columns(steps: StepComparison) -> dict:
         "combine_ms": steps.time.combine * 1e3,
         "step_ms": steps.time.total(steps.overlap) * 1e3,
         "step_speedup": steps.speedup,
+        "step_vs_best_balancer": steps.speedup_vs_best,
+        "best_balancer": steps.best_balancer,
         "received_straggler": traffic["received_straggler"],
         "pairs_straggler": traffic["pairs_straggler"],
     }
+
+
+def step_gate_failures(rows: list[dict], min_speedup: float | None = None) -> list[str]:
+    """The rows of co-location solvers whose estimated step is slower than the better balancer's
+    by more than ``min_speedup`` allows (``StepComparison.verdict``'s rule, read off the rows)."""
+    limit = MIN_STEP_SPEEDUP if min_speedup is None else min_speedup
+    return [
+        f"{_label(row)}, D={row['devices']}: estimated step speedup {row['step_vs_best_balancer']:+.1%} vs "
+        f"{row['best_balancer']}, the better balancer, below the minimum {limit:+.1%}"
+        for row in rows
+        if "step_vs_best_balancer" in row
+        and row["solver"] not in (BASELINE, "eplb")
+        and not row["step_vs_best_balancer"] >= limit
+    ]
 
 
 def fit_figures(placement: Placement) -> dict:
@@ -220,11 +238,16 @@ def markdown_table(rows: list[dict], plan_times: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
+SIGNED_SHARES = ("reduction", "step_speedup", "step_vs_best_balancer")  # columns shown as +x.x%
+
+
 def _fmt(key: str, value) -> str:
     if value is None or value == "":
         return "-"
-    if key in ("reduction", "step_speedup", "bound_gap", "oracle_gap"):
-        return f"{value:+.1%}" if key in ("reduction", "step_speedup") else f"{value:.1%}"
+    if key in SIGNED_SHARES:
+        return f"{value:+.1%}"
+    if key in ("bound_gap", "oracle_gap"):
+        return f"{value:.1%}"
     if key == "load_tolerance":
         return f"{value:g}"
     if isinstance(value, float):

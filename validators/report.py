@@ -14,6 +14,7 @@ from moeplace.planner.solvers import BASELINE
 from moeplace.planner.solvers.eplb import eplb_slots
 from moeplace.planner.solvers.frequency import frequency_placement
 from moeplace.planner.topology import Topology
+from moeplace.validators.evidence import Evidence, check_evidence
 from moeplace.validators.metrics import balance_floor, devices_lower_bound, random_expected_devices
 from moeplace.validators.profile import ModelShape, Profile, StepTime, step_time
 from moeplace.validators.score import Score, score_placement
@@ -29,6 +30,7 @@ class Validation:
     score: Score
     baseline: Score
     baseline_slots: np.ndarray  # int [L, P]: the baseline's expert in each slot
+    evidence: Evidence | None = None  # what the held-out trace shares with the calibration
 
     @property
     def baseline_name(self) -> str:
@@ -60,7 +62,8 @@ class Validation:
                     self.placement.top_k, topology.slots_per_device
                 ),
                 "balance_floor": float(np.mean([balance_floor(x, topology.num_devices) for x in held_load])),
-                "holdout": self.holdout.provenance(),
+                "holdout": self.holdout.provenance()
+                | ({} if self.evidence is None else self.evidence.summary()),
                 **(
                     {"groups_per_token": self.holdout.meta.groups_per_token}
                     if self.holdout.meta.group_limit and topology.num_nodes > 1
@@ -128,15 +131,25 @@ def baseline_placement(load: np.ndarray, topology: Topology) -> np.ndarray:
     return np.argsort(np.stack([frequency_placement(x, plain) for x in load]), axis=1, kind="stable")
 
 
-def validate(placement: Placement, holdout: Trace, baseline_load: np.ndarray | None = None) -> Validation:
+def validate(
+    placement: Placement,
+    holdout: Trace,
+    baseline_load: np.ndarray | None = None,
+    *,
+    allow_overlap: bool = False,
+    allow_model_mismatch: bool = False,
+) -> Validation:
     """Score ``placement`` and the baseline (``baseline_solver``) on ``holdout``.
 
     The baseline is fit on ``baseline_load`` (int ``[L, N]``) or, by default, on the calibration
-    load recorded in the placement: the same calibration data the placement was fit on.
+    load recorded in the placement: the same calibration data the placement was fit on. A
+    ``holdout`` holding calibration documents, or routed by another model, is refused unless
+    allowed (``validators/evidence.py``); ``Validation.evidence`` says what was found.
     """
     check_compatible(placement, holdout.meta)
     if holdout.num_tokens == 0:
         raise MoeplaceError("the held-out trace holds no tokens: nothing to score")
+    evidence = check_evidence(placement, holdout, allow_overlap, allow_model_mismatch)
     load = placement.calibration_load if baseline_load is None else baseline_load
     topology = placement.topology
     baseline = baseline_placement(load, topology)
@@ -145,7 +158,7 @@ def validate(placement: Placement, holdout: Trace, baseline_load: np.ndarray | N
         baseline_score = score  # the placement is its own baseline (EPLB, or frequency): score it once
     else:
         baseline_score = score_placement(baseline, holdout, baseline_topology(topology))
-    return Validation(placement, holdout, score, baseline_score, baseline)
+    return Validation(placement, holdout, score, baseline_score, baseline, evidence)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +188,11 @@ class StepSetting:
         return cost, step_time(cost, self.shape, self.profile, self.workload.kernel)
 
 
+# the step gate's default: a placement may be at most 1% slower than the better balancer, the
+# step model being a model (validate, plan --holdout and compare with --step)
+MIN_STEP_SPEEDUP = -0.01
+
+
 @dataclasses.dataclass(frozen=True)
 class StepComparison:
     """The serving step of a placement and of the frequency baseline on the same held-out steps
@@ -202,6 +220,30 @@ class StepComparison:
         """1 - step time / EPLB's step time."""
         return 1.0 - self.time.total(self.overlap) / self.eplb_time.total(self.overlap)
 
+    @property
+    def best_balancer(self) -> str:
+        """The load balancer with the shorter step: the baseline or ``eplb`` (the baseline on a tie)."""
+        eplb_faster = self.eplb_time.total(self.overlap) < self.baseline_time.total(self.overlap)
+        return "eplb" if eplb_faster else self.baseline_name
+
+    @property
+    def speedup_vs_best(self) -> float:
+        """1 - step time / the better balancer's step time: what the step gate reads."""
+        return self.speedup_vs_eplb if self.best_balancer == "eplb" else self.speedup
+
+    def verdict(self, min_speedup: float | None = None) -> str | None:
+        """Why the step fails the gate (its speedup against the better balancer below
+        ``min_speedup``, by default ``MIN_STEP_SPEEDUP``), or None when it passes."""
+        min_speedup = MIN_STEP_SPEEDUP if min_speedup is None else min_speedup
+        if self.speedup_vs_best >= min_speedup:
+            return None
+        best = (self.eplb_time if self.best_balancer == "eplb" else self.baseline_time).total(self.overlap)
+        ours = self.time.total(self.overlap)
+        return (
+            f"estimated step {ours * 1e3:.3f} ms vs {self.best_balancer} {best * 1e3:.3f} ms, the better "
+            f"balancer: speedup {self.speedup_vs_best:+.1%}, below the minimum {min_speedup:+.1%}"
+        )
+
     def summary(self) -> dict:
         def times(t: StepTime) -> dict:
             return dataclasses.asdict(t) | {"step": t.total(self.overlap)}
@@ -215,6 +257,8 @@ class StepComparison:
                 "eplb_seconds": times(self.eplb_time),
                 "speedup": self.speedup,
                 "speedup_vs_eplb": self.speedup_vs_eplb,
+                "best_balancer": self.best_balancer,
+                "speedup_vs_best_balancer": self.speedup_vs_best,
                 "traffic": self.cost.summary(),
                 "baseline_traffic": self.baseline_cost.summary(),
             }

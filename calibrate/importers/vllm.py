@@ -184,7 +184,7 @@ def _decode(value, path: Path, where: str) -> np.ndarray | None:
     except (binascii.Error, ValueError, OSError) as exc:
         raise file_error(path, f"{where}: routed experts not decodable ({exc})") from None
     except MoeplaceError as exc:
-        raise file_error(path, str(exc)) from None
+        raise file_error(path, exc) from None
     if array.ndim != 3 or array.dtype.kind not in "iu":
         raise file_error(
             path, f"{where}: routed experts must be integer [tokens, layers, top_k], got {array.shape}"

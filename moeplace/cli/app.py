@@ -34,11 +34,11 @@ from rich.text import Text
 
 from moeplace import __version__
 from moeplace.calibrate.stats import RESAMPLE_UNITS
-from moeplace.errors import MoeplaceError
+from moeplace.errors import MoeplaceError, file_error
 from moeplace.planner.groups import GROUP_MODES
 from moeplace.planner.solvers import SOLVERS
 from moeplace.validators.profile import ModelShape, load_profile, shape_of
-from moeplace.validators.report import StepSetting
+from moeplace.validators.report import MIN_STEP_SPEEDUP, StepSetting
 from moeplace.validators.step import KERNELS, Workload
 
 app = typer.Typer(
@@ -206,6 +206,33 @@ ClusterOpt = Annotated[
         "machine. The output is the same bytes as without it.",
     ),
 ]
+MinSpeedupOpt = Annotated[
+    float | None,
+    typer.Option(
+        callback=bounded(
+            -1.0, 1.0, "a fraction of the better balancer's estimated step, -1 to 1 (0.05 = 5%)"
+        ),
+        help="Gate (with --step): fail (exit 1) unless the estimated step is at least this fraction faster "
+        "than the better of frequency and eplb on the same held-out steps (0.05: 5% faster). Default "
+        f"{MIN_STEP_SPEEDUP:g}: at most {-MIN_STEP_SPEEDUP:.0%} slower, the step being a model.",
+    ),
+]
+AllowOverlapOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-overlap",
+        help="Score a held-out set that shares documents (load records: workloads) with the "
+        "placement's calibration; every figure is then labelled in-sample. Without it, refused (exit 2).",
+    ),
+]
+AllowModelMismatchOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-model-mismatch",
+        help="Score a held-out set recorded from another model than the placement's. Without it, refused "
+        "(exit 2); an unknown model name on either side is a warning only.",
+    ),
+]
 GroupMode = choices("GroupMode", (*GROUP_MODES, "auto"))
 GroupModeOpt = Annotated[
     GroupMode,
@@ -329,13 +356,22 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except MoeplaceError as exc:
-            err.print(tagged("error:", "red", printable(str(exc))))
+            err.print(tagged("error:", "red", printable(exc.render(flag))))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see moeplace.cli.main); outputs are atomic
             err.print(tagged("error:", "red", "interrupted; no output was written"))
             raise typer.Exit(128 + INTERRUPTS.get("signal", signal.SIGINT)) from None
 
     return wrapper
+
+
+# library parameters set by a flag of another name; any other parameter p is set by --p (dashes)
+FLAGS = {"num_devices": "--devices", "num_nodes": "--nodes"}
+
+
+def flag(parameter: str) -> str:
+    """The flag a CLI user types to set the library's ``parameter`` (``MoeplaceError.render``)."""
+    return FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
 
 
 def printable(text: str) -> str:
@@ -354,7 +390,7 @@ def named(path: Path):
     try:
         yield
     except MoeplaceError as exc:
-        raise MoeplaceError(f"{path}: {exc}") from None
+        raise file_error(path, exc) from None
 
 
 class _Rate(ProgressColumn):

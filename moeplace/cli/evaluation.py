@@ -17,6 +17,8 @@ from moeplace.calibrate.trace_io import load_trace
 from moeplace.cli.app import (
     CORES,
     LOAD_RATIO_UNIT,
+    AllowModelMismatchOpt,
+    AllowOverlapOpt,
     ClusterOpt,
     HiddenOpt,
     HoldoutLabelOpt,
@@ -25,6 +27,7 @@ from moeplace.cli.app import (
     JobsOpt,
     Kernel,
     KernelOpt,
+    MinSpeedupOpt,
     NodeCostOpt,
     NodesOpt,
     OverlapOpt,
@@ -55,15 +58,15 @@ from moeplace.cli.app import (
     user_errors,
 )
 from moeplace.cli.planning import split_trace
-from moeplace.cli.reports import print_balance, print_layers, print_steps, print_summary
+from moeplace.cli.reports import print_balance, print_layers, print_steps, print_summary, print_warnings
 from moeplace.cluster import executor_for
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import load_placement
 from moeplace.planner.solvers import BASELINE, DEFAULT_SOLVERS, SOLVERS, SolverOptions
 from moeplace.validators.balance import BalanceValidation, validate_balance
-from moeplace.validators.compare import COMPARISON_FILES, markdown_table, write_comparison
+from moeplace.validators.compare import COMPARISON_FILES, markdown_table, step_gate_failures, write_comparison
 from moeplace.validators.compare import compare as compare_solvers
-from moeplace.validators.report import check_compatible, compare_steps, gate_failures
+from moeplace.validators.report import MIN_STEP_SPEEDUP, check_compatible, compare_steps, gate_failures
 from moeplace.validators.report import validate as validate_placement
 
 
@@ -115,17 +118,11 @@ def validate(
     kernel: KernelOpt = Kernel.rank,
     profile: ProfileOpt = "h800",
     overlap: OverlapOpt = True,
-    min_speedup: Annotated[
-        float | None,
-        typer.Option(
-            callback=bounded(
-                -1.0, 1.0, f"a fraction of {BASELINE}'s estimated step time between -1 and 1 (0.05 = 5%)"
-            ),
-            help=f"Gate (with --step): fail unless the estimated step is this much faster than {BASELINE}'s.",
-        ),
-    ] = None,
+    min_speedup: MinSpeedupOpt = None,
     hidden: HiddenOpt = None,
     intermediate: IntermediateOpt = None,
+    allow_overlap: AllowOverlapOpt = False,
+    allow_model_mismatch: AllowModelMismatchOpt = False,
 ):
     """Score a placement on held-out traffic beside the frequency baseline; gate on the result.
 
@@ -157,17 +154,31 @@ def validate(
                 f"{holdout} holds expert load only: {', '.join(named_options)} needs a per-token trace"
             )
         with named(holdout):
-            balance = validate_balance(placement, held, baseline_load)
+            balance = validate_balance(
+                placement,
+                held,
+                baseline_load,
+                allow_overlap=allow_overlap,
+                allow_model_mismatch=allow_model_mismatch,
+            )
+        print_warnings(balance.evidence)
         _report_balance(balance, as_json, max_load_ratio)
         return
     if label is not None:
         with named(holdout):
             held = split_by_label(held, label, keep_all=True)[1]
     with named(holdout):
-        validation = validate_placement(placement, held, baseline_load)
+        validation = validate_placement(
+            placement,
+            held,
+            baseline_load,
+            allow_overlap=allow_overlap,
+            allow_model_mismatch=allow_model_mismatch,
+        )
+    print_warnings(validation.evidence)
     summary = validation.summary()
     failures = gate_failures(validation, max_load_ratio, min_reduction)
-    steps = None
+    steps, note = None, ""
     if step is not None:
         setting = step_setting(
             step,
@@ -183,14 +194,12 @@ def validate(
         with named(holdout):
             steps = compare_steps(validation, setting)
         summary = summary | {"step": steps.summary()}
-        if min_speedup is not None and not steps.speedup >= min_speedup:
-            failures.append(
-                f"estimated step speedup {steps.speedup:+.4f} vs {steps.baseline_name} is below the minimum "
-                f"{min_speedup:g}"
-            )
-    if summary["holdout"]["fingerprint"] == placement.calibration.get("fingerprint"):
-        err.print(
-            tagged("warning:", "yellow", "the held-out trace is the calibration trace: figures are in-sample")
+        failure = steps.verdict(min_speedup)
+        failures += [failure] if failure else []
+        limit = MIN_STEP_SPEEDUP if min_speedup is None else min_speedup
+        note = (
+            f"estimated step {steps.speedup_vs_best:+.1%} vs {steps.best_balancer}, the better balancer; "
+            f"minimum {limit:+.1%}"
         )
 
     def tables() -> None:
@@ -199,17 +208,21 @@ def validate(
         if steps is not None:
             print_steps(steps)
 
-    conclude(summary, validation.layers(), failures, as_json, tables)
+    conclude(summary, validation.layers(), failures, as_json, tables, note)
 
 
-def conclude(summary: dict, layers: list[dict], failures: list[str], as_json: bool, tables) -> None:
+def conclude(
+    summary: dict, layers: list[dict], failures: list[str], as_json: bool, tables, note: str = ""
+) -> None:
     """End ``validate``: one JSON object (the summary, verdict and per-layer figures) or ``tables()``
-    and PASSED/FAILED; each failed gate on stderr; exit 1 if any failed."""
+    and PASSED/FAILED (with ``note``: what the step gate read); each failed gate on stderr; exit 1
+    if any failed."""
     if as_json:
         print(json.dumps(summary | {"passed": not failures, "failures": failures, "layers": layers}))
     else:
         tables()
-        out.print(Text("PASSED", "green") if not failures else Text("FAILED", "red"))
+        verdict = Text("PASSED", "green") if not failures else Text("FAILED", "red")
+        out.print(Text.assemble(verdict, f" ({note})" if note else ""))
     for failure in failures:
         err.print(tagged("gate failed:", "red", failure))
     if failures:
@@ -219,8 +232,6 @@ def conclude(summary: dict, layers: list[dict], failures: list[str], as_json: bo
 def _report_balance(balance: BalanceValidation, as_json: bool, max_load_ratio: float | None) -> None:
     """Print a load-only validation (tables, or one JSON object) and exit 1 if the gate fails."""
     summary = balance.summary()
-    if summary["holdout"]["fingerprint"] == balance.placement.calibration.get("fingerprint"):
-        err.print(tagged("warning:", "yellow", "the held-out records are the calibration records: in-sample"))
     failures = []
     if max_load_ratio is not None and not summary["max_mean_load"] <= max_load_ratio:
         failures.append(
@@ -278,10 +289,17 @@ def compare(
     overlap: OverlapOpt = True,
     hidden: HiddenOpt = None,
     intermediate: IntermediateOpt = None,
+    min_speedup: MinSpeedupOpt = None,
     jobs: JobsOpt = CORES,
     cluster: ClusterOpt = None,
 ):
-    """Every solver at every device count (and load tolerance): fit on one split, score on the other."""
+    """Every solver at every device count (and load tolerance): fit on one split, score on the other.
+
+    With --step, exits 1 (after writing every file) when a co-location solver's estimated step is
+    slower than the better of frequency and eplb by more than --min-speedup allows.
+    """
+    if min_speedup is not None and step is None:
+        raise MoeplaceError("--min-speedup needs --step prefill or decode")
     check_distinct([trace], [out_dir / name for name in COMPARISON_FILES])
     check_output_dir(out_dir)
     device_counts, names = parse_ints(devices, "--devices"), parse_solvers(solvers)
@@ -323,6 +341,11 @@ def compare(
     out.print(comparison.title)
     out.print(markdown_table(comparison.rows))
     out.print("written: " + ", ".join(str(p) for p in paths.values()))
+    failures = step_gate_failures(comparison.rows, min_speedup)
+    for failure in failures:
+        err.print(tagged("gate failed:", "red", failure))
+    if failures:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -25,6 +25,8 @@ from moeplace.calibrate.trace import Trace
 from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.cli.app import (
     CORES,
+    AllowModelMismatchOpt,
+    AllowOverlapOpt,
     ClusterOpt,
     GroupMode,
     GroupModeOpt,
@@ -37,6 +39,7 @@ from moeplace.cli.app import (
     JobsOpt,
     Kernel,
     KernelOpt,
+    MinSpeedupOpt,
     NodeCostOpt,
     NodesOpt,
     OverlapOpt,
@@ -67,7 +70,7 @@ from moeplace.cli.app import (
     user_errors,
     with_groups,
 )
-from moeplace.cli.reports import print_balance, print_steps, print_summary
+from moeplace.cli.reports import print_balance, print_steps, print_summary, print_warnings
 from moeplace.cluster import executor_for
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import Placement, load_placement, save_placement
@@ -88,6 +91,7 @@ from moeplace.validators.choose import (
     group_mode_verdict,
 )
 from moeplace.validators.compare import fit_figures
+from moeplace.validators.evidence import check_held_out
 from moeplace.validators.report import StepSetting, check_compatible, compare_steps
 from moeplace.validators.report import validate as validate_placement
 from moeplace.validators.step import filling_documents
@@ -268,9 +272,15 @@ def plan(
     ] = None,
     jobs: JobsOpt = CORES,
     cluster: ClusterOpt = None,
+    min_speedup: MinSpeedupOpt = None,
+    allow_overlap: AllowOverlapOpt = False,
+    allow_model_mismatch: AllowModelMismatchOpt = False,
 ):
     """Solve a placement for every MoE layer and write the placement YAML (or, with --from, re-plan
-    a served placement with few moves)."""
+    a served placement with few moves). With --holdout and --step, exits 1 when the estimated
+    step is slower than the better load balancer's by more than --min-speedup allows (the
+    placement is still written, its figures in it)."""
+    step_failure = None
     if (from_placement is None) != (max_moves is None):
         raise MoeplaceError("--from and --max-moves go together: the placement served and the moves allowed")
     current = load_placement(from_placement) if from_placement is not None else None
@@ -290,6 +300,8 @@ def plan(
         raise MoeplaceError("--devices is required (or --from a placement)")
     auto = load_tolerance == "auto"
     tolerance = 0.0 if auto else parse_tolerances(load_tolerance)[0]
+    if min_speedup is not None and (step is None or holdout is None):
+        raise MoeplaceError("--min-speedup gates the step on --holdout: it needs --holdout and --step")
     if auto and step is None:
         raise MoeplaceError("--load-tolerance auto needs --step prefill or decode: the step it minimizes")
     if step_search_swaps and step is None:
@@ -336,6 +348,10 @@ def plan(
     statistics = as_statistics(  # statistics as they were made (their own seed and resamples)
         source, resamples=resamples, seed=seed, resample_by=resample_by.value, set_tokens=set_tokens
     )
+    if held is not None:  # before planning: refused evidence should not cost a plan first
+        with named(holdout):
+            calibration = [statistics.evidence()]
+            check_held_out(calibration, source.meta.model, held, allow_overlap, allow_model_mismatch)
     solver = solver.value if solver is not None else "robust" if statistics.load_only else "greedy-capped"
     if workload_weights is not None:
         weights = parse_weights(workload_weights)  # a bad flag value is the flag's, not the file's
@@ -455,22 +471,33 @@ def plan(
         )
     if isinstance(held, Statistics):  # load records: balance on each held-out workload
         with named(holdout):
-            summary = validate_balance(placement, held).summary()
+            balance = validate_balance(
+                placement, held, allow_overlap=allow_overlap, allow_model_mismatch=allow_model_mismatch
+            )
+        print_warnings(balance.evidence)
+        summary = balance.summary()
         placement = dataclasses.replace(placement, validation=summary)
         print_balance(summary)
     elif held is not None:
         with named(holdout):
-            validation = validate_placement(placement, held)
+            validation = validate_placement(
+                placement, held, allow_overlap=allow_overlap, allow_model_mismatch=allow_model_mismatch
+            )
             summary = validation.summary()
             steps = None if setting is None else compare_steps(validation, setting)
+        print_warnings(validation.evidence)
         if steps is not None:
             summary = summary | {"step": steps.summary()}
         placement = dataclasses.replace(placement, validation=summary)
         print_summary(summary)
         if steps is not None:
             print_steps(steps)
+            step_failure = steps.verdict(min_speedup)
     save_placement(placement, out_path)
     out.print(f"placement ({solver}, D={devices}, {len(placement.layers)} layers) -> {out_path}")
+    if step_failure:  # written (the file records the figures) but gated: the step is slower
+        err.print(tagged("gate failed:", "red", step_failure))
+        raise typer.Exit(1)
 
 
 def with_choice(choice: Choice, solver: str, setting: StepSetting) -> Placement:
@@ -557,7 +584,9 @@ def print_replan(
     )
     if isinstance(trace, Statistics):  # load records: balance on each of their workloads
         plans = {"served": current, "re-plan": replanned, full.solver: full}
-        figures = [float(validate_balance(p, trace).max_mean_load.mean()) for p in plans.values()]
+        figures = [  # the new records are the re-plan's calibration: in-sample by design
+            float(validate_balance(p, trace, allow_overlap=True).max_mean_load.mean()) for p in plans.values()
+        ]
         for name, figure in zip(plans, figures, strict=True):
             out.print(f"  on the new load records, {name}: max/mean {figure:.3f} (mean over workloads)")
         out.print(f"  the moves recover {_recovered(*figures)} of {full.solver}'s balance gain")
@@ -565,7 +594,9 @@ def print_replan(
     if trace is None:
         return
     plans = {"served": current, "re-plan": replanned, full.solver: full}
-    figures = {name: validate_placement(p, trace).score.headline for name, p in plans.items()}
+    figures = {  # the new traffic is the re-plan's calibration: in-sample by design
+        name: validate_placement(p, trace, allow_overlap=True).score.headline for name, p in plans.items()
+    }
     for name, h in figures.items():
         out.print(
             f"  on the new traffic, {name}: dev/token {h.dev_per_token:.3f}, max/mean {h.max_mean_load:.3f}"

@@ -6,8 +6,9 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from moeplace.cli.app import out, printable
+from moeplace.cli.app import err, out, printable, tagged
 from moeplace.planner.solvers import BASELINE
+from moeplace.validators.evidence import Evidence
 from moeplace.validators.report import StepComparison
 
 
@@ -32,11 +33,26 @@ def print_layers(layers: list[dict], baseline: str = BASELINE) -> None:
     out.print(table)
 
 
+def print_warnings(evidence: Evidence | None) -> None:
+    """What the held-out check could not settle (an unknown model name, no fingerprints), on stderr."""
+    for warning in () if evidence is None else evidence.warnings:
+        err.print(tagged("warning:", "yellow", printable(warning)))
+
+
+def evidence_label(summary: dict) -> str:
+    """``held-out``, or ``IN-SAMPLE (...)`` when the held-out set shares calibration evidence."""
+    holdout = summary["holdout"]
+    if not holdout.get("in_sample"):
+        return "held-out"
+    unit = holdout["unit"]
+    return f"IN-SAMPLE ({holdout['shared']} of {holdout['of']} {unit} are calibration {unit})"
+
+
 def print_summary(summary: dict) -> None:
     base = summary["baseline"]
     out.print(
         Text.assemble(
-            f"held-out ({summary['holdout']['tokens']} tokens, mean over layers): "
+            f"{evidence_label(summary)} ({summary['holdout']['tokens']} tokens, mean over layers): "
             f"dev/token {summary['dev_per_token']:.3f} vs {base['solver']} {base['dev_per_token']:.3f} (",
             (f"{summary['reduction']:+.1%}", "bold"),
             f"); max/mean load {summary['max_mean_load']:.3f} "
@@ -78,7 +94,7 @@ def print_balance(summary: dict) -> None:
         )
     out.print(table)
     out.print(
-        f"held-out load records, {len(summary['workloads'])} workload(s): max/mean load "
+        f"{evidence_label(summary)} load records, {len(summary['workloads'])} workload(s): max/mean load "
         f"{summary['max_mean_load']:.3f} (worst workload {summary['worst_workload_max_mean_load']:.3f}) vs "
         f"{base['solver']} {base['max_mean_load']:.3f} (worst {base['worst_workload_max_mean_load']:.3f}); "
         f"{summary['replica_load']}; no devices per token (load records hold no per-token routing)"

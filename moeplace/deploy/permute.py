@@ -129,7 +129,7 @@ def permute_checkpoint(
         try:
             check_group_safe(config, layer, perm)
         except MoeplaceError as exc:
-            raise file_error(src / "config.json", str(exc)) from None
+            raise file_error(src / "config.json", exc) from None
     report = {"layers": layers, "shards": shards, "copied": [], "skipped": []}
     with atomic_dir(dst, replaceable=lambda p: (p / MARKER).is_file()) as tmp:
         for path in sorted(src.iterdir()):  # weights not in the checkpoint and folders are left out

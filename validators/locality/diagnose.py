@@ -189,7 +189,7 @@ def _quick_plan(trace: Trace, settings: Settings) -> list[dict]:
             "max_mean_load": row["max_mean_load"],
             "baseline_max_mean_load": row["baseline_max_mean_load"],
         }
-        for row in validate(placement, held).layers()
+        for row in validate(placement, held, allow_overlap=True).layers()
     ]
 
 
