@@ -50,7 +50,7 @@ def test_sglang_json_and_pt_hold_a_row_per_hidden_layer(tmp_path, name):
 
 
 def test_sglang_needs_the_model_layer_count(tmp_path):
-    with pytest.raises(MoeplaceError, match="--num-hidden-layers"):
+    with pytest.raises(MoeplaceError, match="give num_hidden_layers"):
         export(make_placement(num_hidden_layers=None), "sglang", tmp_path / "x.json")
     with pytest.raises(MoeplaceError, match="MoE layer 4"):
         export(make_placement(num_hidden_layers=None), "sglang", tmp_path / "x.json", num_hidden_layers=4)

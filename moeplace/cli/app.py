@@ -484,6 +484,17 @@ def parse_tolerances(text: str) -> list[float]:
     return values
 
 
+def parse_tolerance(text: str) -> float:
+    """One load tolerance (``parse_tolerances``), refusing a list where one plan is made."""
+    values = parse_tolerances(text)
+    if len(values) != 1:
+        raise MoeplaceError(
+            f"--load-tolerance takes one value here (or auto), got {text!r}; compare draws the frontier "
+            "over several"
+        )
+    return values[0]
+
+
 def parse_solvers(text: str) -> list[str]:
     names = [x.strip() for x in text.split(",") if x.strip()]
     unknown = [x for x in names if x not in SOLVERS]

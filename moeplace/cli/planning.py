@@ -62,7 +62,7 @@ from moeplace.cli.app import (
     err,
     named,
     out,
-    parse_tolerances,
+    parse_tolerance,
     printable,
     progress_bar,
     step_setting,
@@ -78,6 +78,7 @@ from moeplace.planner.plan import plan as plan_layers
 from moeplace.planner.replan import replan
 from moeplace.planner.replan_slots import replan_slots
 from moeplace.planner.solvers import SOLVERS, SolverOptions
+from moeplace.planner.solvers.base import DEFAULT_LOAD_TOLERANCE
 from moeplace.planner.topology import Topology
 from moeplace.validators.balance import validate_balance
 from moeplace.validators.choose import (
@@ -215,7 +216,7 @@ def plan(
             "load. auto (with --step): the eps of the balance frontier, or frequency, whose serving step "
             "replayed on the calibration trace is cheapest.",
         ),
-    ] = "0.05",
+    ] = f"{DEFAULT_LOAD_TOLERANCE:g}",
     seed: SeedOpt = 0,
     time_limit: TimeLimitOpt = 2.0,
     search_steps: SearchStepsOpt = 2000,
@@ -299,7 +300,7 @@ def plan(
     if devices is None:
         raise MoeplaceError("--devices is required (or --from a placement)")
     auto = load_tolerance == "auto"
-    tolerance = 0.0 if auto else parse_tolerances(load_tolerance)[0]
+    tolerance = 0.0 if auto else parse_tolerance(load_tolerance)
     if min_speedup is not None and (step is None or holdout is None):
         raise MoeplaceError("--min-speedup gates the step on --holdout: it needs --holdout and --step")
     if auto and step is None:

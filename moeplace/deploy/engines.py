@@ -32,22 +32,22 @@ def hidden_layers(placement: Placement, num_hidden_layers: int | None) -> tuple[
     contradicts the placement (a row per layer is what SGLang indexes, and it checks neither)."""
     if num_hidden_layers is None and placement.num_hidden_layers is None:
         raise MoeplaceError(
-            "the placement does not record the model's layer count (its trace did not say); pass "
-            "--num-hidden-layers (SGLang wants a row for every layer, dense ones included)"
+            "the placement does not record the model's layer count (its trace did not say); give "
+            "{=num_hidden_layers} (SGLang wants a row for every layer, dense ones included)"
         )
     if num_hidden_layers is None:
         return placement.num_hidden_layers, "recorded in the placement"
     if placement.num_hidden_layers is not None and num_hidden_layers != placement.num_hidden_layers:
         raise MoeplaceError(
-            f"--num-hidden-layers {num_hidden_layers}, but the placement records "
+            f"{{=num_hidden_layers}} {num_hidden_layers}, but the placement records "
             f"{placement.num_hidden_layers} layers for its model"
         )
     if num_hidden_layers <= max(placement.layer_ids):
         raise MoeplaceError(
-            f"--num-hidden-layers {num_hidden_layers}, but the placement has MoE layer "
+            f"{{=num_hidden_layers}} {num_hidden_layers}, but the placement has MoE layer "
             f"{max(placement.layer_ids)}"
         )
-    return num_hidden_layers, "from --num-hidden-layers"
+    return num_hidden_layers, "as given"
 
 
 def sglang_expert_location(placement: Placement, num_hidden_layers: int | None = None) -> dict:
