@@ -20,7 +20,7 @@ def split_documents(trace: Trace, holdout_share: float, seed: int = 0) -> tuple[
     (``keep_copies_together``), so the held-out side never holds a calibration document.
     """
     if not 0.0 < holdout_share < 1.0:
-        raise MoeplaceError(f"the held-out share must be between 0 and 1 (exclusive), got {holdout_share}")
+        raise MoeplaceError(f"{{=holdout_share}} must be between 0 and 1 (exclusive), got {holdout_share}")
     num_docs = trace.num_documents
     if num_docs < 2:
         raise MoeplaceError(f"cannot split {num_docs} document(s): need at least 2")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 # a parameter named in a message: "{=num_devices}"; spelled for whoever reads it (render)
 PARAMETER = re.compile(r"\{=([a-z_][a-z0-9_]*)\}")
@@ -37,3 +38,12 @@ def raw_message(problem: str | Exception) -> str:
     if isinstance(problem, MoeplaceError) and problem.args:
         return str(problem.args[0])
     return str(problem)
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """``" (did you mean 'greedy-capped'?)"`` for the choice closest to a mistyped ``value``
+    (dashes and underscores alike), or ``""`` when none is close."""
+    choices = list(choices)
+    spelled = {choice.replace("_", "-").lower(): choice for choice in choices}
+    close = difflib.get_close_matches(value.replace("_", "-").lower(), list(spelled), n=1, cutoff=0.6)
+    return f" (did you mean {spelled[close[0]]!r}?)" if close else ""

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 from moeplace.calibrate.stats import LayerStats, TopkSets
-from moeplace.errors import MoeplaceError
+from moeplace.errors import MoeplaceError, did_you_mean
 from moeplace.planner.solvers.base import Solution, SolverOptions
 from moeplace.planner.solvers.frequency import heaviest_first
 from moeplace.planner.topology import Topology
@@ -39,7 +39,10 @@ def num_regions(topology: Topology, groups: int, mode: str) -> int:
     """Regions of consecutive devices that each take G / regions whole groups; raises
     ``MoeplaceError`` when the groups do not split evenly (1 region: no constraint)."""
     if mode not in GROUP_MODES:
-        raise MoeplaceError(f"group mode must be one of {', '.join(GROUP_MODES)}, got {mode!r}")
+        raise MoeplaceError(
+            f"group mode must be one of {', '.join(GROUP_MODES)}, got {mode!r}"
+            + did_you_mean(mode, GROUP_MODES)
+        )
     d, m = topology.num_devices, topology.num_nodes
     if groups <= 1 or mode == "free":
         return 1

@@ -15,7 +15,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 import numpy as np
 
 from moeplace.calibrate.stats import LayerStats, Statistics
-from moeplace.errors import MoeplaceError
+from moeplace.errors import MoeplaceError, did_you_mean
 from moeplace.planner.bounds import fanout_lower_bounds
 from moeplace.planner.groups import num_regions, solve_grouped
 from moeplace.planner.objective import fanout
@@ -46,7 +46,9 @@ def plan(
     solved in parallel. Layers are independent and solvers deterministic, so the result is the same.
     """
     if solver not in SOLVERS:
-        raise MoeplaceError(f"unknown solver {solver!r}; choose from {', '.join(SOLVERS)}")
+        raise MoeplaceError(
+            f"unknown solver {solver!r}{did_you_mean(solver, SOLVERS)}; choose from {', '.join(SOLVERS)}"
+        )
     options = SolverOptions() if options is None else options
     calibration = ({} if calibration is None else calibration) | stats.evidence()
     spec = SOLVERS[solver]

@@ -82,7 +82,7 @@ def check_replan(stats: Statistics, current: Placement, max_moves: int) -> None:
             f"{list(stats.meta.layer_ids)}; the placement {current.num_experts} and {list(current.layer_ids)}"
         )
     if max_moves < 0:
-        raise MoeplaceError(f"the move budget must be >= 0, got {max_moves}")
+        raise MoeplaceError(f"{{=max_moves}} must be >= 0, got {max_moves}")
 
 
 def replan_layer(

@@ -27,23 +27,25 @@ class Topology:
     def __post_init__(self):
         n, d = self.num_experts, self.num_devices
         if d < 1:
-            raise MoeplaceError(f"the device count must be at least 1, got {d}")
+            raise MoeplaceError(f"{{=num_devices}} must be at least 1, got {d}")
         if d > n:
-            raise MoeplaceError(f"{d} devices exceed the {n} experts: a device would hold none")
+            raise MoeplaceError(f"{{=num_devices}} {d} exceeds the {n} experts: a device would hold none")
         if n % d and not self.redundant_slots:
-            raise MoeplaceError(f"{d} devices do not divide the {n} experts into equal slots per device")
+            raise MoeplaceError(
+                f"{{=num_devices}} {d} does not divide the {n} experts into equal slots per device"
+            )
         if self.num_nodes < 1 or d % self.num_nodes:
             raise MoeplaceError(
-                f"the node count ({self.num_nodes}) must be at least 1 and divide the {d} devices"
+                f"{{=num_nodes}} {self.num_nodes} must be at least 1 and divide the {d} devices"
             )
         if self.redundant_slots < 0 or (n + self.redundant_slots) % d:
             raise MoeplaceError(
-                f"redundant slots ({self.redundant_slots}) must be >= 0 and fill the {d} devices evenly: "
+                f"{{=redundant_slots}} {self.redundant_slots} must be >= 0 and fill the {d} devices evenly: "
                 f"{n} experts + {self.redundant_slots} slots do not split into equal slots per device"
             )
         if self.slots_per_device > n:
             raise MoeplaceError(
-                f"{self.redundant_slots} redundant slots give each device {self.slots_per_device} "
+                f"{{=redundant_slots}} {self.redundant_slots} gives each device {self.slots_per_device} "
                 f"slots for {n} experts: a device would hold two copies of one expert"
             )
 

@@ -150,11 +150,17 @@ def test_incompatible_trace_is_a_clear_error(planned, tmp_path):
     ("args", "message"),
     [
         (("plan", "missing.npz", "--devices", 4, "--out", "x.yaml"), "no such file"),
-        (("plan", TRACE, "--devices", 3, "--out", "x.yaml"), "divide"),
+        (("plan", TRACE, "--devices", 3, "--out", "x.yaml"), "--devices 3 does not divide"),
+        (("plan", TRACE, "--devices", 0, "--out", "x.yaml"), "--devices must be at least 1, got 0"),
+        (
+            ("plan", TRACE, "--devices", 4, "--redundant-slots", 2, "--out", "x.yaml"),
+            "--redundant-slots 2 must",
+        ),
+        (("plan", TRACE, "--devices", 4, "--nodes", 3, "--out", "x.yaml"), "--nodes 3 must"),
         (("compare", TRACE, "--devices", "2,x", "--out", "o"), "comma-separated"),
         (
             ("split", TRACE, "--holdout-share", 1.0, "--fit-out", "a.npz", "--holdout-out", "b.npz"),
-            "held-out share",
+            "--holdout-share must be between 0 and 1",
         ),
     ],
 )

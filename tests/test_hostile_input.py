@@ -212,12 +212,12 @@ def test_traces_of_different_models_are_not_mixed(good, tmp_path, differs):
 @pytest.mark.parametrize(
     ("options", "problem"),
     [
-        (("--devices", 3), "divide"),
-        (("--devices", 32), "exceed the 16 experts"),
-        (("--devices", 0), "device"),
-        (("--devices", -4), "device"),
+        (("--devices", 3), "--devices 3 does not divide"),
+        (("--devices", 32), "--devices 32 exceeds the 16 experts"),
+        (("--devices", 0), "--devices must be at least 1"),
+        (("--devices", -4), "--devices must be"),
         (("--devices", 4, "--redundant-slots", 2), "do not split into equal slots per device"),
-        (("--devices", 4, "--nodes", 3), "node count"),
+        (("--devices", 4, "--nodes", 3), "--nodes 3 must be at least 1 and divide"),
         (("--devices", 2, "--redundant-slots", 18), "two copies of one expert"),  # 17 slots, 16 experts
     ],
 )

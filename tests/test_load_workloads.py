@@ -324,7 +324,7 @@ def test_replan_with_few_slot_moves_keeps_the_budget_the_rules_and_the_groups(re
             out,
         )
         assert result.exit_code == 0, result.output
-        assert "of robust's balance gain" in result.stdout
+        assert "of robust from scratch's balance gain" in result.stdout
         moved = load_placement(out)
         _check_engine_rules(moved, Topology(32, 8, 4, 8))
         changed = (moved.physical_to_logical != served.physical_to_logical).sum(axis=1)

@@ -32,7 +32,7 @@ def test_split_keeps_whole_documents_and_is_seeded():
 
 @pytest.mark.parametrize("holdout", [0.0, 1.0, -0.2, 1.5])
 def test_split_rejects_bad_fraction(holdout):
-    with pytest.raises(MoeplaceError, match="held-out share"):
+    with pytest.raises(MoeplaceError, match="holdout_share must be between 0 and 1"):
         split_documents(random_trace(), holdout, 0)
 
 

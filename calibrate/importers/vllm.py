@@ -31,8 +31,8 @@ import numpy as np
 
 from moeplace.calibrate.corpus import json_lines
 from moeplace.calibrate.safe_io import load_npy_bytes
-from moeplace.calibrate.trace import TraceMeta
-from moeplace.errors import MoeplaceError, file_error
+from moeplace.calibrate.trace import TraceMeta, check_ids
+from moeplace.errors import MoeplaceError, file_error, raw_message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +164,10 @@ def _moe_rows(doc: _Routed, layer_ids: tuple[int, ...], num_experts: int) -> np.
                 f"{layer_ids[layer]} (first: token {token}); vLLM 0.21 leaves prefix-cache hits empty: "
                 "record with prefix caching off",
             )
+    try:  # here, where the file and the request are known
+        check_ids(rows, num_experts)
+    except MoeplaceError as exc:
+        raise file_error(path, f"{where}: {raw_message(exc)}") from None
     return rows
 
 

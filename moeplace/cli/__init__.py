@@ -1,5 +1,6 @@
 """The ``moeplace`` command line: ``app`` with its commands registered, and ``main``, the script."""
 
+import re
 import signal
 import sys
 import warnings
@@ -8,6 +9,7 @@ import typer
 
 from moeplace.cli import calibration, deploy, diagnosis, evaluation, monitoring, planning  # noqa: F401  (registers the commands)
 from moeplace.cli.app import INTERRUPTS, app, err, printable, tagged
+from moeplace.errors import did_you_mean
 
 __all__ = ["app", "main"]
 
@@ -25,6 +27,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(128 + INTERRUPTS.get("signal", signal.SIGINT))
     except typer.TyperException as exc:  # Typer's (vendored) Click usage errors
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        choice = re.search(r"'([^']*)' is not one of (.*)", message)  # an unknown name: the closest known
+        if choice:
+            message = message.rstrip(".") + did_you_mean(choice[1], re.findall(r"'([^']*)'", choice[2]))
         command = getattr(getattr(exc, "ctx", None), "command_path", None) or "moeplace"
         err.print(tagged("error:", "red", printable(f"{message} (see '{command} --help')")))
         sys.exit(getattr(exc, "exit_code", 2))

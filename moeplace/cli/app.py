@@ -34,7 +34,7 @@ from rich.text import Text
 
 from moeplace import __version__
 from moeplace.calibrate.stats import RESAMPLE_UNITS
-from moeplace.errors import MoeplaceError, file_error
+from moeplace.errors import MoeplaceError, did_you_mean, file_error, raw_message
 from moeplace.planner.groups import GROUP_MODES
 from moeplace.planner.solvers import SOLVERS
 from moeplace.validators.profile import ModelShape, load_profile, shape_of
@@ -46,6 +46,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: paragraphs reflow to the terminal, flags read as --x / --no-x
 )
 
 
@@ -144,7 +145,8 @@ TimeLimitOpt = Annotated[
     ),
 ]
 JobsOpt = Annotated[
-    int, typer.Option(min=1, help="Processes solving layers in parallel (default: all cores).")
+    int,
+    typer.Option(min=1, show_default="all cores", help="Processes solving layers in parallel."),
 ]
 SearchStepsOpt = Annotated[
     int,
@@ -374,6 +376,18 @@ def flag(parameter: str) -> str:
     return FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
 
 
+def check_order(command: str, placement: Path, data: list[Path]) -> None:
+    """Refuse ``COMMAND DATA PLACEMENT`` (arguments swapped) saying which goes where: a trace or
+    statistics where the placement YAML belongs, and a YAML among the data."""
+    looks_like_data = placement.is_dir() or placement.suffix == ".npz"
+    yaml = [path for path in data if path.suffix in (".yaml", ".yml")]
+    if looks_like_data and yaml:
+        raise MoeplaceError(
+            f"arguments in the wrong order: {command} takes the placement YAML first, then the traffic "
+            f"(traces or load records); got {placement} first and {yaml[0]} after it"
+        )
+
+
 def printable(text: str) -> str:
     """``text`` with control characters (a newline or an escape sequence in a file name) escaped,
     so a message stays one line and never drives the terminal."""
@@ -386,10 +400,12 @@ CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069
 
 @contextlib.contextmanager
 def named(path: Path):
-    """Prefix a ``MoeplaceError`` raised inside with ``path``."""
+    """Prefix a ``MoeplaceError`` raised inside with ``path`` (once: not when it names it first)."""
     try:
         yield
     except MoeplaceError as exc:
+        if raw_message(exc).startswith(f"{path}:"):
+            raise
         raise file_error(path, exc) from None
 
 
@@ -500,6 +516,7 @@ def parse_solvers(text: str) -> list[str]:
     unknown = [x for x in names if x not in SOLVERS]
     if unknown or not names:
         raise MoeplaceError(
-            f"unknown solver(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SOLVERS)}"
+            f"unknown solver(s) {', '.join(unknown) or '(none)'}"
+            f"{did_you_mean(unknown[0], SOLVERS) if unknown else ''}; choose from {', '.join(SOLVERS)}"
         )
     return names

@@ -46,6 +46,7 @@ from moeplace.cli.app import (
     TraceArg,
     app,
     bounded,
+    check_order,
     err,
     named,
     out,
@@ -128,10 +129,14 @@ def validate(
     """Score a placement on held-out traffic beside the frequency baseline; gate on the result.
 
     With --step, also the serving step it buys: a model of what each rank sends, receives and
-    computes per step, and the time that takes on a hardware profile. Exits 1 if a gate fails.
+    computes per step, and the time that takes on a hardware profile.
+
+    Exit codes: 0 every gate passed; 1 a gate failed (each named on stderr); 2 bad input, a
+    held-out set holding calibration documents or recorded from another model included.
     """
     if min_speedup is not None and step is None:
         raise MoeplaceError("--min-speedup needs --step prefill or decode")
+    check_order("validate", placement_file, [holdout])
     placement = load_placement(placement_file)
     if max_load_ratio is not None and max_load_ratio > placement.num_devices:
         raise MoeplaceError(
@@ -296,8 +301,9 @@ def compare(
 ):
     """Every solver at every device count (and load tolerance): fit on one split, score on the other.
 
-    With --step, exits 1 (after writing every file) when a co-location solver's estimated step is
-    slower than the better of frequency and eplb by more than --min-speedup allows.
+    Exit codes: 0 done; 1 (with --step, after writing every file) a co-location solver's estimated
+    step is slower than the better of frequency and eplb by more than --min-speedup allows; 2 bad
+    input.
     """
     if min_speedup is not None and step is None:
         raise MoeplaceError("--min-speedup needs --step prefill or decode")

@@ -15,7 +15,7 @@ from moeplace.atomic import check_unique
 from moeplace.calibrate.stats import Statistics
 from moeplace.calibrate.stats_io import load_trace_or_statistics, source_load
 from moeplace.calibrate.trace import Trace
-from moeplace.cli.app import LOAD_RATIO_UNIT, app, bounded, named, out, printable, user_errors
+from moeplace.cli.app import LOAD_RATIO_UNIT, app, bounded, check_order, named, out, printable, user_errors
 from moeplace.planner.placement import load_placement
 from moeplace.validators.monitor import Watch, watch
 from moeplace.validators.report import check_compatible
@@ -45,8 +45,11 @@ def monitor(
 ):
     """Score a served placement on recent traffic and say what to do: keep it, re-plan it with few
     moves, or rebalance load; with several workloads, each on its own, and the worst decides.
-    Exits 0 to keep, 1 otherwise (a gate for a cron job)."""
+
+    Exit codes: 0 keep; 1 re-plan or rebalance (a gate for a cron job); 2 bad input.
+    """
     check_unique(recent)
+    check_order("monitor", placement_file, list(recent))
     placement = load_placement(placement_file)
     workloads: dict[str, tuple[np.ndarray, list[Trace]]] = {}  # label -> (load [L, N], its traces)
     for path in recent:
@@ -107,8 +110,14 @@ def _workloads_of(path: Path, source: Trace | Statistics):
 
 def _print_layers(result: Watch) -> None:
     """One workload's per-layer table and verdict."""
-    table = Table(title="max/mean device load per MoE layer", box=box.SIMPLE)
-    for column in ("layer", "calibration", "this size", "recent", "if rebalanced"):
+    table = Table(
+        title="max/mean device load per MoE layer",
+        caption="calibration: on the calibration traffic; noise: what calibration traffic would show in "
+        "records as small as the recent ones (sampling alone); recent: on the recent traffic; if rebalanced: "
+        "after a load rebalance of the recent traffic",
+        box=box.SIMPLE,
+    )
+    for column in ("layer", "calibration", "noise", "recent", "if rebalanced"):
         table.add_column(column, justify="right", no_wrap=True)
     columns = result.calibration, result.expected, result.recent, result.rebalanced
     for layer, *figures in zip(result.layer_ids, *columns, strict=True):

@@ -196,6 +196,7 @@ def plan(
     solver: Annotated[
         SolverName | None,
         typer.Option(
+            metavar="<solver>",  # the names are the help's, each with what it does
             help="Default: robust for load-only statistics, else greedy-capped. "
             + "; ".join(f"{name}: {spec.summary}" for name, spec in SOLVERS.items())
             + ".",
@@ -278,9 +279,12 @@ def plan(
     allow_model_mismatch: AllowModelMismatchOpt = False,
 ):
     """Solve a placement for every MoE layer and write the placement YAML (or, with --from, re-plan
-    a served placement with few moves). With --holdout and --step, exits 1 when the estimated
-    step is slower than the better load balancer's by more than --min-speedup allows (the
-    placement is still written, its figures in it)."""
+    a served placement with few moves).
+
+    Exit codes: 0 written; 1 written, but with --holdout and --step the estimated step is slower
+    than the better load balancer's by more than --min-speedup allows; 2 bad input (nothing
+    written), a --holdout holding calibration documents or of another model included.
+    """
     step_failure = None
     if (from_placement is None) != (max_moves is None):
         raise MoeplaceError("--from and --max-moves go together: the placement served and the moves allowed")
@@ -590,7 +594,7 @@ def print_replan(
         ]
         for name, figure in zip(plans, figures, strict=True):
             out.print(f"  on the new load records, {name}: max/mean {figure:.3f} (mean over workloads)")
-        out.print(f"  the moves recover {_recovered(*figures)} of {full.solver}'s balance gain")
+        out.print(f"  the moves recover {_recovered(*figures, f'{full.solver} from scratch', 'balance')}")
         return
     if trace is None:
         return
@@ -603,11 +607,14 @@ def print_replan(
             f"  on the new traffic, {name}: dev/token {h.dev_per_token:.3f}, max/mean {h.max_mean_load:.3f}"
         )
     served, moved, scratch = figures.values()
-    spread = _recovered(served.dev_per_token, moved.dev_per_token, scratch.dev_per_token)
-    balance = _recovered(served.max_mean_load, moved.max_mean_load, scratch.max_mean_load)
-    out.print(
-        f"  the moves recover {spread} of {full.solver}'s dev/token gain and {balance} of its balance gain"
+    scratch_name = f"{full.solver} from scratch"
+    spread = _recovered(
+        served.dev_per_token, moved.dev_per_token, scratch.dev_per_token, scratch_name, "dev/token"
     )
+    balance = _recovered(
+        served.max_mean_load, moved.max_mean_load, scratch.max_mean_load, scratch_name, "balance"
+    )
+    out.print(f"  the moves recover {spread}, and {balance}")
     if setting is not None:
         steps = [
             setting.replay(p.physical_to_logical, trace, p.topology)[1].total(setting.overlap)
@@ -616,10 +623,13 @@ def print_replan(
         out.print(
             "  estimated step on the new traffic (ms, a model): "
             + ", ".join(f"{name} {t * 1e3:.3f}" for name, t in zip(plans, steps, strict=True))
-            + f"; the moves recover {_recovered(*steps)} of its step gain"
+            + f"; the moves recover {_recovered(*steps, f'{full.solver} from scratch', 'step')}"
         )
 
 
-def _recovered(before: float, after: float, target: float) -> str:
-    """The share of the gain from ``before`` to ``target`` (lower is better) that ``after`` makes."""
-    return f"{(before - after) / (before - target):.0%}" if target < before else "none to recover"
+def _recovered(before: float, after: float, target: float, reference: str, figure: str) -> str:
+    """What share of ``reference``'s gain in ``figure`` (``before`` to ``target``, lower is
+    better) the moves (``after``) make, as the end of a sentence."""
+    if not target < before:
+        return f"nothing of {reference}'s {figure}: it gains none over the served placement"
+    return f"{(before - after) / (before - target):.0%} of {reference}'s {figure} gain"

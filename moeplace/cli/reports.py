@@ -74,8 +74,9 @@ def print_summary(summary: dict) -> None:
         )
     )
     out.print(
-        f"for scale: random placement {summary['random_expected_dev_per_token']:.3f} dev/token, "
-        f"lower bound {summary['dev_per_token_lower_bound']}, balance floor {summary['balance_floor']:.3f}"
+        f"for scale: random placement {summary['random_expected_dev_per_token']:.3f} dev/token; no placement "
+        f"goes below {summary['dev_per_token_lower_bound']} (top-k over experts a device); balance floor "
+        f"{summary['balance_floor']:.3f}"
     )
 
 

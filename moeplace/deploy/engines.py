@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from moeplace.atomic import write_bytes, write_text
-from moeplace.errors import MoeplaceError
+from moeplace.errors import MoeplaceError, did_you_mean
 from moeplace.planner.placement import Placement
 from moeplace.planner.slots import repeated_copy
 
@@ -166,7 +166,9 @@ def export(placement: Placement, fmt: str, out: str | Path, num_hidden_layers: i
     elif fmt == "permutation":
         doc = permutation_plan(placement)
     else:
-        raise MoeplaceError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+        raise MoeplaceError(
+            f"unknown format {fmt!r}{did_you_mean(fmt, FORMATS)}; choose from {', '.join(FORMATS)}"
+        )
     write_text(out, json.dumps(doc, separators=(",", ":")) + "\n")
 
 

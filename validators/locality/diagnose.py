@@ -81,7 +81,7 @@ class Settings:
         }
         for name, (values, most) in limits.items():
             if any(not 0 <= v <= most for v in values):
-                raise MoeplaceError(f"{name} must be in 0..{most}, got {list(values)}")
+                raise MoeplaceError(f"{{={name}}} must be in 0..{most}, got {list(values)}")
         return dataclasses.replace(
             self,
             budgets=tuple(self.budgets) or tuple(fit),
