@@ -76,6 +76,7 @@ def model_dir(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_calibrate_a_local_model_then_plan_and_validate(tmp_path, model_dir):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(
@@ -108,6 +109,7 @@ def test_calibrate_a_local_model_then_plan_and_validate(tmp_path, model_dir):
     assert 1.0 <= figures["dev_per_token"] <= 2.0 and figures["holdout"]["in_sample"]
 
 
+@pytest.mark.slow
 def test_calibrate_reads_jsonl_labels_and_several_files(tmp_path, model_dir):
     (tmp_path / "a.jsonl").write_text(
         json.dumps({"text": "the code", "domain": "code"})
@@ -163,6 +165,7 @@ def test_corpus_forms(tmp_path):
         read_corpus([tmp_path / "z.jsonl"])
 
 
+@pytest.mark.slow
 def test_merged_traces_give_exactly_the_summed_statistics(tmp_path, real_trace):
     docs = np.arange(real_trace.num_documents)
     save_trace(real_trace.select_documents(docs[:100]), tmp_path / "a.npz")

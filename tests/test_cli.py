@@ -65,6 +65,7 @@ def planned(split_files, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_split_is_reproducible(split_files, tmp_path):
     result = run(
         "split", TRACE, "--seed", 0, "--fit-out", tmp_path / "f.npz", "--holdout-out", tmp_path / "h.npz"
@@ -79,6 +80,7 @@ def test_stats_prints_sizes_and_skew():
     assert "tokens 71244" in result.output and "top-k 4" in result.output and "Gini" in result.output
 
 
+@pytest.mark.slow
 def test_plan_records_held_out_figures(planned):
     placement = load_placement(planned)
     v = placement.validation
@@ -99,6 +101,7 @@ def test_plan_past_the_set_budget_samples_sets_and_says_so(split_files, tmp_path
     assert "sampled" not in exact.output and "set_sample_rate" not in (tmp_path / "exact.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_validate_json_and_passing_gate(planned, split_files):
     result = run(
         "validate", planned, split_files[1], "--json", "--max-load-ratio", 1.5, "--min-reduction", 0.05
@@ -114,6 +117,7 @@ def test_validate_json_and_passing_gate(planned, split_files):
     assert report["dev_per_token"] == pytest.approx(load_placement(planned).validation["dev_per_token"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("gate", "reason"), [(("--max-load-ratio", 1.0), "exceeds"), (("--min-reduction", 0.9), "below")]
 )
@@ -123,12 +127,14 @@ def test_failed_gate_exits_1_and_says_why(planned, split_files, gate, reason):
     assert "gate failed" in result.stderr and reason in result.stderr
 
 
+@pytest.mark.slow
 def test_baseline_refit_from_fit_trace_matches_recorded_loads(planned, split_files):
     a = json.loads(run("validate", planned, split_files[1], "--json").stdout)
     b = json.loads(run("validate", planned, split_files[1], "--json", "--fit", split_files[0]).stdout)
     assert a["baseline"] == b["baseline"]
 
 
+@pytest.mark.slow
 def test_validate_on_calibration_data_is_refused_unless_allowed(planned, split_files):
     refused(run("validate", planned, split_files[0]), split_files[0], "are calibration documents")
     result = run("validate", planned, split_files[0], "--allow-overlap")
@@ -146,6 +152,7 @@ def test_incompatible_trace_is_a_clear_error(planned, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -225,6 +232,7 @@ def entry_point(*args):
     return subprocess.run(command, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_console_script_is_installed():
     result = entry_point("--help")
     assert result.returncode == 0 and "validate" in result.stdout
@@ -262,6 +270,7 @@ def test_deploy_example_gates_saves_and_exports(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_python_api_keeps_validation_through_save_and_load(tmp_path):
     fit, held = moeplace.split_documents(moeplace.load_trace(TRACE), holdout_share=0.5)
     stats = moeplace.compute_statistics(fit)
@@ -290,6 +299,7 @@ def test_messages_print_brackets_verbatim(tmp_path):
     assert result.exit_code == 2 and "[bold]trace[x].npz" in result.stderr
 
 
+@pytest.mark.slow
 def test_progress_in_a_log_says_something_at_least_every_interval(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules["moeplace.cli.app"], "LOG_EVERY", 0.01)
     result = run(
@@ -303,6 +313,7 @@ def test_progress_in_a_log_says_something_at_least_every_interval(tmp_path, monk
 HEAVY = ("ortools", "scipy", "mtkahypar", "torch", "matplotlib", "pandas")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["--help"], ["stats", TRACE], ["--version"]])
 def test_light_commands_load_no_heavy_library(command):
     script = (
@@ -314,6 +325,7 @@ def test_light_commands_load_no_heavy_library(command):
     assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr
 
 
+@pytest.mark.slow
 def test_fit_on_some_kinds_of_traffic_and_score_on_another(tmp_path):
     fit, held = tmp_path / "fit.npz", tmp_path / "held.npz"
     result = run("split", TRACE, "--holdout-label", "gpqa*", "--fit-out", fit, "--holdout-out", held)

@@ -74,6 +74,7 @@ def test_prefetch_on_documents_that_stay_in_one_team():
     assert rates["lfu"][1] == pytest.approx(pairs[:2].sum() / pairs.sum())
 
 
+@pytest.mark.slow
 def test_diagnose_command_writes_the_report(tmp_path):
     from test_cli import run
 

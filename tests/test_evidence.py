@@ -30,6 +30,7 @@ def planned(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_the_whole_trace_is_not_held_out(planned):
     """The issue's example: the whole demo trace, calibration documents included, once passed."""
     whole = demo_trace_path()
@@ -44,6 +45,7 @@ def test_the_whole_trace_is_not_held_out(planned):
     assert f"IN-SAMPLE ({fit.num_documents} of 235 documents are calibration documents)" in shown.stdout
 
 
+@pytest.mark.slow
 def test_a_held_out_half_passes_as_held_out(planned):
     result = run("validate", planned / "p.yaml", planned / "held.npz", "--json")
     assert result.exit_code == 0, result.output
@@ -52,6 +54,7 @@ def test_a_held_out_half_passes_as_held_out(planned):
     assert "warning" not in result.stderr
 
 
+@pytest.mark.slow
 def test_one_calibration_document_is_enough_to_refuse(planned, tmp_path):
     fit, held = moeplace.load_trace(planned / "fit.npz"), moeplace.load_trace(planned / "held.npz")
     mixed = held.select_documents(np.arange(held.num_documents))
@@ -66,6 +69,7 @@ def test_one_calibration_document_is_enough_to_refuse(planned, tmp_path):
     refused(run("validate", planned / "p.yaml", tmp_path / "mixed.npz"), "mixed.npz", "1 of")
 
 
+@pytest.mark.slow
 def test_plan_holdout_refuses_overlap_before_planning(tmp_path):
     out = tmp_path / "p.yaml"
     whole = demo_trace_path()
@@ -79,6 +83,7 @@ def test_plan_holdout_refuses_overlap_before_planning(tmp_path):
     assert moeplace.load_placement(out).validation["holdout"]["in_sample"]
 
 
+@pytest.mark.slow
 def test_another_models_routing_is_refused_an_unknown_one_warned(planned, tmp_path):
     held = moeplace.load_trace(planned / "held.npz")
     for name, outcome in [("Qwen/Qwen3-30B-A3B", "refused"), ("unknown (SGLang dump)", "warned"),
@@ -97,6 +102,7 @@ def test_another_models_routing_is_refused_an_unknown_one_warned(planned, tmp_pa
             assert ("warning:" in result.stderr) == (outcome == "warned"), result.stderr
 
 
+@pytest.mark.slow
 def test_the_python_api_names_its_parameters(planned):
     placement = moeplace.load_placement(planned / "p.yaml")
     whole = moeplace.load_trace(demo_trace_path())

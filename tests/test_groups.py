@@ -36,6 +36,7 @@ def test_the_generator_routes_within_the_groups_and_says_so(grouped):
     assert distinct.max() == K and distinct.min() == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", ["frequency", "greedy-capped", "eplb"])
 @pytest.mark.parametrize("redundant", [0, 16])
 def test_group_modes_keep_every_token_within_its_group_bound_of_nodes(grouped, solver, redundant):
@@ -113,6 +114,7 @@ def test_trace_metadata_carries_the_groups_and_refuses_impossible_ones():
             TraceMeta("m", 64, 4, (0,), routing_groups=groups, groups_per_token=per_token)
 
 
+@pytest.mark.slow
 def test_plan_reads_or_overrides_the_groups_and_reports_the_bound(grouped, tmp_path):
     trace, fit, held = grouped
     save_trace(fit, tmp_path / "fit.npz")

@@ -99,6 +99,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", list(DAMAGE))
 @pytest.mark.parametrize("kind", list(FORMATS))
 def test_unreadable_files_of_every_format(good, tmp_path, kind, damage):
@@ -192,6 +193,7 @@ OTHER_MODELS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("differs", list(OTHER_MODELS))
 def test_traces_of_different_models_are_not_mixed(good, tmp_path, differs):
     other = tmp_path / "other.npz"
@@ -418,6 +420,7 @@ app(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_a_plan_killed_mid_write_leaves_the_previous_placement_file(good, tmp_path):
     import subprocess
     import sys

@@ -104,6 +104,7 @@ def test_a_decompression_bomb_in_an_npz_is_refused(tmp_path):
     refused(run("stats", path), "bomb.npz", "decompression bomb")
 
 
+@pytest.mark.slow
 def test_one_member_that_compresses_far_is_not_a_bomb(tmp_path):
     """The set counts of a large trace are nearly all 1 and compress ~700x; the archive as a whole
     compresses a few times, and loads."""
@@ -238,6 +239,7 @@ def test_negative_and_absurd_layer_ids_are_refused_where_they_enter(good, tmp_pa
 # --- 6. inputs that used to end in a traceback ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_deeply_nested_json_and_yaml_are_one_line(good, tmp_path):
     deep = "[" * 100_000 + "]" * 100_000
     np.savez(tmp_path / "deep.npz", topk_ids=np.asarray(GOOD.topk_ids), doc_offsets=GOOD.doc_offsets,

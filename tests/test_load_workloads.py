@@ -130,6 +130,7 @@ def _check_engine_rules(placement, topology):
         assert repeated_copy(row, topology.slots_per_device) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["free", "nodes"])
 def test_plan_defaults_to_robust_on_load_records_and_keeps_the_engines_rules(records, tmp_path, mode):
     assert import_load(records, ["prefill_a", "prefill_b", "decode_c"], tmp_path / "load.npz").exit_code == 0
@@ -281,6 +282,7 @@ def test_not_a_load_record_is_refused(records, tmp_path):
     _bad(records, tmp_path, "{not json", "")
 
 
+@pytest.mark.slow
 def test_monitor_judges_each_recent_workload_on_its_own(records, tmp_path):
     assert import_load(records, ["prefill_a", "prefill_b"], tmp_path / "fit.npz").exit_code == 0
     plan_args = ["plan", tmp_path / "fit.npz", "--devices", 8, "--redundant-slots", 8, "--group-mode", "free"]
@@ -298,6 +300,7 @@ def test_monitor_judges_each_recent_workload_on_its_own(records, tmp_path):
     assert alone.exit_code == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["free", "nodes"])
 def test_replan_with_few_slot_moves_keeps_the_budget_the_rules_and_the_groups(records, tmp_path, mode):
     """Served on two prefill-like workloads, re-planned on a drifted one: at most M slots a layer
@@ -391,6 +394,7 @@ def test_filling_documents_keep_every_batch_full():
 STEP_FLAGS = ["--step", "prefill", "--tokens-per-rank", 64, "--hidden", 256, "--intermediate", 128]
 
 
+@pytest.mark.slow
 def test_group_mode_auto_prices_both_modes_and_keeps_the_cheaper(records, tmp_path):
     assert import_load(records, ["prefill_a", "prefill_b", "decode_c"], tmp_path / "load.npz").exit_code == 0
     out = tmp_path / "p.yaml"

@@ -35,6 +35,7 @@ def served(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_the_calibration_traffic_keeps_the_placement(served):
     result = run("monitor", served / "p.yaml", served / "fit.npz", "--json")
     report = json.loads(result.stdout)
@@ -42,6 +43,7 @@ def test_the_calibration_traffic_keeps_the_placement(served):
     assert report["max_mean_load"]["recent"] == pytest.approx(report["max_mean_load"]["calibration"])
 
 
+@pytest.mark.slow
 def test_drifted_traffic_asks_for_a_replan_when_colocation_still_pays(served):
     result = run("monitor", served / "p.yaml", served / "drifted.npz")
     assert result.exit_code == 1 and "re-plan with few moves (about 4 a layer)" in result.stdout
@@ -58,6 +60,7 @@ def test_load_records_alone_say_what_they_cannot_tell(served):
     assert loose.exit_code == 0 and "keep this placement" in loose.stdout
 
 
+@pytest.mark.slow
 def test_a_replicated_expert_shares_its_load_evenly_and_bad_records_are_refused(served, tmp_path):
     fit = moeplace.load_trace(served / "fit.npz")
     topology = moeplace.Topology(fit.meta.num_experts, 8, redundant_slots=8)

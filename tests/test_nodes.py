@@ -48,6 +48,7 @@ def test_swap_deltas_with_node_cost_are_exact(real_stats):
                 assert delta[a, b] == pytest.approx(objective(swapped) - objective(placement))
 
 
+@pytest.mark.slow
 def test_node_cost_cuts_cross_node_fanout_on_held_out_documents(real_split, real_stats):
     """2 nodes x 4 devices: weighing a node above a device lowers held-out nodes/token."""
     layers = 4

@@ -18,6 +18,7 @@ def placement(real_stats):
     return plan(real_stats, Topology(32, 4), "greedy-capped", SolverOptions(load_tolerance=0.1), CALIBRATION)
 
 
+@pytest.mark.slow
 def test_round_trip(tmp_path, placement):
     save_placement(placement, tmp_path / "p.yaml")
     loaded = load_placement(tmp_path / "p.yaml")
@@ -60,6 +61,7 @@ def _swap_to_duplicate(doc):
     row[0] = (row[0] + 1) % doc["num_devices"]  # one device one expert short, another one over
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -106,6 +106,7 @@ def test_replicated_placements_hold_every_expert_and_round_trip(solver, case):
     assert_metrics_in_bounds(placement, trace, topology)
 
 
+@pytest.mark.slow
 @given(case=cases(), solver=st.sampled_from(["random", "frequency", "greedy", "greedy-capped", "refine"]))
 @PROPERTY
 def test_metrics_stay_in_bounds_and_files_round_trip(case, solver):

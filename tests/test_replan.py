@@ -45,6 +45,7 @@ def drifted():
     return served, moeplace.compute_statistics(new), options
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moves", [0, 1, 2, 4, 32])
 def test_a_replan_never_moves_more_experts_than_allowed(drifted, moves):
     served, new, options = drifted
@@ -66,6 +67,7 @@ def test_a_replan_never_moves_more_experts_than_allowed(drifted, moves):
         assert sum(layer.solver_report["cap_met"] for layer in replanned.layers) >= 20
 
 
+@pytest.mark.slow
 def test_a_replan_refuses_what_it_cannot_do(drifted):
     served, new, options = drifted
     with pytest.raises(MoeplaceError, match="max_moves must be >= 0"):
@@ -74,6 +76,7 @@ def test_a_replan_refuses_what_it_cannot_do(drifted):
         replan(dataclasses.replace(new, topk_sets=None), served, 2, options)
 
 
+@pytest.mark.slow
 def test_plan_from_a_served_placement_reports_moves_and_recovery(tmp_path):
     fit, new = tmp_path / "fit.npz", tmp_path / "new.npz"
     assert (
@@ -97,6 +100,7 @@ def test_plan_from_a_served_placement_reports_moves_and_recovery(tmp_path):
     assert run("plan", new, "--out", out).stderr.startswith("error: --devices is required")
 
 
+@pytest.mark.slow
 def test_an_auto_replan_weighs_moves_by_the_serving_step_and_keeps_the_budget(tmp_path):
     fit, new = tmp_path / "fit.npz", tmp_path / "new.npz"
     run("split", TRACE, "--holdout-label", "gpqa*,sorry*", "--fit-out", fit, "--holdout-out", new)

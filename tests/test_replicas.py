@@ -162,6 +162,7 @@ def test_redundant_slots_must_split_over_the_devices(redundant):
         Topology(32, 4, redundant_slots=redundant)
 
 
+@pytest.mark.slow
 def test_replicas_can_fill_devices_that_do_not_divide_the_experts(real_split, real_stats):
     """DeepSeek's decode shape, scaled down: 32 experts + 4 replicas on 6 devices (EP144: 256 + 32 on
     144). Only a solver that places the replicas as one fills it; the baseline is then EPLB."""

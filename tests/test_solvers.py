@@ -83,6 +83,7 @@ def test_solvers_are_deterministic(real_stats, solver):
     assert first.info == second.info
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", [4, 8])
 def test_greedy_skips_only_merges_that_would_fail_again(real_stats, devices, monkeypatch):
     # A tentative merge that failed is skipped until one of the devices it would repack changes;

@@ -109,6 +109,7 @@ def test_statistics_merge_exactly(real_trace):
     assert (merged.num_tokens, merged.num_documents) == (whole.num_tokens, whole.num_documents)
 
 
+@pytest.mark.slow
 def test_resample_weights_follow_content_not_position(real_trace):
     docs = np.arange(real_trace.num_documents)
     reordered = real_trace.select_documents(docs[::-1])

@@ -107,6 +107,7 @@ def test_a_workload_that_cannot_be_is_refused():
         Workload(tokens_per_rank=0)
 
 
+@pytest.mark.slow
 def test_real_routing_colocation_cuts_copies_more_than_the_straggler(real_split, real_stats):
     """gpt-oss, D = 8, chunks of 1,024 tokens a rank: greedy-capped cuts the mean rank's received
     copies more than the busiest rank's, and raises the compute straggler (pairs) above frequency's;
