@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import enum
 import functools
+import json
 import math
 import os
 import re
@@ -36,6 +37,7 @@ from moeplace import __version__
 from moeplace.calibrate.stats import RESAMPLE_UNITS
 from moeplace.errors import MoeplaceError, did_you_mean, file_error, raw_message
 from moeplace.planner.groups import GROUP_MODES
+from moeplace.planner.placement import yaml_safe
 from moeplace.planner.solvers import SOLVERS
 from moeplace.validators.profile import ModelShape, load_profile, shape_of
 from moeplace.validators.report import MIN_STEP_SPEEDUP, StepSetting
@@ -349,12 +351,30 @@ def step_setting(
     return StepSetting(workload, load_profile(profile), shape, overlap)
 
 
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print one JSON object on stdout instead of tables and lines (schemas: docs/files.md); "
+        "errors and progress stay on stderr.",
+    ),
+]
+
+
+def print_json(document: dict) -> None:
+    """The one JSON object a command prints with --json (its other lines are silenced)."""
+    print(json.dumps(yaml_safe(document)))
+
+
 def user_errors(command):
     """Turn ``MoeplaceError`` into one line on stderr and exit code 2, and an interrupt into one
-    line and exit 128 + the signal, after every ``finally`` has removed its temporary files."""
+    line and exit 128 + the signal, after every ``finally`` has removed its temporary files. With
+    ``--json`` (a parameter ``as_json``) the command's own lines stay off stdout."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        quiet = out.quiet
+        out.quiet = quiet or bool(kwargs.get("as_json"))
         try:
             return command(*args, **kwargs)
         except MoeplaceError as exc:
@@ -363,6 +383,8 @@ def user_errors(command):
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see moeplace.cli.main); outputs are atomic
             err.print(tagged("error:", "red", "interrupted; no output was written"))
             raise typer.Exit(128 + INTERRUPTS.get("signal", signal.SIGINT)) from None
+        finally:
+            out.quiet = quiet
 
     return wrapper
 

@@ -9,7 +9,18 @@ import typer
 
 from moeplace.atomic import check_distinct, check_output_dir, output_dir
 from moeplace.calibrate.trace_io import load_trace
-from moeplace.cli.app import SeedOpt, TraceArg, app, named, out, parse_ints, progress_bar, user_errors
+from moeplace.cli.app import (
+    JsonOpt,
+    SeedOpt,
+    TraceArg,
+    app,
+    named,
+    out,
+    parse_ints,
+    print_json,
+    progress_bar,
+    user_errors,
+)
 from moeplace.validators.locality.diagnose import Settings, diagnose
 from moeplace.validators.locality.report import REPORT_FILES, write_report
 
@@ -36,6 +47,7 @@ def diagnose_command(
     ] = 0,
     devices: Annotated[int, typer.Option(min=1, help="Devices D of the quick held-out static plan.")] = 8,
     seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
 ):
     """Measure routing locality per layer and say which lever fits: static placement, a dynamic
     expert cache, or prefetch. Writes a Markdown + JSON report and plots."""
@@ -58,3 +70,5 @@ def diagnose_command(
     for text in report["overall"]["verdict"].values():
         out.print(f"- {text}")
     out.print("written: " + ", ".join(str(p) for p in paths.values()))
+    if as_json:  # the report.json document, and where the files went
+        print_json(report | {"files": {name: str(path) for name, path in paths.items()}})

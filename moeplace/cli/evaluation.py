@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +24,7 @@ from moeplace.cli.app import (
     HoldoutShareOpt,
     IntermediateOpt,
     JobsOpt,
+    JsonOpt,
     Kernel,
     KernelOpt,
     MinSpeedupOpt,
@@ -53,6 +53,7 @@ from moeplace.cli.app import (
     parse_ints,
     parse_solvers,
     parse_tolerances,
+    print_json,
     progress_bar,
     step_setting,
     tagged,
@@ -97,7 +98,7 @@ def validate(
             "patterns (one kind of traffic)."
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    as_json: JsonOpt = False,
     max_load_ratio: Annotated[
         float | None,
         typer.Option(
@@ -224,7 +225,7 @@ def conclude(
     and PASSED/FAILED (with ``note``: what the step gate read); each failed gate on stderr; exit 1
     if any failed."""
     if as_json:
-        print(json.dumps(summary | {"passed": not failures, "failures": failures, "layers": layers}))
+        print_json(summary | {"passed": not failures, "failures": failures, "layers": layers})
     else:
         tables()
         verdict = Text("PASSED", "green") if not failures else Text("FAILED", "red")
@@ -298,6 +299,7 @@ def compare(
     min_speedup: MinSpeedupOpt = None,
     jobs: JobsOpt = CORES,
     cluster: ClusterOpt = None,
+    as_json: JsonOpt = False,
 ):
     """Every solver at every device count (and load tolerance): fit on one split, score on the other.
 
@@ -349,6 +351,16 @@ def compare(
     out.print(markdown_table(comparison.rows))
     out.print("written: " + ", ".join(str(p) for p in paths.values()))
     failures = step_gate_failures(comparison.rows, min_speedup)
+    if as_json:
+        print_json(
+            {
+                "title": comparison.title,
+                "rows": comparison.rows,
+                "files": {name: str(path) for name, path in paths.items()},
+                "passed": not failures,
+                "failures": failures,
+            }
+        )
     for failure in failures:
         err.print(tagged("gate failed:", "red", failure))
     if failures:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +14,18 @@ from moeplace.atomic import check_unique
 from moeplace.calibrate.stats import Statistics
 from moeplace.calibrate.stats_io import load_trace_or_statistics, source_load
 from moeplace.calibrate.trace import Trace
-from moeplace.cli.app import LOAD_RATIO_UNIT, app, bounded, check_order, named, out, printable, user_errors
+from moeplace.cli.app import (
+    LOAD_RATIO_UNIT,
+    JsonOpt,
+    app,
+    bounded,
+    check_order,
+    named,
+    out,
+    print_json,
+    printable,
+    user_errors,
+)
 from moeplace.planner.placement import load_placement
 from moeplace.validators.monitor import Watch, watch
 from moeplace.validators.report import check_compatible
@@ -41,7 +51,7 @@ def monitor(
             "calibration traffic reaches in records this size, + 0.05.",
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    as_json: JsonOpt = False,
 ):
     """Score a served placement on recent traffic and say what to do: keep it, re-plan it with few
     moves, or rebalance load; with several workloads, each on its own, and the worst decides.
@@ -75,7 +85,7 @@ def monitor(
                 "workloads": {label: r.summary() for label, r in results.items()},
             }
         )
-        print(json.dumps(summary | {"passed": worst.action == "keep"}))
+        print_json(summary | {"passed": worst.action == "keep"})
     elif len(results) == 1:
         _print_layers(worst)
     else:

@@ -37,6 +37,7 @@ from moeplace.cli.app import (
     HoldoutShareOpt,
     IntermediateOpt,
     JobsOpt,
+    JsonOpt,
     Kernel,
     KernelOpt,
     MinSpeedupOpt,
@@ -63,6 +64,7 @@ from moeplace.cli.app import (
     named,
     out,
     parse_tolerance,
+    print_json,
     printable,
     progress_bar,
     step_setting,
@@ -155,10 +157,27 @@ def split(
 
 @app.command()
 @user_errors
-def stats(trace: StatsInputArg):
+def stats(trace: StatsInputArg, as_json: JsonOpt = False):
     """Describe a trace or statistics file: size, model, and each MoE layer's expert-load skew."""
     data = load_trace_or_statistics(trace)
     meta = data.meta
+    load = source_load(data)
+    if as_json:
+        print_json(
+            {
+                "path": str(trace),
+                "meta": meta.to_dict(),
+                "tokens": data.num_tokens,
+                "documents": data.num_documents,
+                "load_only": isinstance(data, Statistics) and data.load_only,
+                "workloads": list(getattr(data, "workloads", ())),
+                "layers": [
+                    {"layer": layer_id, **load_skew(layer_load)}
+                    for layer_id, layer_load in zip(meta.layer_ids, load, strict=True)
+                ],
+            }
+        )
+        return
     header = printable(f"  model {meta.model}  phase {meta.phase}")
     out.print(Text.assemble((printable(str(trace)), "bold"), header))
     out.print(
@@ -168,7 +187,6 @@ def stats(trace: StatsInputArg):
     )
     if meta.source:
         out.print(f"source: {meta.source}  licence: {meta.license or 'unknown'}")
-    load = source_load(data)
     table = Table(title="expert load per MoE layer")
     for column in ("layer", "max/mean", "max/min", "Gini", "top-10% share", "dead experts"):
         table.add_column(column, justify="right")
@@ -277,6 +295,7 @@ def plan(
     min_speedup: MinSpeedupOpt = None,
     allow_overlap: AllowOverlapOpt = False,
     allow_model_mismatch: AllowModelMismatchOpt = False,
+    as_json: JsonOpt = False,
 ):
     """Solve a placement for every MoE layer and write the placement YAML (or, with --from, re-plan
     a served placement with few moves).
@@ -500,6 +519,20 @@ def plan(
             step_failure = steps.verdict(min_speedup)
     save_placement(placement, out_path)
     out.print(f"placement ({solver}, D={devices}, {len(placement.layers)} layers) -> {out_path}")
+    if as_json:
+        print_json(
+            {
+                "placement": str(out_path),
+                "solver": placement.solver,
+                "devices": placement.num_devices,
+                "layers": len(placement.layers),
+                "options": placement.options,
+                "fit": fit,
+                "validation": placement.validation,
+                "passed": step_failure is None,
+                "failures": [step_failure] if step_failure else [],
+            }
+        )
     if step_failure:  # written (the file records the figures) but gated: the step is slower
         err.print(tagged("gate failed:", "red", step_failure))
         raise typer.Exit(1)
