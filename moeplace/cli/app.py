@@ -148,7 +148,7 @@ TimeLimitOpt = Annotated[
 ]
 JobsOpt = Annotated[
     int,
-    typer.Option(min=1, show_default="all cores", help="Processes solving layers in parallel."),
+    typer.Option(min=1, max=4096, show_default="all cores", help="Processes solving layers in parallel."),
 ]
 SearchStepsOpt = Annotated[
     int,
