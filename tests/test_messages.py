@@ -61,3 +61,20 @@ def test_a_vllm_request_that_repeats_an_expert_names_the_file_and_line(tmp_path)
     result = run("import", "vllm", tmp_path / "out.jsonl", "--num-experts", 4, "--out", tmp_path / "t.npz")
     error = refused(result, "out.jsonl", "selects one expert twice")
     assert "line 1" in error and not (tmp_path / "t.npz").exists()
+
+
+def test_the_figures_say_what_they_are(files):
+    from moeplace.cli.planning import _recovered
+
+    shown = run("validate", files / "p.yaml", files / "held.npz")
+    assert "no placement goes below 1 (top-k over experts a device)" in shown.stdout  # not "lower bound 1"
+    watched = run("monitor", files / "p.yaml", files / "held.npz")
+    assert "noise" in watched.stdout and "this size" not in watched.stdout
+    assert "records as small as the recent ones" in " ".join(watched.stdout.split())
+    assert _recovered(1.2, 1.2, 1.3, "robust from scratch", "balance") == (
+        "nothing of robust from scratch's balance: it gains none over the served placement"
+    )
+    assert (
+        _recovered(1.4, 1.3, 1.2, "robust from scratch", "balance")
+        == "50% of robust from scratch's balance gain"
+    )
