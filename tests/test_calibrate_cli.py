@@ -201,3 +201,13 @@ def test_merge_refuses_different_models(tmp_path, real_trace):
     (tmp_path / "copy.npz").write_bytes((tmp_path / "a.npz").read_bytes())
     same = run("merge", tmp_path / "a.npz", tmp_path / "copy.npz", "--out", tmp_path / "n")
     assert same.exit_code == 2 and "holds the same trace as" in same.stderr
+
+
+@pytest.mark.slow
+def test_every_numeric_option_of_calibrate_refuses_in_one_line_or_runs(tmp_path, model_dir, capsys):
+    from test_option_values import offending_values
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the expert route of the token\n\na model layer and code data\n")
+    base = ["calibrate", str(model_dir), "--corpus", str(corpus), "--out", str(tmp_path / "t.trace")]
+    assert not offending_values(base, capsys)

@@ -141,7 +141,7 @@ HoldoutShareOpt = Annotated[
 TimeLimitOpt = Annotated[
     float,
     typer.Option(
-        callback=bounded(0.01, None, "seconds of CP-SAT budget per layer, at least 0.01"),
+        callback=bounded(0.01, 3600.0, "seconds of CP-SAT budget per layer, 0.01 to 3600"),
         help="ortools: CP-SAT budget per layer in deterministic seconds (reproducible; wall time "
         "varies with the machine and is often several times more).",
     ),
