@@ -78,3 +78,12 @@ def test_the_figures_say_what_they_are(files):
         _recovered(1.4, 1.3, 1.2, "robust from scratch", "balance")
         == "50% of robust from scratch's balance gain"
     )
+
+
+def test_unknown_model_sizes_name_the_flags_that_give_them(files):
+    from moeplace.validators.profile import shape_of
+
+    refused(run("validate", files / "p.yaml", files / "held.npz", "--step", "prefill"), None,
+            "give --hidden and --intermediate")  # fmt: skip
+    with pytest.raises(moeplace.MoeplaceError, match="give hidden and intermediate"):
+        shape_of("test/tiny")

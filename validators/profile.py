@@ -107,7 +107,8 @@ def shape_of(model: str) -> ModelShape:
         if model.startswith(name):
             return shape
     raise MoeplaceError(
-        f"no hidden and expert sizes known for {model!r}: give the hidden and expert intermediate sizes"
+        f"no hidden and expert sizes known for {model!r}: give {{=hidden}} and {{=intermediate}} "
+        "(the model's hidden size and one expert's intermediate size)"
     )
 
 
