@@ -48,6 +48,7 @@ def test_a_checkout_imports_its_layers_without_the_installed_package():
     assert Path(result.stdout.strip()).parent == ROOT / "moeplace"
 
 
+@pytest.mark.slow
 def test_library_errors_name_the_parameter_for_python_and_the_flag_for_the_cli(tmp_path):
     from conftest import refused, run
 

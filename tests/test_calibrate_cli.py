@@ -131,6 +131,7 @@ def test_calibrate_reads_jsonl_labels_and_several_files(tmp_path, model_dir):
     assert list(load_trace(tmp_path / "t.npz").doc_labels) == ["code", "a", "b"]
 
 
+@pytest.mark.slow
 def test_calibrate_errors_are_one_line(tmp_path, model_dir):
     missing = run("calibrate", tmp_path / "no-model", "--corpus", tmp_path / "c.txt", "--out", tmp_path / "t")
     assert missing.exit_code == 2 and "no such corpus file" in missing.stderr

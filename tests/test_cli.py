@@ -141,6 +141,7 @@ def test_validate_on_calibration_data_is_refused_unless_allowed(planned, split_f
     assert result.exit_code == 0 and "IN-SAMPLE" in result.stdout
 
 
+@pytest.mark.slow
 def test_incompatible_trace_is_a_clear_error(planned, tmp_path):
     from conftest import random_trace
     from moeplace.calibrate.trace_io import save_trace

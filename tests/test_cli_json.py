@@ -37,6 +37,7 @@ def test_stats_plan_validate_monitor_print_one_object(files):
     assert "passed" in monitor
 
 
+@pytest.mark.slow
 def test_compare_and_diagnose_print_one_object(files):
     solvers = "frequency,greedy-capped"
     compare = one_object(run("compare", files / "fit.npz", "--devices", 4, "--solvers", solvers,

@@ -50,6 +50,7 @@ def test_drifted_traffic_asks_for_a_replan_when_colocation_still_pays(served):
     assert f"--from {served / 'p.yaml'} --max-moves 4" in result.stdout
 
 
+@pytest.mark.slow
 def test_load_records_alone_say_what_they_cannot_tell(served):
     result = run("monitor", served / "p.yaml", served / "drifted-load.npz", "--json")
     report = json.loads(result.stdout)

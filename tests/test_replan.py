@@ -123,6 +123,7 @@ def test_an_auto_replan_weighs_moves_by_the_serving_step_and_keeps_the_budget(tm
     assert bad.exit_code == 2 and "--from re-plans by moves alone" in bad.stderr
 
 
+@pytest.mark.slow
 def test_a_replan_over_processes_is_the_same_as_in_one(drifted):
     served, new, options = drifted
     with layer_executor(2) as pool:
