@@ -249,6 +249,7 @@ def layer_executor(jobs: int) -> Iterator[Executor | None]:
         yield executor
     except BaseException:  # an error or an interrupt: stop the workers now, not after their layers
         workers = list(getattr(executor, "_processes", {}).values())
+        manager = getattr(executor, "_executor_manager_thread", None)  # shutdown forgets it
         executor.shutdown(wait=False, cancel_futures=True)
         for worker in workers:
             worker.terminate()
@@ -259,9 +260,8 @@ def layer_executor(jobs: int) -> Iterator[Executor | None]:
         # let the pool's manager thread see its workers gone and close its wake-up pipe before
         # exit: Python 3.11's exit hook writes to that pipe unlocked, and a close racing it
         # prints a traceback after the one error line
-        manager = getattr(executor, "_executor_manager_thread", None)
         if manager is not None:
-            manager.join(timeout=2)
+            manager.join(timeout=10)
         raise
     executor.shutdown(wait=True)
 
