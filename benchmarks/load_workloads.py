@@ -39,16 +39,15 @@ from moeplace.calibrate.importers import ImportOptions
 from moeplace.calibrate.importers.sglang_load import read_load
 from moeplace.calibrate.model_config import read_model_config
 from moeplace.calibrate.stats import Statistics
-from moeplace.calibrate.synthetic import FIT_POOL, routing_from_load
 from moeplace.planner.plan import layer_executor, plan
 from moeplace.planner.replan_slots import replan_slots
 from moeplace.planner.solvers import SolverOptions
 from moeplace.planner.topology import Topology
 from moeplace.validators.balance import validate_balance
-from moeplace.validators.choose import AUTO_GROUP_MODES, choose_group_mode
+from moeplace.validators.choose import AUTO_GROUP_MODES, choose_group_mode, fitted_steps
 from moeplace.validators.profile import load_profile, shape_of
 from moeplace.validators.report import StepSetting
-from moeplace.validators.step import Workload, filling_documents
+from moeplace.validators.step import Workload
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "dsv3-load"
 
@@ -223,8 +222,7 @@ def group_modes(every: int, jobs: int) -> None:
             for phase, batch, kernel in STEPS:
                 workload = Workload(phase, batch, batch, kernel)
                 setting = StepSetting(workload, load_profile("h800"), shape_of("deepseek-ai/DeepSeek-V3"))
-                lengths = filling_documents(workload, devices, 2 * FIT_POOL)
-                routing = routing_from_load(everything.pooled_load(), everything.meta, lengths).trace
+                routing = fitted_steps(everything, setting, devices).trace
                 cells, totals = [], {}
                 for mode, placement in placements.items():
                     cost, time_ = setting.replay(placement.physical_to_logical, routing, topology)
@@ -261,8 +259,7 @@ def speed(jobs: int) -> None:
         start = time.perf_counter()
         workload = Workload("prefill", 1024, 32, "node")
         setting = StepSetting(workload, load_profile("h800"), shape_of("deepseek-ai/DeepSeek-V3"))
-        lengths = filling_documents(workload, 64, 2 * FIT_POOL)
-        routing = routing_from_load(everything.pooled_load(), everything.meta, lengths).trace
+        routing = fitted_steps(everything, setting, 64).trace
         choose_group_mode(routing, everything, topology, "robust", SolverOptions(), setting, {},
                           lambda *a: plan(*a, executor=pool))  # fmt: skip
         print(f"robust EP64 R=64 group mode auto (prefill, both plans), {jobs} processes: "

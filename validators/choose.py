@@ -16,6 +16,7 @@ import dataclasses
 from collections.abc import Callable
 
 from moeplace.calibrate.stats import Statistics
+from moeplace.calibrate.synthetic import FIT_POOL, FittedRouting, routing_from_load
 from moeplace.calibrate.trace import Trace
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import Placement
@@ -24,6 +25,7 @@ from moeplace.planner.solvers import BASELINE, SolverOptions
 from moeplace.planner.topology import Topology
 from moeplace.validators.profile import StepTime
 from moeplace.validators.report import StepSetting
+from moeplace.validators.step import filling_documents
 
 AUTO_TOLERANCES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2)
 BALANCERS = (BASELINE, "eplb")  # load balancing only: the plans co-location must beat
@@ -119,6 +121,14 @@ def choose_group_mode(
     times = replay_times(placements, trace, topology, setting)
     name = cheapest(times, setting.overlap)
     return Choice(placements[name], name, None, times, setting.overlap)
+
+
+def fitted_steps(stats: Statistics, setting: StepSetting, num_ranks: int, seed: int = 0) -> FittedRouting:
+    """What ``--group-mode auto`` replays for load records, which hold no per-token routing:
+    routing fitted to their pooled load (``routing_from_load``), in requests that fill whole steps
+    of ``num_ranks`` ranks under ``setting``, at least twice the fitted pool of tokens."""
+    lengths = filling_documents(setting.workload, num_ranks, 2 * FIT_POOL)
+    return routing_from_load(stats.pooled_load(), stats.meta, lengths, seed)
 
 
 def group_mode_verdict(choice: Choice) -> str:

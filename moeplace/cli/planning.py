@@ -20,7 +20,6 @@ from moeplace.calibrate.stats import (
     load_skew,
 )
 from moeplace.calibrate.stats_io import as_statistics, load_trace_or_statistics, source_load
-from moeplace.calibrate.synthetic import FIT_POOL, routing_from_load
 from moeplace.calibrate.trace import Trace
 from moeplace.calibrate.trace_io import load_trace, save_trace
 from moeplace.cli.app import (
@@ -91,13 +90,13 @@ from moeplace.validators.choose import (
     Choice,
     choose_group_mode,
     choose_tolerance,
+    fitted_steps,
     group_mode_verdict,
 )
 from moeplace.validators.compare import fit_figures
 from moeplace.validators.evidence import check_held_out
 from moeplace.validators.report import StepSetting, check_compatible, compare_steps
 from moeplace.validators.report import validate as validate_placement
-from moeplace.validators.step import filling_documents
 from moeplace.validators.step_search import step_search
 
 StatsInputArg = Annotated[
@@ -572,11 +571,10 @@ def steps_to_replay(
     load records routing fitted to their pooled load, whole steps of every rank."""
     if isinstance(source, Trace):
         return source, "the calibration trace"
-    lengths = filling_documents(setting.workload, topology.num_devices, 2 * FIT_POOL)
-    fitted = routing_from_load(source.pooled_load(), source.meta, lengths, seed)
+    fitted = fitted_steps(source, setting, topology.num_devices, seed)
     return fitted.trace, (
-        f"synthetic routing fitted to the recorded load ({len(lengths)} requests; expert shares within "
-        f"{fitted.distance.max():.1%} per layer; layers independent, no co-activation)"
+        f"synthetic routing fitted to the recorded load ({fitted.trace.num_documents} requests; expert "
+        f"shares within {fitted.distance.max():.1%} per layer; layers independent, no co-activation)"
     )
 
 
