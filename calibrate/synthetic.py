@@ -202,7 +202,7 @@ def _fit_layer(
     log_weight = target.copy()
     for _ in range(FIT_ROUNDS):
         ids = _pick(gumbel + log_weight, k, groups)
-        drawn = np.bincount(ids.ravel(), minlength=share.shape[0]) / ids.size
+        drawn = _drawn_shares(ids, share.shape[0])
         if 0.5 * np.abs(drawn - share).sum() <= FIT_TOLERANCE:
             break
         # damped; an expert drawn 0 times is treated as drawn half a time
@@ -211,7 +211,11 @@ def _fit_layer(
     return ids
 
 
+def _drawn_shares(ids: np.ndarray, num_experts: int) -> np.ndarray:
+    """float ``[N]``: each expert's share of the picks in ``ids`` (int ``[T, k]``)."""
+    return np.bincount(ids.ravel(), minlength=num_experts) / ids.size
+
+
 def _distance(ids: np.ndarray, share: np.ndarray) -> float:
     """Total variation between the expert shares of ``ids`` (int ``[T, k]``) and ``share``."""
-    drawn = np.bincount(ids.ravel(), minlength=share.shape[0]) / ids.size
-    return float(0.5 * np.abs(drawn - share).sum())
+    return float(0.5 * np.abs(_drawn_shares(ids, share.shape[0]) - share).sum())

@@ -29,7 +29,7 @@ from moeplace.planner.plan import plan
 from moeplace.planner.solvers import BASELINE, SOLVERS, SolverOptions
 from moeplace.planner.topology import Topology
 from moeplace.validators.plots import devices_png, frontier_png, series, steps_png
-from moeplace.validators.report import MIN_STEP_SPEEDUP, StepComparison, StepSetting, compare_steps, validate
+from moeplace.validators.report import StepComparison, StepSetting, compare_steps, step_gate_minimum, validate
 
 COLUMNS = {  # CSV name -> Markdown header
     "devices": "D",
@@ -179,7 +179,7 @@ def step_columns(steps: StepComparison) -> dict:
 def step_gate_failures(rows: list[dict], min_speedup: float | None = None) -> list[str]:
     """The rows of co-location solvers whose estimated step is slower than the better balancer's
     by more than ``min_speedup`` allows (``StepComparison.verdict``'s rule, read off the rows)."""
-    limit = MIN_STEP_SPEEDUP if min_speedup is None else min_speedup
+    limit = step_gate_minimum(min_speedup)
     return [
         f"{_label(row)}, D={row['devices']}: estimated step speedup {row['step_vs_best_balancer']:+.1%} vs "
         f"{row['best_balancer']}, the better balancer, below the minimum {limit:+.1%}"

@@ -193,6 +193,11 @@ class StepSetting:
 MIN_STEP_SPEEDUP = -0.01
 
 
+def step_gate_minimum(min_speedup: float | None) -> float:
+    """The step gate's minimum speedup: ``min_speedup`` as given, else ``MIN_STEP_SPEEDUP``."""
+    return MIN_STEP_SPEEDUP if min_speedup is None else min_speedup
+
+
 @dataclasses.dataclass(frozen=True)
 class StepComparison:
     """The serving step of a placement and of the frequency baseline on the same held-out steps
@@ -234,7 +239,7 @@ class StepComparison:
     def verdict(self, min_speedup: float | None = None) -> str | None:
         """Why the step fails the gate (its speedup against the better balancer below
         ``min_speedup``, by default ``MIN_STEP_SPEEDUP``), or None when it passes."""
-        min_speedup = MIN_STEP_SPEEDUP if min_speedup is None else min_speedup
+        min_speedup = step_gate_minimum(min_speedup)
         if self.speedup_vs_best >= min_speedup:
             return None
         best = (self.eplb_time if self.best_balancer == "eplb" else self.baseline_time).total(self.overlap)

@@ -69,7 +69,7 @@ from moeplace.planner.solvers.base import DEFAULT_LOAD_TOLERANCE
 from moeplace.validators.balance import BalanceValidation, validate_balance
 from moeplace.validators.compare import COMPARISON_FILES, markdown_table, step_gate_failures, write_comparison
 from moeplace.validators.compare import compare as compare_solvers
-from moeplace.validators.report import MIN_STEP_SPEEDUP, check_compatible, compare_steps, gate_failures
+from moeplace.validators.report import check_compatible, compare_steps, gate_failures, step_gate_minimum
 from moeplace.validators.report import validate as validate_placement
 
 
@@ -203,7 +203,7 @@ def validate(
         summary = summary | {"step": steps.summary()}
         failure = steps.verdict(min_speedup)
         failures += [failure] if failure else []
-        limit = MIN_STEP_SPEEDUP if min_speedup is None else min_speedup
+        limit = step_gate_minimum(min_speedup)
         note = (
             f"estimated step {steps.speedup_vs_best:+.1%} vs {steps.best_balancer}, the better balancer; "
             f"minimum {limit:+.1%}"
