@@ -57,16 +57,33 @@ def replan(
         LayerPlacement(layer.layer_id, device, stats.load[index], yaml_safe(report))
         for index, (layer, (device, report)) in enumerate(zip(current.layers, results, strict=True))
     )
+    settings = {
+        "load_tolerance": options.load_tolerance,
+        "load_resamples": int(stats.load_resamples.shape[1]),
+        **({"node_cost": options.node_cost} if topology.num_nodes > 1 else {}),
+    }
+    return replanned(current, stats, max_moves, calibration, layers, settings)
+
+
+def replanned(
+    current: Placement,
+    stats: Statistics,
+    max_moves: int,
+    calibration: dict | None,
+    layers: tuple[LayerPlacement, ...],
+    settings: dict,
+) -> Placement:
+    """``current`` with re-planned ``layers``: solver ``replan``, options recording what it moved
+    from and the move budget (then ``settings``), the new traffic's ``calibration`` with its
+    evidence (``Statistics.evidence``), and no validation yet."""
     return dataclasses.replace(
         current,
         solver="replan",
         options={
             "from": {"solver": current.solver, "calibration": current.calibration},
             "max_moves": max_moves,
-            "load_tolerance": options.load_tolerance,
-            "load_resamples": int(stats.load_resamples.shape[1]),
-            **({"node_cost": options.node_cost} if topology.num_nodes > 1 else {}),
-        },
+        }
+        | settings,
         calibration=({} if calibration is None else calibration) | stats.evidence(),
         layers=layers,
         validation=None,

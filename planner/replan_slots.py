@@ -27,7 +27,7 @@ import numpy as np
 
 from moeplace.calibrate.stats import Statistics
 from moeplace.planner.placement import Placement, yaml_safe
-from moeplace.planner.replan import check_replan
+from moeplace.planner.replan import check_replan, replanned
 from moeplace.planner.solvers.base import Solution
 from moeplace.planner.workloads import HOT_BINS, REPLICA_LOAD, busiest_over_mean, smooth_max
 
@@ -72,19 +72,10 @@ def replan_slots(
         )
         for layer, (slots, report), load in zip(current.layers, results, stats.pooled_load(), strict=True)
     )
-    return dataclasses.replace(
-        current,
-        solver="replan",
-        options={
-            "from": {"solver": current.solver, "calibration": current.calibration},
-            "max_moves": max_moves,
-            "moves": "slots",  # a move is one physical slot changing its expert
-        }
-        | ({"routing_groups": groups, "group_mode": "nodes"} if groups > 1 else {}),
-        calibration=({} if calibration is None else calibration) | stats.evidence(),
-        layers=new_layers,
-        validation=None,
+    settings = {"moves": "slots"} | (  # a move is one physical slot changing its expert
+        {"routing_groups": groups, "group_mode": "nodes"} if groups > 1 else {}
     )
+    return replanned(current, stats, max_moves, calibration, new_layers, settings)
 
 
 def replan_layer(
