@@ -23,13 +23,21 @@ HASH_BYTES = 8
 
 
 def document_hashes(trace: Trace, first: int = 0, end: int | None = None) -> np.ndarray:
-    """uint64 ``[end - first]``: the hash of each document ``first..end-1``'s routing (one digest
-    per document, not per token)."""
+    """uint64 ``[end - first]``: the hash of each document ``first..end-1``'s routing."""
     end = trace.num_documents if end is None else end
     offsets = trace.doc_offsets
+    return routing_hashes(
+        trace.topk_ids[offsets[first] : offsets[end]], offsets[first : end + 1] - offsets[first]
+    )
+
+
+def routing_hashes(ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """uint64 ``[D]``: the hash of each document of routing already read, ``ids`` int16 ``[t, L,
+    k]`` holding documents ``offsets[d]:offsets[d + 1]`` (int ``[D + 1]``, from 0); one digest a
+    document, not a token."""
     digests = bytearray()
-    for doc in range(first, end):
-        routing = np.ascontiguousarray(trace.topk_ids[offsets[doc] : offsets[doc + 1]], dtype="<i2")
+    for start, stop in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
+        routing = np.ascontiguousarray(ids[start:stop], dtype="<i2")
         digests += hashlib.blake2b(routing.tobytes(), digest_size=HASH_BYTES).digest()
     return np.frombuffer(bytes(digests), dtype="<u8").astype(np.uint64)
 

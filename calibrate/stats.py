@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from moeplace.calibrate.fingerprints import document_hashes, encode_hashes, workload_hashes
+from moeplace.calibrate.fingerprints import encode_hashes, routing_hashes, workload_hashes
 from moeplace.calibrate.trace import Trace, TraceMeta, groups_of, release_pages
 from moeplace.errors import MoeplaceError
 
@@ -378,8 +378,8 @@ def compute_statistics(
     hashes = []
     with ThreadPoolExecutor(max_workers=max(1, min(threads, num_layers))) as pool:
         for first, end in trace.document_chunks(chunk_tokens):
-            hashes.append(document_hashes(trace, first, end))
             chunk = np.asarray(trace.topk_ids[offsets[first] : offsets[end]])  # int16 [t, L, k]
+            hashes.append(routing_hashes(chunk, offsets[first : end + 1] - offsets[first]))  # read once
             by_layer = np.ascontiguousarray(chunk.transpose(1, 0, 2))  # [L, t, k]: a layer's rows contiguous
             by_layer.sort(axis=-1)
             doc_base = np.repeat(np.arange(end - first) * n, np.diff(offsets[first : end + 1]))[:, None]
