@@ -203,15 +203,16 @@ def group_modes(every: int, jobs: int) -> None:
     everything = pool_workloads(workloads(every), held="")
     print("## Groups on nodes or free: the serving step\n")
     print("    python benchmarks/load_workloads.py --group-modes\n")
-    print("`robust` fit on all 8 workloads, each mode; the step (ms, summed over MoE layers; a model,")
-    print("`h800` profile, two-micro-batch overlap) on routing fitted to the pooled load, as")
-    print("`plan --group-mode auto` prices it; communication and compute of the busiest rank beside it;")
+    print("`robust` fit on all 8 workloads, each mode; the whole step (ms; a model, `h800` profile,")
+    print("two-micro-batch overlap) on routing fitted to the pooled load, as `plan --group-mode auto`")
+    print("prices it; the MoE part's communication and compute of the busiest rank beside it, and the")
+    print("rest of the step (attention, shared expert, dense layers, head; the same in both modes);")
     print("*RDMA*: tokens a rank receives over RDMA per token of its batch, the mean rank / the busiest")
     print("(averaged over layers): what fewer nodes a token saves on average, and what is paid.")
     print(f"Layers: every {every}.\n")
-    print("| configuration | step | nodes: step (comm., compute) | nodes: RDMA | free: step (comm., compute) "
-          "| free: RDMA | auto picks |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+    print("| configuration | step | rest | nodes: step (comm., compute) | nodes: RDMA "
+          "| free: step (comm., compute) | free: RDMA | auto picks |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     with layer_executor(jobs) as pool:
         for devices, nodes in ((32, 4), (64, 8)):
             topology = Topology(everything.meta.num_experts, devices, nodes, devices)
@@ -235,9 +236,8 @@ def group_modes(every: int, jobs: int) -> None:
                     )
                 picked = min(totals, key=totals.get)
                 print(
-                    f"| EP{devices} = {nodes} nodes, R = {devices} | {phase} {batch}, {kernel} kernel | "
-                    + " | ".join(cells)
-                    + f" | {picked} |"
+                    f"| EP{devices} = {nodes} nodes, R = {devices} | {phase} {batch}, {kernel} kernel "
+                    f"| {time_.rest * 1e3:.1f} | " + " | ".join(cells) + f" | {picked} |"
                 )
                 sys.stdout.flush()
     print()

@@ -81,6 +81,12 @@ def group_limit(config: dict) -> tuple[int, int] | None:
 
 def read_model_config(path: Path) -> MoeLayout:
     """``moe_layout`` of a ``config.json`` file (or of the one in a model directory)."""
+    return read_config(path, moe_layout)
+
+
+def read_config(path: Path, read):
+    """``read(config)`` of the JSON object in a ``config.json`` file (or of the one in a model
+    directory); its errors (``MoeplaceError``) name the file."""
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
@@ -89,7 +95,7 @@ def read_model_config(path: Path) -> MoeLayout:
         config = loads_json(text, "the model config")
         if not isinstance(config, dict):
             raise MoeplaceError("the model config is not a JSON object")
-        return moe_layout(config)
+        return read(config)
     except MoeplaceError as exc:
         raise file_error(path, exc) from None
 

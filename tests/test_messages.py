@@ -84,6 +84,6 @@ def test_unknown_model_sizes_name_the_flags_that_give_them(files):
     from moeplace.validators.profile import shape_of
 
     refused(run("validate", files / "p.yaml", files / "held.npz", "--step", "prefill"), None,
-            "give --hidden and --intermediate")  # fmt: skip
-    with pytest.raises(moeplace.MoeplaceError, match="give hidden and intermediate"):
+            "give --model-config (its config.json), or --hidden and --intermediate")  # fmt: skip
+    with pytest.raises(moeplace.MoeplaceError, match=r"give model_config .*, or hidden and intermediate"):
         shape_of("test/tiny")

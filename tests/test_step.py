@@ -155,11 +155,26 @@ def test_validate_reports_the_step_and_gates_on_it(tmp_path, real_split):
     assert step["seconds"]["step"] > 0 and step["traffic"]["pairs_straggler"] >= step["traffic"]["pairs_mean"]
     assert step["eplb_seconds"]["step"] > 0 and -1 < step["speedup_vs_eplb"] < 1
     assert recorded["seconds"] == pytest.approx(step["seconds"])  # plan --holdout records the same figures
+    # whole steps: the rest (the same for both placements) added to the MoE part, and said so
+    seconds, baseline = step["seconds"], step["baseline_seconds"]
+    assert step["whole_step"] and seconds["rest"] == baseline["rest"] > 0
+    assert seconds["step"] == pytest.approx(seconds["moe"] + seconds["rest"])
+    assert abs(step["speedup"]) <= abs(step["moe_speedup"])
+    # sizes from a config file: the same model's config gives the same step; without one, the MoE part
+    from moeplace.validators.profile import CONFIGS
+
+    (tmp_path / "config.json").write_text(json.dumps(CONFIGS["openai/gpt-oss-20b"]))
+    configured = run("validate", tmp_path / "p.yaml", tmp_path / "held.npz", "--step", "decode",
+                     "--model-config", tmp_path / "config.json", "--json")  # fmt: skip
+    assert json.loads(configured.output)["step"]["seconds"] == pytest.approx(seconds)
+    sizes_only = run("validate", tmp_path / "p.yaml", tmp_path / "held.npz", "--step", "decode",
+                     "--hidden", 2880, "--intermediate", 2880)  # fmt: skip
+    assert "the MoE part only" in sizes_only.output and "step (MoE part only)" in sizes_only.output
     gated = run(
         "validate", tmp_path / "p.yaml", tmp_path / "held.npz", "--step", "prefill", "--min-speedup", 0.5
     )
     assert gated.exit_code == 1 and "the better balancer: speedup" in gated.stderr
-    assert "serving step, prefill" in gated.output
+    assert "serving step, prefill" in gated.output and "whole step" in gated.output
     refused = run("validate", tmp_path / "p.yaml", tmp_path / "held.npz", "--min-speedup", 0.1)
     assert refused.exit_code == 2 and "--min-speedup needs --step" in refused.stderr
 

@@ -178,6 +178,8 @@ class StepSetting:
             "profile": self.profile.name,
             "hidden": self.shape.hidden,
             "intermediate": self.shape.intermediate,
+            "model_sizes": self.shape.source,
+            "whole_step": self.shape.whole,
         }
 
     def replay(
@@ -221,6 +223,12 @@ class StepComparison:
         return 1.0 - self.time.total(self.overlap) / self.baseline_time.total(self.overlap)
 
     @property
+    def moe_speedup(self) -> float:
+        """1 - the MoE part of the step / the baseline's MoE part (what ``speedup`` dilutes by the
+        rest of the step, which no placement changes)."""
+        return 1.0 - self.time.moe(self.overlap) / self.baseline_time.moe(self.overlap)
+
+    @property
     def speedup_vs_eplb(self) -> float:
         """1 - step time / EPLB's step time."""
         return 1.0 - self.time.total(self.overlap) / self.eplb_time.total(self.overlap)
@@ -245,13 +253,19 @@ class StepComparison:
         best = (self.eplb_time if self.best_balancer == "eplb" else self.baseline_time).total(self.overlap)
         ours = self.time.total(self.overlap)
         return (
-            f"estimated step {ours * 1e3:.3f} ms vs {self.best_balancer} {best * 1e3:.3f} ms, the better "
-            f"balancer: speedup {self.speedup_vs_best:+.1%}, below the minimum {min_speedup:+.1%}"
+            f"estimated {self.step_noun} {ours * 1e3:.3f} ms vs {self.best_balancer} {best * 1e3:.3f} ms, "
+            f"the better balancer: speedup {self.speedup_vs_best:+.1%}, below the minimum {min_speedup:+.1%}"
         )
+
+    @property
+    def step_noun(self) -> str:
+        """What the step times cover: a whole step, or the MoE part alone when the model's other
+        sizes are unknown."""
+        return "whole step" if self.setting.shape.whole else "step (MoE part only)"
 
     def summary(self) -> dict:
         def times(t: StepTime) -> dict:
-            return dataclasses.asdict(t) | {"step": t.total(self.overlap)}
+            return dataclasses.asdict(t) | {"moe": t.moe(self.overlap), "step": t.total(self.overlap)}
 
         return yaml_safe(
             {
@@ -260,7 +274,9 @@ class StepComparison:
                 "seconds": times(self.time),
                 "baseline_seconds": times(self.baseline_time),
                 "eplb_seconds": times(self.eplb_time),
+                "whole_step": self.setting.shape.whole,
                 "speedup": self.speedup,
+                "moe_speedup": self.moe_speedup,
                 "speedup_vs_eplb": self.speedup_vs_eplb,
                 "best_balancer": self.best_balancer,
                 "speedup_vs_best_balancer": self.speedup_vs_best,

@@ -84,7 +84,9 @@ class StepCost:
     ``straggler[figure]``: float ``[L]``, the busiest rank's count per step; ``mean[figure]``:
     float ``[L]``, the mean rank's. ``steps``: steps counted, those in which every rank runs a full
     batch (all ``replayed`` steps when none does); ``batch``: tokens a rank runs in a counted step,
-    on average (to read the figures per token of a batch).
+    on average (to read the figures per token of a batch). For the rest of a step, which no
+    placement changes (``attention_context``): ``context``, tokens a token attends to; ``logits``,
+    tokens of a batch that produce logits; ``kv_reads``, tokens of KV cache a token reads.
     """
 
     straggler: dict[str, np.ndarray]
@@ -92,10 +94,20 @@ class StepCost:
     steps: int
     batch: float
     replayed: int = 0
+    context: float = 0.0
+    logits: float = 0.0
+    kv_reads: float = 0.0
 
     @classmethod
     def from_counts(
-        cls, counts: dict[str, np.ndarray], counted: np.ndarray, batch: float, replayed: int
+        cls,
+        counts: dict[str, np.ndarray],
+        counted: np.ndarray,
+        batch: float,
+        replayed: int,
+        context: float = 0.0,
+        logits: float = 0.0,
+        kv_reads: float = 0.0,
     ) -> StepCost:
         """From per-step counts, float ``[L, S, D]`` per figure, over the ``counted`` steps
         (bool ``[S]``)."""
@@ -105,6 +117,9 @@ class StepCost:
             steps=int(counted.sum()),
             batch=batch,
             replayed=replayed,
+            context=context,
+            logits=logits,
+            kv_reads=kv_reads,
         )
 
     def summary(self) -> dict:
@@ -205,7 +220,26 @@ def step_cost(
             release_pages(trace.topk_ids)
     batches = np.bincount(step * ranks + source, minlength=steps * ranks).reshape(steps, ranks)
     counted = full_steps(batches, workload)
-    return StepCost.from_counts(totals, counted, float(batches[counted].mean()), steps)
+    batch = float(batches[counted].mean())
+    return StepCost.from_counts(
+        totals, counted, batch, steps, *attention_context(trace.doc_offsets, batch, workload)
+    )
+
+
+def attention_context(
+    doc_offsets: np.ndarray, batch: float, workload: Workload
+) -> tuple[float, float, float]:
+    """What the rest of a step needs from the requests, ``doc_offsets`` int ``[D+1]``: tokens a
+    token attends to, on average over tokens (its place in its request, itself included); tokens of
+    a ``batch`` that produce logits (every decode token, a prefill request's last); and tokens of
+    KV cache a token reads (decode: its whole context; prefill: about one, attention reading each
+    block of keys once for a tile of queries)."""
+    lengths = np.diff(doc_offsets).astype(np.float64)
+    tokens = max(float(lengths.sum()), 1.0)
+    context = float((lengths * (lengths + 1) / 2).sum() / tokens)
+    if workload.phase == "decode":
+        return context, batch, context
+    return context, batch * lengths.shape[0] / tokens, 1.0
 
 
 def sending_rule(kernel: str, topology: Topology) -> str:

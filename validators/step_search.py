@@ -86,7 +86,7 @@ def layer_step_seconds(
     traffic = rank_traffic(served, ids, steps.step, steps.source, steps.num_steps, topology, kernel)
     every = np.ones(steps.num_steps, bool)  # sampled steps are full already
     cost = StepCost.from_counts({f: c[None] for f, c in traffic.items()}, every, 1.0, steps.num_steps)
-    return step_time(cost, setting.shape, setting.profile, setting.workload.kernel).total(setting.overlap)
+    return step_time(cost, setting.shape, setting.profile, setting.workload.kernel).moe(setting.overlap)
 
 
 def search_layer(

@@ -7,7 +7,7 @@ import warnings
 
 import typer
 
-from moeplace.cli import calibration, deploy, diagnosis, evaluation, monitoring, planning  # noqa: F401  (registers the commands)
+from moeplace.cli import calibration, deploy, diagnosis, evaluation, measure, monitoring, planning  # noqa: F401  (registers the commands)
 from moeplace.cli.app import INTERRUPTS, app, err, printable, tagged
 from moeplace.errors import did_you_mean
 

@@ -39,7 +39,7 @@ from moeplace.errors import MoeplaceError, did_you_mean, file_error, raw_message
 from moeplace.planner.groups import GROUP_MODES
 from moeplace.planner.placement import yaml_safe
 from moeplace.planner.solvers import SOLVERS
-from moeplace.validators.profile import ModelShape, load_profile, shape_of
+from moeplace.validators.profile import ModelShape, load_profile, read_model_shape, shape_of
 from moeplace.validators.report import MIN_STEP_SPEEDUP, StepSetting
 from moeplace.validators.step import KERNELS, Workload
 
@@ -328,7 +328,11 @@ KernelOpt = Annotated[
     ),
 ]
 ProfileOpt = Annotated[
-    str, typer.Option(help="--step: hardware profile, h800 or a YAML file of measured numbers.")
+    str,
+    typer.Option(
+        help="--step: hardware profile, h800, h100, h200 or b200 (published figures, the assumed ones "
+        "named), or a YAML file of measured numbers (moeplace profile writes one).",
+    ),
 ]
 OverlapOpt = Annotated[
     bool, typer.Option(help="--step: two-micro-batch overlap of communication and compute.")
@@ -340,13 +344,26 @@ HiddenOpt = Annotated[
 IntermediateOpt = Annotated[
     int | None, typer.Option(min=1, max=1 << 20, help="--step: one expert's intermediate size.")
 ]
+ModelConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="--step: the model's config.json, for the whole step (attention, shared and dense layers, "
+        "head); known models are built in. With only --hidden and --intermediate, the MoE part alone.",
+    ),
+]
 
 
 def step_setting(
-    phase, tokens, requests, kernel, profile, overlap, hidden, intermediate, meta
+    phase, tokens, requests, kernel, profile, overlap, hidden, intermediate, meta, model_config=None
 ) -> StepSetting:
-    """The step options as one ``StepSetting`` (the model's sizes from the options or built in)."""
-    shape = ModelShape(hidden, intermediate) if hidden and intermediate else shape_of(meta.model)
+    """The step options as one ``StepSetting`` (the model's sizes from its config, the options or
+    built in)."""
+    if model_config is not None:
+        shape = read_model_shape(model_config)
+    elif hidden and intermediate:
+        shape = ModelShape(hidden, intermediate)
+    else:
+        shape = shape_of(meta.model)
     workload = Workload(phase.value, tokens, requests, kernel.value)
     return StepSetting(workload, load_profile(profile), shape, overlap)
 

@@ -28,6 +28,7 @@ from moeplace.cli.app import (
     Kernel,
     KernelOpt,
     MinSpeedupOpt,
+    ModelConfigOpt,
     NodeCostOpt,
     NodesOpt,
     OverlapOpt,
@@ -124,6 +125,7 @@ def validate(
     min_speedup: MinSpeedupOpt = None,
     hidden: HiddenOpt = None,
     intermediate: IntermediateOpt = None,
+    model_config: ModelConfigOpt = None,
     allow_overlap: AllowOverlapOpt = False,
     allow_model_mismatch: AllowModelMismatchOpt = False,
 ):
@@ -197,6 +199,7 @@ def validate(
             hidden,
             intermediate,
             held.meta,
+            model_config,
         )
         with named(holdout):
             steps = compare_steps(validation, setting)
@@ -296,6 +299,7 @@ def compare(
     overlap: OverlapOpt = True,
     hidden: HiddenOpt = None,
     intermediate: IntermediateOpt = None,
+    model_config: ModelConfigOpt = None,
     min_speedup: MinSpeedupOpt = None,
     jobs: JobsOpt = CORES,
     cluster: ClusterOpt = None,
@@ -320,7 +324,16 @@ def compare(
         None
         if step is None
         else step_setting(
-            step, tokens_per_rank, requests_per_rank, kernel, profile, overlap, hidden, intermediate, fit.meta
+            step,
+            tokens_per_rank,
+            requests_per_rank,
+            kernel,
+            profile,
+            overlap,
+            hidden,
+            intermediate,
+            fit.meta,
+            model_config,
         )
     )
     options = SolverOptions(

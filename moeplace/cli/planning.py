@@ -40,6 +40,7 @@ from moeplace.cli.app import (
     Kernel,
     KernelOpt,
     MinSpeedupOpt,
+    ModelConfigOpt,
     NodeCostOpt,
     NodesOpt,
     OverlapOpt,
@@ -263,6 +264,7 @@ def plan(
     overlap: OverlapOpt = True,
     hidden: HiddenOpt = None,
     intermediate: IntermediateOpt = None,
+    model_config: ModelConfigOpt = None,
     step_search_swaps: Annotated[
         int,
         typer.Option(
@@ -393,6 +395,7 @@ def plan(
             hidden,
             intermediate,
             source.meta,
+            model_config,
         )
     )
     if current is not None:
@@ -444,10 +447,11 @@ def plan(
             )
         placement = with_group_choice(choice, setting, routing)
         out.print(
-            f"group mode auto: estimated step on {routing} (ms, a model): "
+            f"group mode auto: estimated {'whole ' if setting.shape.whole else ''}step on {routing} (ms, a "
+            "model): "
             + ", ".join(
                 f"{mode} {time.total(overlap) * 1e3:.3f} (communication {time.communication * 1e3:.3f}, "
-                f"compute {time.compute * 1e3:.3f})"
+                f"compute {time.compute * 1e3:.3f}, the rest {time.rest * 1e3:.3f})"
                 for mode, time in choice.times.items()
             )
         )

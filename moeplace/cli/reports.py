@@ -117,11 +117,23 @@ def print_steps(steps: StepComparison) -> None:
 
     out.print(
         f"  per step (ms): dispatch {ms(t.dispatch)} vs {ms(b.dispatch)}, expert compute {ms(t.compute)} vs "
-        f"{ms(b.compute)}, combine {ms(t.combine)} vs {ms(b.combine)}; step {ms(t.total(steps.overlap))} vs "
+        f"{ms(b.compute)}, combine {ms(t.combine)} vs {ms(b.combine)}; "
+        f"MoE part {ms(t.moe(steps.overlap))} vs {ms(b.moe(steps.overlap))} ({steps.moe_speedup:+.1%}); "
+        f"{steps.step_noun} {ms(t.total(steps.overlap))} vs "
         f"{steps.baseline_name} {ms(b.total(steps.overlap))} ({steps.speedup:+.1%}) and eplb "
         f"{ms(steps.eplb_time.total(steps.overlap))} ({steps.speedup_vs_eplb:+.1%}); "
         f"{'communication overlapped with compute' if steps.overlap else 'phases in a row'}"
     )
+    if steps.setting.shape.whole:
+        out.print(
+            f"  the rest of the step (attention, shared and dense layers, gate, head, overhead; sizes from "
+            f"{steps.setting.shape.source}): {ms(t.rest)} ms, the same for every placement"
+        )
+    else:
+        out.print(
+            f"  the MoE part only (sizes: {steps.setting.shape.source}): "
+            "give --model-config for the whole step"
+        )
     out.print(
         f"  per token of a rank's batch, busiest rank (mean rank): received {ours['received_straggler']:.3f} "
         f"({ours['received_mean']:.3f}) vs {base['received_straggler']:.3f} ({base['received_mean']:.3f}); "
