@@ -25,7 +25,7 @@ from moeplace.planner.agglomerate import agglomerate
 from moeplace.planner.objective import colocated_weight
 from moeplace.planner.solvers.base import Solution, SolverOptions, SolverSpec
 from moeplace.planner.solvers.caps import LoadCaps, load_caps
-from moeplace.planner.solvers.sat import canonical_devices, new_model, run
+from moeplace.planner.solvers.sat import canonical_devices, even_split, new_model, run
 from moeplace.planner.topology import Topology
 
 _FULL_MODEL_SHARE = 0.1  # of the time limit, for status and bound (the root LP); the rest repairs
@@ -135,14 +135,7 @@ def bisect(coact, scenario_load, cap, on_a, time_limit: float):
     Returns (bool ``[2S]`` or None, deterministic time used).
     """
     m = on_a.shape[0]
-    model = new_model()
-    x = [model.new_bool_var(f"a{e}") for e in range(m)]
-    model.add(x[0] == 1)  # the two devices are interchangeable
-    model.add(sum(x) == m // 2)
-    for scenario, limit in zip(scenario_load, cap, strict=True):
-        load = sum(int(scenario[e]) * x[e] for e in range(m))
-        model.add(load <= int(limit))
-        model.add(int(scenario.sum()) - load <= int(limit))
+    model, x = even_split(scenario_load, cap, "a")
     terms = []
     for i, j in zip(*np.nonzero(np.triu(coact, 1)), strict=True):
         y = model.new_bool_var(f"y{i}_{j}")

@@ -20,9 +20,9 @@ import numpy as np
 from moeplace.calibrate.stats import LayerStats
 from moeplace.errors import MoeplaceError
 from moeplace.planner.objective import fanout
-from moeplace.planner.solvers import refine
 from moeplace.planner.solvers.base import Solution, SolverOptions, SolverSpec
 from moeplace.planner.solvers.caps import LoadCaps, load_caps
+from moeplace.planner.solvers.refine import solve as refine_solve
 from moeplace.planner.solvers.sat import canonical_devices, new_model, run
 from moeplace.planner.topology import Topology
 
@@ -43,7 +43,7 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
     if options.node_cost and topology.num_nodes > 1:
         raise MoeplaceError("exact does not model nodes; use refine or hypergraph with a node cost")
     caps = load_caps(stats, topology, options.load_tolerance)
-    hint = refine.solve(stats, topology, options)
+    hint = refine_solve(stats, topology, options)
     status, placement, bound, used = _solve_model(
         sets.sets[multi], sets.counts[multi], topology, caps, hint.expert_to_device, options
     )

@@ -20,7 +20,7 @@ import numpy as np
 
 from moeplace.calibrate.stats import TopkSets, unique_rows
 from moeplace.planner.solvers.caps import LoadCaps
-from moeplace.planner.solvers.sat import new_model, run
+from moeplace.planner.solvers.sat import even_split, run
 
 if TYPE_CHECKING:
     from scipy import sparse
@@ -120,14 +120,7 @@ def _enumerate(members, weights, load, cap, current) -> np.ndarray | None:
 
 def _cp_sat(members, weights, load, cap, on_first, current, time_limit) -> tuple[np.ndarray | None, float]:
     size = load.shape[1]
-    model = new_model()
-    x = [model.new_bool_var(f"x{i}") for i in range(size)]
-    model.add(x[0] == 1)
-    model.add(sum(x) == size // 2)
-    for scenario, limit in zip(load, cap, strict=True):
-        first = sum(int(scenario[i]) * x[i] for i in range(size))
-        model.add(first <= int(limit))
-        model.add(int(scenario.sum()) - first <= int(limit))
+    model, x = even_split(load, cap, "x")
     terms = []
     for row, weight in zip(members, weights.tolist(), strict=True):
         on_a, on_b = model.new_bool_var(""), model.new_bool_var("")

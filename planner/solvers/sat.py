@@ -37,6 +37,23 @@ def run(
     return solver.status_name(status), status in (cp_model.OPTIMAL, cp_model.FEASIBLE), solver
 
 
+def even_split(scenario_load: np.ndarray, cap: np.ndarray, name: str) -> tuple[cp_model.CpModel, list]:
+    """A model splitting m experts evenly over two devices: bool ``x[e]`` (named ``name`` + e),
+    expert e on the first device; expert 0 there (the two devices are interchangeable); in every
+    scenario each device's load within its cap. ``scenario_load`` int ``[K, m]``, ``cap`` ``[K]``.
+    Returns (the model, ``x``)."""
+    m = scenario_load.shape[1]
+    model = new_model()
+    x = [model.new_bool_var(f"{name}{e}") for e in range(m)]
+    model.add(x[0] == 1)
+    model.add(sum(x) == m // 2)
+    for scenario, limit in zip(scenario_load, cap, strict=True):
+        first = sum(int(scenario[e]) * x[e] for e in range(m))
+        model.add(first <= int(limit))
+        model.add(int(scenario.sum()) - first <= int(limit))
+    return model, x
+
+
 def canonical_devices(expert_to_device: np.ndarray) -> np.ndarray:
     """The same partition, int ``[N]``, with devices numbered in order of their lowest expert: the
     labelling the models' symmetry cut assumes (expert e on a device <= e)."""
