@@ -203,7 +203,7 @@ def test_bench_prints_every_placement(measured_profile):
     assert not alive(workers)
     code, stdout, stderr, _ = finish(torchrun(*args), 120)  # the tables, once (rank 0 only)
     assert code == 0, stderr
-    assert stdout.count("greedy-capped R=2: measured") == 1 and "predicted" in stdout
+    assert stdout.count("greedy-capped R=2: speedup measured") == 1 and "predicted" in stdout
 
 
 @pytest.mark.slow
