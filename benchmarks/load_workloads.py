@@ -39,7 +39,8 @@ from moeplace.calibrate.importers import ImportOptions
 from moeplace.calibrate.importers.sglang_load import read_load
 from moeplace.calibrate.model_config import read_model_config
 from moeplace.calibrate.stats import Statistics
-from moeplace.planner.plan import layer_executor, plan
+from moeplace.cluster import layer_executor
+from moeplace.planner.plan import plan
 from moeplace.planner.replan_slots import replan_slots
 from moeplace.planner.solvers import SolverOptions
 from moeplace.planner.topology import Topology

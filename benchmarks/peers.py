@@ -50,7 +50,8 @@ from moeplace.calibrate.split import split_documents
 from moeplace.calibrate.stats import Statistics, compute_statistics
 from moeplace.calibrate.trace import Trace
 from moeplace.calibrate.trace_io import load_trace
-from moeplace.planner.plan import layer_executor, plan
+from moeplace.cluster import layer_executor
+from moeplace.planner.plan import plan
 from moeplace.planner.slots import repeated_copy
 from moeplace.planner.solvers import SolverOptions
 from moeplace.planner.topology import Topology

@@ -198,8 +198,9 @@ def stage_statistics(path: str, out: str) -> dict:
 
 def stage_plan(stats_path: str, solver: str, devices: str, nodes: str, replicas: str, out: str) -> dict:
     from moeplace.calibrate.stats_io import load_statistics
+    from moeplace.cluster import layer_executor
     from moeplace.planner.placement import save_placement
-    from moeplace.planner.plan import layer_executor, plan
+    from moeplace.planner.plan import plan
     from moeplace.planner.solvers import SolverOptions
     from moeplace.planner.topology import Topology
 

@@ -187,7 +187,8 @@ def stage_solve(args, stats_path: str, solver: str, devices: str) -> dict:
 
 def stage_plan(args, stats_path: str, solver: str, devices: str) -> dict:
     from moeplace.calibrate.stats_io import load_statistics
-    from moeplace.planner.plan import layer_executor, plan
+    from moeplace.cluster import layer_executor
+    from moeplace.planner.plan import plan
     from moeplace.planner.solvers import SolverOptions
     from moeplace.planner.topology import Topology
 

@@ -9,10 +9,10 @@ from moeplace.atomic import atomic_dir
 from moeplace.calibrate.split import split_documents
 from moeplace.calibrate.stats import DEFAULT_RESAMPLES
 from moeplace.calibrate.trace_io import load_trace, save_trace
+from moeplace.cluster import layer_executor
 from moeplace.deploy.engines import export
 from moeplace.errors import file_error
 from moeplace.planner.placement import load_placement, save_placement
-from moeplace.planner.plan import layer_executor
 from moeplace.planner.solvers import DEFAULT_SOLVERS, SolverOptions
 from moeplace.validators.compare import compare, markdown_table, write_comparison
 from moeplace.validators.report import gate_failures, validate

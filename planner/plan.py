@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
-import multiprocessing
-import multiprocessing.forkserver
-import signal
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from collections.abc import Callable
+from concurrent.futures import Executor, as_completed
 
 import numpy as np
 
@@ -222,50 +218,3 @@ def fit_report(
         "lower_bound_dev_per_token": bound / tokens,
         "bound_gap": 1.0 - bound / fit if fit else 0.0,
     }
-
-
-@contextlib.contextmanager
-def layer_executor(jobs: int) -> Iterator[Executor | None]:
-    """A process pool of ``jobs`` workers for ``plan`` (None for 1 job: solve in this process).
-
-    Workers start from a fork server, never from this process: forking a process that has run
-    CP-SAT's threads is unsafe.
-    """
-    if jobs <= 1:
-        yield None
-        return
-    context = multiprocessing.get_context("forkserver")
-    # start the fork server now, ignoring Ctrl-C: it and the workers it forks inherit that, so an
-    # interrupt sent to the whole terminal group reaches only this process, which stops them
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    executor = ProcessPoolExecutor(
-        max_workers=jobs, mp_context=context, initializer=_leave_interrupts_to_parent
-    )
-    try:
-        yield executor
-    except BaseException:  # an error or an interrupt: stop the workers now, not after their layers
-        workers = list(getattr(executor, "_processes", {}).values())
-        manager = getattr(executor, "_executor_manager_thread", None)  # shutdown forgets it
-        executor.shutdown(wait=False, cancel_futures=True)
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            worker.join(timeout=2)
-            if worker.is_alive():
-                worker.kill()
-        # let the pool's manager thread see its workers gone and close its wake-up pipe before
-        # exit: Python 3.11's exit hook writes to that pipe unlocked, and a close racing it
-        # prints a traceback after the one error line
-        if manager is not None:
-            manager.join(timeout=10)
-        raise
-    executor.shutdown(wait=True)
-
-
-def _leave_interrupts_to_parent() -> None:
-    """Workers ignore Ctrl-C (the terminal sends it to the whole group); the parent stops them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -9,9 +9,9 @@ import pytest
 import moeplace
 from conftest import run
 from moeplace.calibrate.split import split_by_label
+from moeplace.cluster import layer_executor
 from moeplace.demo import demo_trace_path
 from moeplace.errors import MoeplaceError
-from moeplace.planner.plan import layer_executor
 from moeplace.planner.replan import replan
 from moeplace.planner.solvers.caps import device_loads, load_caps
 from moeplace.planner.solvers.refine import MoveBudget
