@@ -363,9 +363,7 @@ class BenchResult:
 def model_time(cost: StepCost, shape: ModelShape, profile: Profile) -> StepTime:
     """``step_time`` on ``profile`` without any per-layer latency of its own (the bench adds the
     measured one itself, so that it is counted once whatever the profile carries)."""
-    if hasattr(profile, "layer_overhead_us"):
-        profile = dataclasses.replace(profile, layer_overhead_us=0.0)
-    return step_time(cost, shape, profile, KERNEL)
+    return step_time(cost, shape, dataclasses.replace(profile, layer_overhead_us=0.0), KERNEL)
 
 
 def quantize(x):

@@ -150,16 +150,11 @@ def write_profile(profile: HardwareProfile, path: Path) -> None:
 
 def measured_setting(path: Path) -> dict:
     """The ``measured`` block of a profile YAML (``{}`` for a profile not written by
-    ``moeplace profile``) with its ``layer_overhead_us`` (0 when absent)."""
+    ``moeplace profile``); the profile's own figures are ``load_profile``'s."""
     doc = yaml.safe_load(read_text(path))
     if not isinstance(doc, dict):
         raise file_error(path, "not a profile: a YAML mapping is expected")
-    measured = doc.get("measured") if isinstance(doc.get("measured"), dict) else {}
-    try:
-        overhead = float(doc.get("layer_overhead_us", 0.0))
-    except (TypeError, ValueError):
-        raise file_error(path, "layer_overhead_us must be a number of microseconds") from None
-    return measured | {"layer_overhead_us": overhead}
+    return doc["measured"] if isinstance(doc.get("measured"), dict) else {}
 
 
 def timer(device) -> Callable[[], float]:

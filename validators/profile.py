@@ -34,7 +34,7 @@ import yaml
 from moeplace.calibrate.model_config import moe_layout, read_config
 from moeplace.calibrate.safe_io import read_text
 from moeplace.errors import MoeplaceError, file_error
-from moeplace.validators.step import StepCost
+from moeplace.validators.step import KERNELS, StepCost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +71,7 @@ class Profile:
         if not (math.isfinite(self.layer_overhead_us) and self.layer_overhead_us >= 0):
             raise MoeplaceError(f"profile {self.name}: layer_overhead_us must be finite and at least 0")
         for table in (self.nvlink, self.rdma):
-            if not {"rank", "node", "expert"} <= set(table):
+            if not set(KERNELS) <= set(table):
                 raise MoeplaceError(
                     f"profile {self.name}: nvlink and rdma need the kernels rank, node and expert"
                 )

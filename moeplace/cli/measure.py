@@ -380,7 +380,7 @@ def bench(
             workload=workload,
             shape=BenchShape(hidden=h, intermediate=i, weight_bytes=weight_bytes),
             profile=hardware,
-            layer_overhead=setting_measured["layer_overhead_us"] * 1e-6,
+            layer_overhead=hardware.layer_overhead_us * 1e-6,
             repeats=repeats,
             layers=n_layers,
             dtype=ranks.dtype,
