@@ -77,18 +77,7 @@ def plan(
     layers = [stats.layer(i) for i in range(stats.num_layers)]
     if not spec.balances_workloads:  # the others fit the pooled load alone
         layers = [dataclasses.replace(x, workload_share=None, workload_weight=None) for x in layers]
-    if executor is None:
-        solutions = []
-        for layer in layers:
-            solutions.append(solve_layer(solver, layer, topology, options))
-            if on_layer is not None:
-                on_layer()
-    else:
-        futures = [executor.submit(solve_layer, solver, layer, topology, options) for layer in layers]
-        for _ in as_completed(futures):
-            if on_layer is not None:
-                on_layer()
-        solutions = [future.result() for future in futures]
+    solutions = solve_layers(solver, layers, topology, options, on_layer, executor)
     return Placement(
         model=stats.meta.model,
         num_experts=stats.meta.num_experts,
@@ -98,21 +87,7 @@ def plan(
         num_nodes=topology.num_nodes,
         redundant_slots=topology.redundant_slots,
         solver=solver,
-        options={
-            "load_tolerance": options.load_tolerance,
-            "load_resamples": int(stats.load_resamples.shape[1]),
-            **({"load_resamples_by": stats.resample_by} if stats.resample_by != "documents" else {}),
-            "seed": options.seed,
-            "time_limit": options.time_limit,
-            "search_steps": options.search_steps,
-            "refine": options.refine,
-            **({"node_cost": options.node_cost} if topology.num_nodes > 1 else {}),
-            **(
-                {"routing_groups": options.routing_groups, "group_mode": options.group_mode}
-                if grouped
-                else {}
-            ),
-        },
+        options=recorded_options(stats, topology, options, grouped),
         calibration=calibration
         | ({"set_sample_rate": stats.set_sample_rate} if stats.set_sample_rate < 1 else {}),
         layers=tuple(
@@ -126,6 +101,46 @@ def plan(
             for i, (layer_id, solution) in enumerate(zip(stats.meta.layer_ids, solutions, strict=True))
         ),
     )
+
+
+def solve_layers(
+    solver: str,
+    layers: list[LayerStats],
+    topology: Topology,
+    options: SolverOptions,
+    on_layer: Callable[[], None] | None,
+    executor: Executor | None,
+) -> list[Solution]:
+    """``solve_layer`` on every layer, in this process or on ``executor``, in layer order;
+    ``on_layer()`` as each finishes."""
+    if executor is None:
+        solutions = []
+        for layer in layers:
+            solutions.append(solve_layer(solver, layer, topology, options))
+            if on_layer is not None:
+                on_layer()
+        return solutions
+    futures = [executor.submit(solve_layer, solver, layer, topology, options) for layer in layers]
+    for _ in as_completed(futures):
+        if on_layer is not None:
+            on_layer()
+    return [future.result() for future in futures]
+
+
+def recorded_options(stats: Statistics, topology: Topology, options: SolverOptions, grouped: bool) -> dict:
+    """What the placement file records of how it was planned: the options, the load resamples
+    the cap held on, and the node cost and group mode where they applied."""
+    return {
+        "load_tolerance": options.load_tolerance,
+        "load_resamples": int(stats.load_resamples.shape[1]),
+        **({"load_resamples_by": stats.resample_by} if stats.resample_by != "documents" else {}),
+        "seed": options.seed,
+        "time_limit": options.time_limit,
+        "search_steps": options.search_steps,
+        "refine": options.refine,
+        **({"node_cost": options.node_cost} if topology.num_nodes > 1 else {}),
+        **({"routing_groups": options.routing_groups, "group_mode": options.group_mode} if grouped else {}),
+    }
 
 
 def balance_floors(stats: Statistics, topology: Topology) -> np.ndarray:

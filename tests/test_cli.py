@@ -302,7 +302,7 @@ def test_messages_print_brackets_verbatim(tmp_path):
 
 @pytest.mark.slow
 def test_progress_in_a_log_says_something_at_least_every_interval(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys.modules["moeplace.cli.app"], "LOG_EVERY", 0.01)
+    monkeypatch.setattr(sys.modules["moeplace.cli.progress"], "LOG_EVERY", 0.01)
     result = run(
         "plan", TRACE, "--devices", 4, "--solver", "greedy", "--out", tmp_path / "p.yaml", "--jobs", 1
     )

@@ -22,20 +22,11 @@ from moeplace.calibrate.stats_io import (
 )
 from moeplace.calibrate.trace import MAX_EXPERTS, MAX_LAYERS, Trace
 from moeplace.calibrate.trace_io import trace_writer
-from moeplace.cli.app import (
-    ResampleByOpt,
-    ResamplesOpt,
-    ResampleUnit,
-    SeedOpt,
-    SetTokensOpt,
-    app,
-    choices,
-    named,
-    out,
-    parse_ints,
-    progress_bar,
-    user_errors,
-)
+from moeplace.cli.app import user_errors
+from moeplace.cli.console import named, out
+from moeplace.cli.options import ResampleByOpt, ResamplesOpt, ResampleUnit, SeedOpt, SetTokensOpt, choices
+from moeplace.cli.parsing import parse_ints
+from moeplace.cli.progress import progress_bar
 from moeplace.cluster import cluster_executor
 from moeplace.errors import MoeplaceError
 
@@ -48,7 +39,6 @@ ImportFormat = choices("ImportFormat", IMPORTERS)
 Dtype = choices("Dtype", DTYPE_NAMES)
 
 
-@app.command()
 @user_errors
 def calibrate(
     model: Annotated[str, typer.Argument(help="Hugging Face model id or a local folder (save_pretrained).")],
@@ -103,7 +93,6 @@ def calibrate(
     )
 
 
-@app.command("import")
 @user_errors
 def import_(
     fmt: Annotated[ImportFormat, typer.Argument(metavar="FORMAT", help="What recorded the sources.")],
@@ -239,7 +228,6 @@ def _parse_iterations(text: str) -> tuple[int, int]:
     return int(start), int(stop)  # the importer refuses A >= B
 
 
-@app.command()
 @user_errors
 def merge(
     inputs: Annotated[list[Path], typer.Argument(help="Traces and/or statistics files of one model.")],

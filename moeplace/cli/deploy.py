@@ -9,7 +9,9 @@ import typer
 
 from moeplace.atomic import check_distinct
 from moeplace.calibrate.trace import MAX_LAYERS
-from moeplace.cli.app import app, choices, named, out, user_errors
+from moeplace.cli.app import user_errors
+from moeplace.cli.console import named, out
+from moeplace.cli.options import choices
 from moeplace.deploy.engines import FORMATS, export, launch_flags
 from moeplace.deploy.permute import permute_checkpoint, read_permutation
 from moeplace.errors import MoeplaceError
@@ -20,7 +22,6 @@ PlacementArg = Annotated[Path, typer.Argument(help="Placement YAML from `moeplac
 ExportFormat = choices("ExportFormat", FORMATS)
 
 
-@app.command("export")
 @user_errors
 def export_command(
     placement_file: PlacementArg,
@@ -61,7 +62,6 @@ def export_command(
         out.print(line, highlight=False, soft_wrap=True)
 
 
-@app.command("permute-checkpoint")
 @user_errors
 def permute_checkpoint_command(
     src: Annotated[Path, typer.Argument(help="Hugging Face checkpoint directory (safetensors).")],

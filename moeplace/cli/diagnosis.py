@@ -9,23 +9,15 @@ import typer
 
 from moeplace.atomic import check_distinct, check_output_dir, output_dir
 from moeplace.calibrate.trace_io import load_trace
-from moeplace.cli.app import (
-    JsonOpt,
-    SeedOpt,
-    TraceArg,
-    app,
-    named,
-    out,
-    parse_ints,
-    print_json,
-    progress_bar,
-    user_errors,
-)
+from moeplace.cli.app import user_errors
+from moeplace.cli.console import named, out, print_json
+from moeplace.cli.options import JsonOpt, SeedOpt, TraceArg
+from moeplace.cli.parsing import parse_ints
+from moeplace.cli.progress import progress_bar
 from moeplace.validators.locality.diagnose import Settings, diagnose
 from moeplace.validators.locality.report import REPORT_FILES, write_report
 
 
-@app.command("diagnose")
 @user_errors
 def diagnose_command(
     trace: TraceArg,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.text import Text
 
@@ -13,7 +14,9 @@ from moeplace.calibrate.split import split_by_label
 from moeplace.calibrate.stats import DEFAULT_RESAMPLES, Statistics
 from moeplace.calibrate.stats_io import load_trace_or_statistics, source_load
 from moeplace.calibrate.trace_io import load_trace
-from moeplace.cli.app import (
+from moeplace.cli.app import user_errors
+from moeplace.cli.console import err, named, out, print_json, tagged
+from moeplace.cli.options import (
     CORES,
     LOAD_RATIO_UNIT,
     AllowModelMismatchOpt,
@@ -45,26 +48,16 @@ from moeplace.cli.app import (
     TokensPerRankOpt,
     ToleranceOpt,
     TraceArg,
-    app,
     bounded,
-    check_order,
-    err,
-    named,
-    out,
-    parse_ints,
-    parse_solvers,
-    parse_tolerances,
-    print_json,
-    progress_bar,
     step_setting,
-    tagged,
-    user_errors,
 )
+from moeplace.cli.parsing import check_order, parse_ints, parse_solvers, parse_tolerances
 from moeplace.cli.planning import split_trace
+from moeplace.cli.progress import progress_bar
 from moeplace.cli.reports import print_balance, print_layers, print_steps, print_summary, print_warnings
 from moeplace.cluster import executor_for
 from moeplace.errors import MoeplaceError
-from moeplace.planner.placement import load_placement
+from moeplace.planner.placement import Placement, load_placement
 from moeplace.planner.solvers import BASELINE, DEFAULT_SOLVERS, SOLVERS, SolverOptions
 from moeplace.planner.solvers.base import DEFAULT_LOAD_TOLERANCE
 from moeplace.validators.balance import BalanceValidation, validate_balance
@@ -74,7 +67,6 @@ from moeplace.validators.report import check_compatible, compare_steps, gate_fai
 from moeplace.validators.report import validate as validate_placement
 
 
-@app.command()
 @user_errors
 def validate(
     placement_file: Annotated[Path, typer.Argument(help="Placement YAML from `moeplace plan`.")],
@@ -153,63 +145,35 @@ def validate(
             check_compatible(placement, fit_source.meta)
         baseline_load = source_load(fit_source)
     held = load_trace_or_statistics(holdout)
+    allowed = {"allow_overlap": allow_overlap, "allow_model_mismatch": allow_model_mismatch}
     if isinstance(held, Statistics):
-        if not held.load_only:
-            raise MoeplaceError(f"{holdout}: statistics of a trace; give the held-out trace itself")
         unused = {"--label": label, "--min-reduction": min_reduction, "--step": step}
-        named_options = [name for name, value in unused.items() if value is not None]
-        if named_options:
-            raise MoeplaceError(
-                f"{holdout} holds expert load only: {', '.join(named_options)} needs a per-token trace"
-            )
-        with named(holdout):
-            balance = validate_balance(
-                placement,
-                held,
-                baseline_load,
-                allow_overlap=allow_overlap,
-                allow_model_mismatch=allow_model_mismatch,
-            )
-        print_warnings(balance.evidence)
-        _report_balance(balance, as_json, max_load_ratio)
+        validate_load_records(
+            placement, held, holdout, baseline_load, unused, allowed, max_load_ratio, as_json
+        )
         return
     if label is not None:
         with named(holdout):
             held = split_by_label(held, label, keep_all=True)[1]
     with named(holdout):
-        validation = validate_placement(
-            placement,
-            held,
-            baseline_load,
-            allow_overlap=allow_overlap,
-            allow_model_mismatch=allow_model_mismatch,
-        )
+        validation = validate_placement(placement, held, baseline_load, **allowed)
     print_warnings(validation.evidence)
     summary = validation.summary()
     failures = gate_failures(validation, max_load_ratio, min_reduction)
     steps, note = None, ""
     if step is not None:
         setting = step_setting(
-            step,
-            tokens_per_rank,
-            requests_per_rank,
-            kernel,
-            profile,
-            overlap,
-            hidden,
-            intermediate,
-            held.meta,
-            model_config,
-        )
+            held.meta, step, tokens_per_rank, requests_per_rank, kernel, profile, overlap,
+            hidden, intermediate, model_config,
+        )  # fmt: skip
         with named(holdout):
             steps = compare_steps(validation, setting)
         summary = summary | {"step": steps.summary()}
         failure = steps.verdict(min_speedup)
         failures += [failure] if failure else []
-        limit = step_gate_minimum(min_speedup)
         note = (
             f"estimated step {steps.speedup_vs_best:+.1%} vs {steps.best_balancer}, the better balancer; "
-            f"minimum {limit:+.1%}"
+            f"minimum {step_gate_minimum(min_speedup):+.1%}"
         )
 
     def tables() -> None:
@@ -219,6 +183,31 @@ def validate(
             print_steps(steps)
 
     conclude(summary, validation.layers(), failures, as_json, tables, note)
+
+
+def validate_load_records(
+    placement: Placement,
+    held: Statistics,
+    holdout: Path,
+    baseline_load: np.ndarray | None,
+    unused: dict[str, object],
+    allowed: dict[str, bool],
+    max_load_ratio: float | None,
+    as_json: bool,
+) -> None:
+    """``validate`` on load records: balance only, per workload, beside EPLB; refusing the
+    options in ``unused`` (flag: value) that need a per-token trace."""
+    if not held.load_only:
+        raise MoeplaceError(f"{holdout}: statistics of a trace; give the held-out trace itself")
+    named_options = [name for name, value in unused.items() if value is not None]
+    if named_options:
+        raise MoeplaceError(
+            f"{holdout} holds expert load only: {', '.join(named_options)} needs a per-token trace"
+        )
+    with named(holdout):
+        balance = validate_balance(placement, held, baseline_load, **allowed)
+    print_warnings(balance.evidence)
+    _report_balance(balance, as_json, max_load_ratio)
 
 
 def conclude(
@@ -251,7 +240,6 @@ def _report_balance(balance: BalanceValidation, as_json: bool, max_load_ratio: f
     conclude(summary, balance.layers(), failures, as_json, lambda: print_balance(summary))
 
 
-@app.command()
 @user_errors
 def compare(
     trace: TraceArg,
@@ -320,22 +308,10 @@ def compare(
     data = load_trace(trace)
     with named(trace):
         fit, held = split_trace(data, holdout_share, holdout_label, seed)
-    steps = (
-        None
-        if step is None
-        else step_setting(
-            step,
-            tokens_per_rank,
-            requests_per_rank,
-            kernel,
-            profile,
-            overlap,
-            hidden,
-            intermediate,
-            fit.meta,
-            model_config,
-        )
-    )
+    steps = step_setting(
+        fit.meta, step, tokens_per_rank, requests_per_rank, kernel, profile, overlap,
+        hidden, intermediate, model_config,
+    )  # fmt: skip
     options = SolverOptions(
         seed=seed, time_limit=time_limit, search_steps=search_steps, refine=refine, node_cost=node_cost
     )
@@ -383,7 +359,6 @@ def compare(
 DEMO_TIME_LIMIT, DEMO_SEARCH_STEPS = 0.5, 200  # the demo's search budgets: a minute on 2 cores
 
 
-@app.command()
 @user_errors
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the demo's outputs.")] = Path(

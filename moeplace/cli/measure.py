@@ -19,7 +19,9 @@ import typer
 
 from moeplace.calibrate.stats import DEFAULT_RESAMPLES
 from moeplace.calibrate.trace_io import load_trace
-from moeplace.cli.app import (
+from moeplace.cli.app import user_errors
+from moeplace.cli.console import err, named, out, print_json, tagged
+from moeplace.cli.options import (
     HoldoutShareOpt,
     JsonOpt,
     Phase,
@@ -29,16 +31,9 @@ from moeplace.cli.app import (
     SolverName,
     ToleranceOpt,
     TraceArg,
-    app,
-    err,
-    named,
-    out,
-    print_json,
-    progress_bar,
-    tagged,
-    user_errors,
 )
 from moeplace.cli.planning import split_trace
+from moeplace.cli.progress import progress_bar
 from moeplace.errors import MoeplaceError
 from moeplace.planner.solvers import SolverOptions
 from moeplace.planner.solvers.base import DEFAULT_LOAD_TOLERANCE
@@ -162,7 +157,6 @@ def _tokens_up_to(most: int) -> tuple[int, ...]:
     return (*values, most)
 
 
-@app.command()
 @user_errors
 def profile(
     out_file: Annotated[
@@ -251,7 +245,6 @@ def profile(
         out.print(f"written: {out_file} ({time.perf_counter() - start:.1f} s)")
 
 
-@app.command()
 @user_errors
 def bench(
     trace: TraceArg,

@@ -14,24 +14,15 @@ from moeplace.atomic import check_unique
 from moeplace.calibrate.stats import Statistics
 from moeplace.calibrate.stats_io import load_trace_or_statistics, source_load
 from moeplace.calibrate.trace import Trace
-from moeplace.cli.app import (
-    LOAD_RATIO_UNIT,
-    JsonOpt,
-    app,
-    bounded,
-    check_order,
-    named,
-    out,
-    print_json,
-    printable,
-    user_errors,
-)
+from moeplace.cli.app import user_errors
+from moeplace.cli.console import named, out, print_json, printable
+from moeplace.cli.options import LOAD_RATIO_UNIT, JsonOpt, bounded
+from moeplace.cli.parsing import check_order
 from moeplace.planner.placement import load_placement
 from moeplace.validators.monitor import Watch, watch
 from moeplace.validators.report import check_compatible
 
 
-@app.command()
 @user_errors
 def monitor(
     placement_file: Annotated[Path, typer.Argument(help="The placement YAML being served.")],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +23,9 @@ from moeplace.calibrate.stats import (
 from moeplace.calibrate.stats_io import as_statistics, load_trace_or_statistics, source_load
 from moeplace.calibrate.trace import Trace
 from moeplace.calibrate.trace_io import load_trace, save_trace
-from moeplace.cli.app import (
+from moeplace.cli.app import user_errors
+from moeplace.cli.console import err, named, out, print_json, printable, tagged
+from moeplace.cli.options import (
     CORES,
     AllowModelMismatchOpt,
     AllowOverlapOpt,
@@ -59,19 +62,11 @@ from moeplace.cli.app import (
     TimeLimitOpt,
     TokensPerRankOpt,
     TraceArg,
-    app,
-    err,
-    named,
-    out,
-    parse_tolerance,
-    print_json,
-    printable,
-    progress_bar,
     step_setting,
-    tagged,
-    user_errors,
     with_groups,
 )
+from moeplace.cli.parsing import parse_tolerance
+from moeplace.cli.progress import progress_bar
 from moeplace.cli.reports import print_balance, print_steps, print_summary, print_warnings
 from moeplace.cluster import executor_for
 from moeplace.errors import MoeplaceError
@@ -130,7 +125,6 @@ def split_trace(data: Trace, share: float, labels: str | None, seed: int) -> tup
     return split_by_label(data, labels) if labels else split_documents(data, share, seed)
 
 
-@app.command()
 @user_errors
 def split(
     trace: TraceArg,
@@ -155,7 +149,6 @@ def split(
     out.print(f"held-out: {held.num_documents} documents, {held.num_tokens} tokens -> {holdout_out}")
 
 
-@app.command()
 @user_errors
 def stats(trace: StatsInputArg, as_json: JsonOpt = False):
     """Describe a trace or statistics file: size, model, and each MoE layer's expert-load skew."""
@@ -203,7 +196,6 @@ def stats(trace: StatsInputArg, as_json: JsonOpt = False):
     out.print(table)
 
 
-@app.command()
 @user_errors
 def plan(
     trace: StatsInputArg,
@@ -305,62 +297,25 @@ def plan(
     than the better load balancer's by more than --min-speedup allows; 2 bad input (nothing
     written), a --holdout holding calibration documents or of another model included.
     """
-    step_failure = None
     if (from_placement is None) != (max_moves is None):
         raise MoeplaceError("--from and --max-moves go together: the placement served and the moves allowed")
     current = load_placement(from_placement) if from_placement is not None else None
     if current is not None:
-        if step_search_swaps or redundant_slots:
-            raise MoeplaceError(
-                "--from re-plans by moves alone, on the placement's slots: drop --step-search and "
-                "--redundant-slots"
-            )
-        if devices not in (None, current.num_devices) or nodes not in (1, current.num_nodes):
-            raise MoeplaceError(
-                f"--from: the placement has {current.num_devices} devices in {current.num_nodes} nodes"
-            )
-        devices, nodes, redundant_slots = current.num_devices, current.num_nodes, current.redundant_slots
-        group_mode = GroupMode(current.options.get("group_mode", "free"))  # from scratch: the same mode
+        devices, nodes, redundant_slots, group_mode = served_layout(
+            current, devices, nodes, redundant_slots, step_search_swaps
+        )
     if devices is None:
         raise MoeplaceError("--devices is required (or --from a placement)")
     auto = load_tolerance == "auto"
     tolerance = 0.0 if auto else parse_tolerance(load_tolerance)
-    if min_speedup is not None and (step is None or holdout is None):
-        raise MoeplaceError("--min-speedup gates the step on --holdout: it needs --holdout and --step")
-    if auto and step is None:
-        raise MoeplaceError("--load-tolerance auto needs --step prefill or decode: the step it minimizes")
-    if step_search_swaps and step is None:
-        raise MoeplaceError("--step-search needs --step prefill or decode: the step it shortens")
-    if step_search_swaps and redundant_slots:
-        raise MoeplaceError("--step-search places one copy of each expert: drop --redundant-slots")
-    auto_groups = group_mode == GroupMode.auto
-    if auto_groups and (step is None or auto or current is not None):
-        raise MoeplaceError(
-            "--group-mode auto needs --step prefill or decode (the step it prices), and plans from scratch "
-            "at one load tolerance: drop --from and --load-tolerance auto"
-        )
+    check_plan_flags(
+        auto, group_mode, current, step, holdout, min_speedup, step_search_swaps, redundant_slots
+    )
     check_distinct([trace, holdout], [out_path])
     check_output_file(out_path)
-    with named(trace):
-        source = with_groups(load_trace_or_statistics(trace), groups, groups_per_token)
-    if (auto or step_search_swaps) and isinstance(source, Statistics):
-        option = "--load-tolerance auto" if auto else "--step-search"
-        raise MoeplaceError(f"{trace}: {option} replays the calibration trace; give the trace")
-    held = (
-        with_groups(load_trace_or_statistics(holdout), groups, groups_per_token)
-        if holdout is not None
-        else None
-    )
-    if auto_groups and (source.meta.group_limit is None or nodes < 2):
-        raise MoeplaceError(
-            f"{trace}: --group-mode auto weighs keeping routing groups on nodes: it needs routing groups "
-            "(the input's, or --groups and --groups-per-token) and --nodes 2 or more"
-        )
-    if auto_groups and isinstance(source, Statistics) and not source.load_only:
-        raise MoeplaceError(f"{trace}: --group-mode auto replays the calibration trace; give the trace")
-    if isinstance(held, Statistics) and (not held.load_only or step):
-        raise MoeplaceError(f"{holdout}: --holdout takes a trace, or load records without --step")
-    topology = Topology(source.meta.num_experts, devices, nodes, redundant_slots)
+    auto_groups = group_mode == GroupMode.auto
+    source, held = read_plan_inputs(trace, holdout, groups, groups_per_token, auto, step_search_swaps)
+    check_plan_inputs(trace, holdout, source, held, auto_groups, nodes, step)
     options = SolverOptions(
         load_tolerance=tolerance,
         seed=seed,
@@ -375,90 +330,266 @@ def plan(
     )
     if held is not None:  # before planning: refused evidence should not cost a plan first
         with named(holdout):
-            calibration = [statistics.evidence()]
-            check_held_out(calibration, source.meta.model, held, allow_overlap, allow_model_mismatch)
-    solver = solver.value if solver is not None else "robust" if statistics.load_only else "greedy-capped"
+            check_held_out(
+                [statistics.evidence()], source.meta.model, held, allow_overlap, allow_model_mismatch
+            )
     if workload_weights is not None:
         weights = parse_weights(workload_weights)  # a bad flag value is the flag's, not the file's
         with named(trace):
             statistics = statistics.with_weights(weights)
-    setting = (
-        None
-        if step is None
-        else step_setting(
-            step,
-            tokens_per_rank,
-            requests_per_rank,
-            kernel,
-            profile,
-            overlap,
-            hidden,
-            intermediate,
-            source.meta,
-            model_config,
-        )
+    setting = step_setting(
+        source.meta, step, tokens_per_rank, requests_per_rank, kernel, profile, overlap,
+        hidden, intermediate, model_config,
+    )  # fmt: skip
+    job = PlanJob(
+        trace,
+        source,
+        statistics,
+        Topology(source.meta.num_experts, devices, nodes, redundant_slots),
+        solver.value if solver is not None else "robust" if statistics.load_only else "greedy-capped",
+        options,
+        setting,
+        seed,
+        jobs,
+        cluster,
     )
     if current is not None:
-        with named(trace):
-            check_compatible(current, statistics.meta)
-        runs = len(BALANCERS) + len(AUTO_TOLERANCES) if auto else 1
-        label = f"{solver} from scratch, D={devices}"
-        with planning(trace, label, runs * statistics.num_layers, jobs, cluster) as (plan_one, pool):
-
-            def replan_one(stats, topology, solver, options, provenance):
-                if slot_moves:  # replicas, groups on nodes or load records: moves of slots, for balance
-                    return replan_slots(stats, current, max_moves, provenance, pool)
-                return replan(stats, current, max_moves, options, provenance, pool)
-
-            slot_moves = statistics.load_only or current.redundant_slots > 0 or current.groups_on_nodes > 1
-
-            if auto:
-                full_choice = choose_tolerance(
-                    source, statistics, topology, solver, options, setting, source.provenance(), plan_one
-                )
-                choice = choose_tolerance(
-                    source, statistics, topology, solver, options, setting, source.provenance(), replan_one,
-                    fixed={SERVED: current},
-                )  # fmt: skip
-                full, placement = full_choice.placement, with_choice(choice, solver, setting)
-            else:
-                full = plan_one(statistics, topology, solver, options, source.provenance())
-                placement = replan_one(statistics, topology, solver, options, source.provenance())
-        if auto:
-            print_choice(choice, setting, "re-plan")
-        print_replan(current, placement, full, source if isinstance(source, Trace) else statistics, setting)
-        solver = placement.solver
+        placement = replan_served(job, current, max_moves, auto)
     elif auto:
-        runs = len(BALANCERS) + len(AUTO_TOLERANCES)
-        label = f"{solver}, D={devices}, eps auto"
-        with planning(trace, label, runs * statistics.num_layers, jobs, cluster) as (plan_one, _):
-            choice = choose_tolerance(
-                source, statistics, topology, solver, options, setting, source.provenance(), plan_one
-            )
-        placement = with_choice(choice, solver, setting)
-        print_choice(choice, setting, "load tolerance auto")
-        solver = placement.solver
+        placement = plan_auto_tolerance(job)
     elif auto_groups:
-        replayed, routing = steps_to_replay(source, setting, topology, seed)
-        label, runs = f"{solver}, D={devices}, group mode auto", len(AUTO_GROUP_MODES)
-        with planning(trace, label, runs * statistics.num_layers, jobs, cluster) as (plan_one, _):
-            choice = choose_group_mode(
-                replayed, statistics, topology, solver, options, setting, source.provenance(), plan_one
-            )
-        placement = with_group_choice(choice, setting, routing)
-        out.print(
-            f"group mode auto: estimated {'whole ' if setting.shape.whole else ''}step on {routing} (ms, a "
-            "model): "
-            + ", ".join(
-                f"{mode} {time.total(overlap) * 1e3:.3f} (communication {time.communication * 1e3:.3f}, "
-                f"compute {time.compute * 1e3:.3f}, the rest {time.rest * 1e3:.3f})"
-                for mode, time in choice.times.items()
-            )
-        )
-        out.print(f"chose {group_mode_verdict(choice)}")
+        placement = plan_auto_groups(job)
     else:
-        with planning(trace, f"{solver}, D={devices}", statistics.num_layers, jobs, cluster) as (plan_one, _):
-            placement = plan_one(statistics, topology, solver, options, source.provenance())
+        placement = plan_fixed(job)
+    note_relaxed_caps(placement)
+    fit = print_fit(placement, statistics)
+    if step_search_swaps:
+        placement = search_steps_of(job, placement, step_search_swaps)
+    placement, step_failure = score_on_holdout(
+        placement, held, holdout, setting, min_speedup, allow_overlap, allow_model_mismatch
+    )
+    write_plan(placement, out_path, fit, step_failure, as_json)
+
+
+def write_plan(
+    placement: Placement, out_path: Path, fit: dict, step_failure: str | None, as_json: bool
+) -> None:
+    """Write ``placement``, say where (or print the JSON object), and exit 1 if the step gate
+    failed: the file is written, recording the figures, but the step is slower."""
+    save_placement(placement, out_path)
+    layers = len(placement.layers)
+    out.print(f"placement ({placement.solver}, D={placement.num_devices}, {layers} layers) -> {out_path}")
+    if as_json:
+        print_json(
+            {
+                "placement": str(out_path),
+                "solver": placement.solver,
+                "devices": placement.num_devices,
+                "layers": layers,
+                "options": placement.options,
+                "fit": fit,
+                "validation": placement.validation,
+                "passed": step_failure is None,
+                "failures": [step_failure] if step_failure else [],
+            }
+        )
+    if step_failure:  # written (the file records the figures) but gated: the step is slower
+        err.print(tagged("gate failed:", "red", step_failure))
+        raise typer.Exit(1)
+
+
+def served_layout(
+    current: Placement, devices: int | None, nodes: int, redundant_slots: int, step_search_swaps: int
+) -> tuple[int, int, int, GroupMode]:
+    """``--from``: the devices, nodes, redundant slots and group mode of the served placement,
+    refusing options that contradict them."""
+    if step_search_swaps or redundant_slots:
+        raise MoeplaceError(
+            "--from re-plans by moves alone, on the placement's slots: drop --step-search and "
+            "--redundant-slots"
+        )
+    if devices not in (None, current.num_devices) or nodes not in (1, current.num_nodes):
+        raise MoeplaceError(
+            f"--from: the placement has {current.num_devices} devices in {current.num_nodes} nodes"
+        )
+    group_mode = GroupMode(current.options.get("group_mode", "free"))  # from scratch: the same mode
+    return current.num_devices, current.num_nodes, current.redundant_slots, group_mode
+
+
+def check_plan_flags(
+    auto: bool,
+    group_mode: GroupMode,
+    current: Placement | None,
+    step,
+    holdout: Path | None,
+    min_speedup: float | None,
+    step_search_swaps: int,
+    redundant_slots: int,
+) -> None:
+    """Refuse ``plan`` options that do not go together, before any input is read."""
+    if min_speedup is not None and (step is None or holdout is None):
+        raise MoeplaceError("--min-speedup gates the step on --holdout: it needs --holdout and --step")
+    if auto and step is None:
+        raise MoeplaceError("--load-tolerance auto needs --step prefill or decode: the step it minimizes")
+    if step_search_swaps and step is None:
+        raise MoeplaceError("--step-search needs --step prefill or decode: the step it shortens")
+    if step_search_swaps and redundant_slots:
+        raise MoeplaceError("--step-search places one copy of each expert: drop --redundant-slots")
+    if group_mode == GroupMode.auto and (step is None or auto or current is not None):
+        raise MoeplaceError(
+            "--group-mode auto needs --step prefill or decode (the step it prices), and plans from scratch "
+            "at one load tolerance: drop --from and --load-tolerance auto"
+        )
+
+
+def read_plan_inputs(
+    trace: Path,
+    holdout: Path | None,
+    groups: int | None,
+    groups_per_token: int | None,
+    auto: bool,
+    step_search_swaps: int,
+) -> tuple[Trace | Statistics, Trace | Statistics | None]:
+    """The calibration input and the held-out one (None without ``--holdout``), routing groups set."""
+    with named(trace):
+        source = with_groups(load_trace_or_statistics(trace), groups, groups_per_token)
+    if (auto or step_search_swaps) and isinstance(source, Statistics):
+        option = "--load-tolerance auto" if auto else "--step-search"
+        raise MoeplaceError(f"{trace}: {option} replays the calibration trace; give the trace")
+    if holdout is None:
+        return source, None
+    return source, with_groups(load_trace_or_statistics(holdout), groups, groups_per_token)
+
+
+def check_plan_inputs(
+    trace: Path,
+    holdout: Path | None,
+    source: Trace | Statistics,
+    held: Trace | Statistics | None,
+    auto_groups: bool,
+    nodes: int,
+    step,
+) -> None:
+    """Refuse inputs the options cannot use: auto group mode without groups, nodes or a trace;
+    held-out statistics of a trace, or load records with ``--step``."""
+    if auto_groups and (source.meta.group_limit is None or nodes < 2):
+        raise MoeplaceError(
+            f"{trace}: --group-mode auto weighs keeping routing groups on nodes: it needs routing groups "
+            "(the input's, or --groups and --groups-per-token) and --nodes 2 or more"
+        )
+    if auto_groups and isinstance(source, Statistics) and not source.load_only:
+        raise MoeplaceError(f"{trace}: --group-mode auto replays the calibration trace; give the trace")
+    if isinstance(held, Statistics) and (not held.load_only or step):
+        raise MoeplaceError(f"{holdout}: --holdout takes a trace, or load records without --step")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanJob:
+    """What every mode of ``plan`` works from: the calibration input (``source``) and its
+    statistics, the topology, solver, options and step setting (None without ``--step``), and
+    where layers run (``--jobs``, ``--cluster``)."""
+
+    trace: Path
+    source: Trace | Statistics
+    statistics: Statistics
+    topology: Topology
+    solver: str
+    options: SolverOptions
+    setting: StepSetting | None
+    seed: int
+    jobs: int
+    cluster: str | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.solver}, D={self.topology.num_devices}"
+
+    def planning(self, label: str, runs: int = 1):
+        """``planning`` with ``runs`` whole-model plans of progress."""
+        layers = runs * self.statistics.num_layers
+        return planning(self.trace, label, layers, self.jobs, self.cluster)
+
+
+def plan_fixed(job: PlanJob) -> Placement:
+    """``plan``: the solver at the one load tolerance given."""
+    with job.planning(job.label) as (plan_one, _):
+        return plan_one(job.statistics, job.topology, job.solver, job.options, job.source.provenance())
+
+
+def plan_auto_tolerance(job: PlanJob) -> Placement:
+    """``--load-tolerance auto``: the balancers and the solver over a grid of tolerances; the
+    cheapest step replayed on the calibration trace wins."""
+    runs = len(BALANCERS) + len(AUTO_TOLERANCES)
+    with job.planning(f"{job.label}, eps auto", runs) as (plan_one, _):
+        choice = choose_tolerance(
+            job.source, job.statistics, job.topology, job.solver, job.options, job.setting,
+            job.source.provenance(), plan_one,
+        )  # fmt: skip
+    print_choice(choice, job.setting, "load tolerance auto")
+    return with_choice(choice, job.solver, job.setting)
+
+
+def plan_auto_groups(job: PlanJob) -> Placement:
+    """``--group-mode auto``: the solver with routing groups kept on nodes and free; the cheaper
+    step wins (load records: on routing fitted to their load)."""
+    replayed, routing = steps_to_replay(job.source, job.setting, job.topology, job.seed)
+    with job.planning(f"{job.label}, group mode auto", len(AUTO_GROUP_MODES)) as (plan_one, _):
+        choice = choose_group_mode(
+            replayed, job.statistics, job.topology, job.solver, job.options, job.setting,
+            job.source.provenance(), plan_one,
+        )  # fmt: skip
+    whole = "whole " if job.setting.shape.whole else ""
+    out.print(
+        f"group mode auto: estimated {whole}step on {routing} (ms, a model): "
+        + ", ".join(
+            f"{mode} {time.total(job.setting.overlap) * 1e3:.3f} (communication "
+            f"{time.communication * 1e3:.3f}, compute {time.compute * 1e3:.3f}, "
+            f"the rest {time.rest * 1e3:.3f})"
+            for mode, time in choice.times.items()
+        )
+    )
+    out.print(f"chose {group_mode_verdict(choice)}")
+    return with_group_choice(choice, job.setting, routing)
+
+
+def replan_served(job: PlanJob, current: Placement, max_moves: int, auto: bool) -> Placement:
+    """``--from``: move at most ``max_moves`` experts (or slots) a layer of the served placement
+    for the new traffic; also plan the solver from scratch, to say how much of its gain the moves
+    recover. With ``auto``, both at the tolerance whose step is cheapest (the re-plan against
+    keeping the served placement)."""
+    statistics, setting, provenance = job.statistics, job.setting, job.source.provenance()
+    with named(job.trace):
+        check_compatible(current, statistics.meta)
+    runs = len(BALANCERS) + len(AUTO_TOLERANCES) if auto else 1
+    # replicas, groups on nodes or load records: moves of slots, for balance; else of experts
+    slot_moves = statistics.load_only or current.redundant_slots > 0 or current.groups_on_nodes > 1
+    with job.planning(f"{job.solver} from scratch, D={job.topology.num_devices}", runs) as (plan_one, pool):
+
+        def replan_one(stats, topology, solver, options, provenance):  # the signature plan_one has
+            if slot_moves:
+                return replan_slots(stats, current, max_moves, provenance, pool)
+            return replan(stats, current, max_moves, options, provenance, pool)
+
+        if auto:
+            choose = functools.partial(
+                choose_tolerance, job.source, statistics, job.topology, job.solver, job.options, setting,
+                provenance,
+            )  # fmt: skip
+            full = choose(plan_one).placement
+            choice = choose(replan_one, fixed={SERVED: current})
+            placement = with_choice(choice, job.solver, setting)
+        else:
+            full = plan_one(statistics, job.topology, job.solver, job.options, provenance)
+            placement = replan_one(statistics, job.topology, job.solver, job.options, provenance)
+    if auto:
+        print_choice(choice, setting, "re-plan")
+    traffic = job.source if isinstance(job.source, Trace) else statistics
+    print_replan(current, placement, full, traffic, setting)
+    return placement
+
+
+def note_relaxed_caps(placement: Placement) -> None:
+    """A note on stderr naming the layers whose load cap rose to what frequency packing reaches."""
     relaxed = [layer.layer_id for layer in placement.layers if layer.solver_report.get("cap_relaxed")]
     if relaxed:
         err.print(
@@ -469,6 +600,11 @@ def plan(
                 "what frequency-balanced packing reaches (see solver_report.load_cap)",
             )
         )
+
+
+def print_fit(placement: Placement, statistics: Statistics) -> dict:
+    """Print the calibration fit of ``placement`` (mean over layers) and return it (empty when
+    the statistics have no top-k sets)."""
     fit = fit_figures(placement)
     if fit:
         out.print(
@@ -481,64 +617,62 @@ def plan(
                 else ""
             )
         )
-    if step_search_swaps:
-        with (
-            named(trace),
-            progress_bar(f"step search, {step_search_swaps} swaps a layer", statistics.num_layers) as advance,
-            executor_for(jobs, cluster) as pool,
-        ):
-            placement = step_search(
-                placement, source, setting, step_search_swaps, seed=seed, executor=pool, on_layer=advance
-            )
-        searched = [layer.solver_report["step_search"] for layer in placement.layers]
-        out.print(
-            f"step search on {placement.options['step_search']['steps']} steps sampled from the calibration "
-            f"trace (a model): estimated step {sum(r['seconds_before'] for r in searched) * 1e3:.3f} -> "
-            f"{sum(r['seconds_after'] for r in searched) * 1e3:.3f} ms"
+    return fit
+
+
+def search_steps_of(job: PlanJob, placement: Placement, swaps: int) -> Placement:
+    """``--step-search``: ``placement`` after up to ``swaps`` swaps a layer that shorten the step
+    estimated on steps sampled from the calibration trace."""
+    with (
+        named(job.trace),
+        progress_bar(f"step search, {swaps} swaps a layer", job.statistics.num_layers) as advance,
+        executor_for(job.jobs, job.cluster) as pool,
+    ):
+        placement = step_search(
+            placement, job.source, job.setting, swaps, seed=job.seed, executor=pool, on_layer=advance
         )
+    searched = [layer.solver_report["step_search"] for layer in placement.layers]
+    out.print(
+        f"step search on {placement.options['step_search']['steps']} steps sampled from the calibration "
+        f"trace (a model): estimated step {sum(r['seconds_before'] for r in searched) * 1e3:.3f} -> "
+        f"{sum(r['seconds_after'] for r in searched) * 1e3:.3f} ms"
+    )
+    return placement
+
+
+def score_on_holdout(
+    placement: Placement,
+    held: Trace | Statistics | None,
+    holdout: Path | None,
+    setting: StepSetting | None,
+    min_speedup: float | None,
+    allow_overlap: bool,
+    allow_model_mismatch: bool,
+) -> tuple[Placement, str | None]:
+    """``--holdout``: ``placement`` with its held-out figures recorded (and printed), and the step
+    gate's failure, if any (None: passed, or no step)."""
+    if held is None:
+        return placement, None
+    allowed = {"allow_overlap": allow_overlap, "allow_model_mismatch": allow_model_mismatch}
     if isinstance(held, Statistics):  # load records: balance on each held-out workload
         with named(holdout):
-            balance = validate_balance(
-                placement, held, allow_overlap=allow_overlap, allow_model_mismatch=allow_model_mismatch
-            )
+            balance = validate_balance(placement, held, **allowed)
         print_warnings(balance.evidence)
         summary = balance.summary()
-        placement = dataclasses.replace(placement, validation=summary)
         print_balance(summary)
-    elif held is not None:
-        with named(holdout):
-            validation = validate_placement(
-                placement, held, allow_overlap=allow_overlap, allow_model_mismatch=allow_model_mismatch
-            )
-            summary = validation.summary()
-            steps = None if setting is None else compare_steps(validation, setting)
-        print_warnings(validation.evidence)
-        if steps is not None:
-            summary = summary | {"step": steps.summary()}
-        placement = dataclasses.replace(placement, validation=summary)
-        print_summary(summary)
-        if steps is not None:
-            print_steps(steps)
-            step_failure = steps.verdict(min_speedup)
-    save_placement(placement, out_path)
-    out.print(f"placement ({solver}, D={devices}, {len(placement.layers)} layers) -> {out_path}")
-    if as_json:
-        print_json(
-            {
-                "placement": str(out_path),
-                "solver": placement.solver,
-                "devices": placement.num_devices,
-                "layers": len(placement.layers),
-                "options": placement.options,
-                "fit": fit,
-                "validation": placement.validation,
-                "passed": step_failure is None,
-                "failures": [step_failure] if step_failure else [],
-            }
-        )
-    if step_failure:  # written (the file records the figures) but gated: the step is slower
-        err.print(tagged("gate failed:", "red", step_failure))
-        raise typer.Exit(1)
+        return dataclasses.replace(placement, validation=summary), None
+    with named(holdout):
+        validation = validate_placement(placement, held, **allowed)
+        summary = validation.summary()
+        steps = None if setting is None else compare_steps(validation, setting)
+    print_warnings(validation.evidence)
+    if steps is not None:
+        summary = summary | {"step": steps.summary()}
+    print_summary(summary)
+    if steps is None:
+        return dataclasses.replace(placement, validation=summary), None
+    print_steps(steps)
+    return dataclasses.replace(placement, validation=summary), steps.verdict(min_speedup)
 
 
 def with_choice(choice: Choice, solver: str, setting: StepSetting) -> Placement:

@@ -6,7 +6,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from moeplace.cli.app import err, out, printable, tagged
+from moeplace.cli.console import err, out, printable, tagged
 from moeplace.planner.solvers import BASELINE
 from moeplace.validators.evidence import Evidence
 from moeplace.validators.report import StepComparison
