@@ -25,6 +25,7 @@ says each hour, and how long it takes.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import moeplace
 from moeplace.calibrate.split import split_by_label
 from moeplace.planner.plan import least_tolerance
 from moeplace.planner.replan import replan
-from moeplace.validators.choose import SERVED, choose_tolerance
+from moeplace.validators.choose import SERVED, choose_tolerance, plan_balancers
 from moeplace.validators.monitor import watch
 from moeplace.validators.profile import H800, shape_of
 from moeplace.validators.report import StepSetting
@@ -147,14 +148,16 @@ def replan_steps(args) -> None:
             )
             options = moeplace.SolverOptions(seed=0)
 
-            def replan_layers(stats, topology, solver, options, provenance, served=served, moves=moves):
+            def plan_at(solver, options, stats=recent_stats, topology=topology):
+                return moeplace.plan(stats, topology, solver, options)
+
+            def replan_at(options, stats=recent_stats, served=served, moves=moves):
                 return replan(stats, served, moves, options)
 
-            scratch = choose_tolerance(recent, recent_stats, topology, args.solver, options, setting, {})
-            moved = choose_tolerance(
-                recent, recent_stats, topology, args.solver, options, setting, {}, replan_layers,
-                fixed={SERVED: served},
-            )  # fmt: skip
+            solver_at = functools.partial(plan_at, args.solver)
+            balancers = plan_balancers(plan_at, options)
+            scratch = choose_tolerance(recent, topology, setting, solver_at, options, balancers)
+            moved = choose_tolerance(recent, topology, setting, replan_at, options, {SERVED: served})
             steps = [
                 setting.replay(p.physical_to_logical, future, topology)[1].total(setting.overlap) * 1e3
                 for p in (served, scratch.placement, moved.placement)

@@ -233,7 +233,7 @@ def group_modes(every: int, jobs: int) -> None:
                     cells.append(
                         f"{time_.total(True) * 1e3:.1f} ({time_.communication * 1e3:.1f}, "
                         f"{time_.compute * 1e3:.1f}) | {rdma_mean:.2f} / "
-                        f"{cost.summary()['rdma_received_straggler']:.2f}"
+                        f"{cost.traffic().rdma_received_straggler:.2f}"
                     )
                 picked = min(totals, key=totals.get)
                 print(
@@ -261,8 +261,8 @@ def speed(jobs: int) -> None:
         workload = Workload("prefill", 1024, 32, "node")
         setting = StepSetting(workload, load_profile("h800"), shape_of("deepseek-ai/DeepSeek-V3"))
         routing = fitted_steps(everything, setting, 64).trace
-        choose_group_mode(routing, everything, topology, "robust", SolverOptions(), setting, {},
-                          lambda *a: plan(*a, executor=pool))  # fmt: skip
+        robust_at = lambda options: plan(everything, topology, "robust", options, executor=pool)  # noqa: E731
+        choose_group_mode(routing, topology, setting, robust_at, SolverOptions())
         print(f"robust EP64 R=64 group mode auto (prefill, both plans), {jobs} processes: "
               f"{time.perf_counter() - start:.1f} s")  # fmt: skip
     peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))

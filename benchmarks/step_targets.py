@@ -86,9 +86,14 @@ def main() -> None:
                 topology = Topology(trace.meta.num_experts, devices, nodes)
                 setting = StepSetting(Workload(phase, 512, 32, kernel), H800, shape, overlap)
                 rows = {b: cached(stats, topology, b, SolverOptions(seed=0), {}) for b in BALANCERS}
+                balancers = dict(rows)
                 for solver in solvers:
+
+                    def solver_at(options, solver=solver, topology=topology, stats=stats):
+                        return cached(stats, topology, solver, options, {})
+
                     choice = choose_tolerance(
-                        fit, stats, topology, solver, SolverOptions(seed=0), setting, {}, cached
+                        fit, topology, setting, solver_at, SolverOptions(seed=0), balancers
                     )
                     rows[f"{solver} auto: {choice.name}"] = choice.placement
                     if args.step_search and solver == solvers[0]:

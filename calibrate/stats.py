@@ -21,12 +21,11 @@ import functools
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from moeplace.calibrate.fingerprints import encode_hashes, routing_hashes, workload_hashes
-from moeplace.calibrate.trace import Trace, TraceMeta, groups_of, release_pages
+from moeplace.calibrate.trace import Trace, TraceMeta, groups_of, layer_chunks, layer_pool
 from moeplace.errors import MoeplaceError
 
 DEFAULT_RESAMPLES = 16
@@ -376,24 +375,22 @@ def compute_statistics(
     counts = _Counts.zeros(num_layers, n, trace.meta.top_k, resamples)
     offsets = trace.doc_offsets
     hashes = []
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, num_layers))) as pool:
-        for first, end in trace.document_chunks(chunk_tokens):
-            chunk = np.asarray(trace.topk_ids[offsets[first] : offsets[end]])  # int16 [t, L, k]
-            hashes.append(routing_hashes(chunk, offsets[first : end + 1] - offsets[first]))  # read once
-            by_layer = np.ascontiguousarray(chunk.transpose(1, 0, 2))  # [L, t, k]: a layer's rows contiguous
-            by_layer.sort(axis=-1)
-            doc_base = np.repeat(np.arange(end - first) * n, np.diff(offsets[first : end + 1]))[:, None]
-            chunk_counts = functools.partial(
+    for chunk in layer_chunks(trace, chunk_tokens, threads=threads):
+        first, end = chunk.docs
+        doc_offsets = offsets[first : end + 1] - offsets[first]  # int [docs+1] within the chunk
+        hashes.append(routing_hashes(chunk.ids, doc_offsets))  # read once
+        chunk.by_layer.sort(axis=-1)  # the pass's own copy
+        chunk.map(
+            functools.partial(
                 counts.add_chunk,
-                by_layer=by_layer,
-                padded=bool(by_layer[..., 0].min(initial=0) < 0),  # sorted: padding comes first
-                doc_base=doc_base,
+                padded=bool(chunk.by_layer[..., 0].min(initial=0) < 0),  # sorted: padding comes first
+                doc_base=np.repeat(np.arange(end - first) * n, np.diff(doc_offsets))[:, None],
                 weights=document_weights(trace, first, end, resamples, seed, resample_by),
                 rate=rate,
                 seed=seed,
             )
-            list(pool.map(chunk_counts, range(num_layers)))
-            release_pages(trace.topk_ids)
+        )
+    with layer_pool(num_layers, threads) as pool:
         topk_sets = tuple(pool.map(counts.topk_sets, range(num_layers)))
     upper = counts.pairs.reshape(num_layers, n, n)
     return Statistics(
@@ -433,11 +430,10 @@ class _Counts:
             *np.triu_indices(k, 1),
         )
 
-    def add_chunk(self, layer, *, by_layer, padded, doc_base, weights, rate, seed) -> None:
-        """Add layer ``layer`` of a chunk: rows ``by_layer[layer]`` int16 ``[t, k]`` sorted,
+    def add_chunk(self, layer, rows, *, padded, doc_base, weights, rate, seed) -> None:
+        """Add layer ``layer`` of a chunk: its ``rows`` int16 ``[t, k]``, each sorted ascending,
         ``doc_base`` int ``[t, 1]`` = the token's document in the chunk x N, ``weights [docs, B]``."""
         n = self.load.shape[1]
-        rows = by_layer[layer]
         x = rows.astype(np.intp)
         a, b = x[:, self.first_slot], x[:, self.second_slot]
         if padded:
@@ -500,11 +496,13 @@ def expert_load(trace: Trace) -> np.ndarray:
     """Activations per expert and MoE layer, int64 ``[L, N]``, a chunk of documents at a time."""
     n = trace.meta.num_experts
     load = np.zeros((trace.num_layers, n), np.int64)
-    for first, end in trace.document_chunks():
-        chunk = np.asarray(trace.topk_ids[trace.doc_offsets[first] : trace.doc_offsets[end]], np.int64)
-        for layer in range(trace.num_layers):
-            ids = chunk[:, layer]
-            load[layer] += np.bincount(ids[ids >= 0], minlength=n)
+
+    def count(layer: int, ids: np.ndarray) -> None:
+        """Add a chunk's rows ``ids`` int16 ``[t, k]`` to ``layer``'s load (its row only)."""
+        load[layer] += np.bincount(ids[ids >= 0], minlength=n)
+
+    for chunk in layer_chunks(trace):
+        chunk.map(count)
     return load
 
 

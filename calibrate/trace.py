@@ -6,7 +6,10 @@ import dataclasses
 import hashlib
 import json
 import mmap
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -203,6 +206,74 @@ class Trace:
             h.update(np.ascontiguousarray(self.topk_ids[lo:hi], dtype="<i2").tobytes())
             release_pages(self.topk_ids)
         return "sha256:" + h.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerChunk:
+    """One chunk of a pass over a trace's MoE layers (``layer_chunks``).
+
+    Attributes:
+        tokens: the trace's tokens in the chunk: a ``slice`` of whole documents, or int ``[t]``
+            token indices, ascending.
+        docs: ``(first_doc, end_doc)``: the chunk holds documents ``first_doc..end_doc-1`` whole;
+            None for a chunk of given tokens.
+        ids: int16 ``[t, L, k]`` the chunk's expert ids, token-major as stored (may be a view of
+            the trace: read it, do not write it).
+        by_layer: int16 ``[L, t, k]`` the same ids layer-major, a contiguous copy: ``by_layer[l]``
+            holds MoE layer l's rows together, and the caller may reorder them in place.
+    """
+
+    tokens: slice | np.ndarray
+    docs: tuple[int, int] | None
+    ids: np.ndarray
+    by_layer: np.ndarray
+    pool: ThreadPoolExecutor = dataclasses.field(repr=False)
+
+    def map(self, visit: Callable[[int, np.ndarray], Any]) -> list:
+        """``[visit(layer, by_layer[layer]) for layer in range(L)]``, the layers on the pass's threads.
+
+        NumPy releases the GIL in its loops, so layers run at once; ``visit`` must write layer
+        ``layer``'s results only, so that they do not depend on the thread count.
+        """
+        return list(self.pool.map(visit, range(self.by_layer.shape[0]), self.by_layer))
+
+
+def layer_chunks(
+    trace: Trace,
+    chunk_tokens: int = 1 << 16,
+    *,
+    tokens: Iterable[np.ndarray] | None = None,
+    threads: int = os.cpu_count() or 1,
+) -> Iterator[LayerChunk]:
+    """A pass over ``trace`` a chunk at a time, for work on each MoE layer of a chunk on threads.
+
+    The chunks are ``trace.document_chunks(chunk_tokens)``, whole documents of about
+    ``chunk_tokens`` tokens in order; or, given ``tokens``, each of its int ``[t]`` arrays of token
+    indices (ascending, so a memory-mapped trace is read forward). Each is read once, token-major
+    and layer-major (``LayerChunk``), and ``LayerChunk.map`` runs a function on each of its layers
+    on up to ``threads`` threads, one pool for the whole pass. Memory stays at about two copies of a
+    chunk: after each, the pages of a memory-mapped trace read so far are released.
+    """
+    offsets = trace.doc_offsets
+    if tokens is None:
+        chunks = (
+            (slice(int(offsets[first]), int(offsets[end])), (first, end))
+            for first, end in trace.document_chunks(chunk_tokens)
+        )
+    else:
+        chunks = ((selection, None) for selection in tokens)
+    with layer_pool(trace.num_layers, threads) as pool:
+        for selection, docs in chunks:
+            ids = np.asarray(trace.topk_ids[selection])
+            # copy(), not ascontiguousarray: with one layer that returns a view of the trace, which a
+            # caller sorting ``by_layer`` in place would reorder
+            yield LayerChunk(selection, docs, ids, ids.transpose(1, 0, 2).copy(), pool)
+            release_pages(trace.topk_ids)
+
+
+def layer_pool(num_layers: int, threads: int) -> ThreadPoolExecutor:
+    """Threads for work on each of ``num_layers`` layers: ``threads``, at most one a layer."""
+    return ThreadPoolExecutor(max_workers=max(1, min(threads, num_layers)))
 
 
 def check_trace(trace: Trace) -> None:

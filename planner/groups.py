@@ -28,6 +28,7 @@ import numpy as np
 from moeplace.calibrate.stats import LayerStats, TopkSets
 from moeplace.errors import MoeplaceError, did_you_mean
 from moeplace.planner.solvers.base import Solution, SolverOptions
+from moeplace.planner.solvers.caps import relaxed_report, was_relaxed
 from moeplace.planner.solvers.frequency import heaviest_first
 from moeplace.planner.topology import Topology
 from moeplace.planner.workloads import pack_robust
@@ -105,7 +106,7 @@ def solve_grouped(
         device[experts] = solution.expert_to_device + region * inner.num_devices
         if solution.physical_to_logical is not None:
             slots.append(experts[solution.physical_to_logical])
-        reports.append(solution.report)
+        reports.append(solution.solver_report)
     info = {
         "routing_groups": {
             "groups": groups,
@@ -115,8 +116,7 @@ def solve_grouped(
             if region_load.sum()
             else 1.0,
         },
-        "cap_relaxed": any(report.get("cap_relaxed", False) for report in reports),
-    }
+    } | relaxed_report(any(was_relaxed(report) for report in reports))
     if slots:
         return Solution.from_slots(np.concatenate(slots), topology, info)
     return Solution(device, info)

@@ -95,7 +95,7 @@ def plan(
                 layer_id,
                 solution.expert_to_device,
                 layers[i].load,  # what the solver fit: with workloads, their weighted shares
-                yaml_safe(solution.report),
+                yaml_safe(solution.solver_report),
                 solution.physical_to_logical,
             )
             for i, (layer_id, solution) in enumerate(zip(stats.meta.layer_ids, solutions, strict=True))
@@ -205,31 +205,62 @@ def solve_layer(solver: str, stats: LayerStats, topology: Topology, options: Sol
         )
         solution = solve_layer(solver, shared, topology.without_replicas, options)
         slots, report = add_replicas(stats, topology, solution.expert_to_device, options)
-        info = {key: value for key, value in solution.report.items() if key not in FIT_FIGURES}
+        info = {key: value for key, value in solution.solver_report.items() if key not in FIT_FIGURES}
         return Solution.from_slots(slots, topology, info | {"replicas": report})
     solution = spec.solve(stats, topology, options)
-    placement, info = solution.expert_to_device, dict(solution.report)
+    expert_to_device, info = solution.expert_to_device, dict(solution.solver_report)
     if options.refine and not spec.refines:
         caps = load_caps(stats, topology, options.load_tolerance)
-        placement, info["refine"] = local_search(stats, topology, caps, placement, options)
+        expert_to_device, info["refine"] = local_search(stats, topology, caps, expert_to_device, options)
     if stats.topk_sets is not None:
-        info |= fit_report(stats, topology, placement, solution)
-    return Solution(placement, info)
+        info |= fit_report(stats, topology, expert_to_device, solution)
+    return Solution(expert_to_device, info)
 
 
 def fit_report(
-    stats: LayerStats, topology: Topology, placement: np.ndarray, solution: Solution | None = None
+    stats: LayerStats, topology: Topology, expert_to_device: np.ndarray, solution: Solution | None = None
 ) -> dict[str, float]:
-    """``FIT_FIGURES`` of ``placement`` int ``[N]`` on ``stats`` (with top-k sets): its fit
-    dev/token, the best lower bound (with the solver's own proven bounds, if any) and the gap."""
+    """``FitFigures`` of ``expert_to_device`` int ``[N]`` on ``stats`` (with top-k sets), as a layer's
+    report records them: its fit dev/token, the best lower bound (with the solver's own proven
+    bounds, if any) and the gap."""
     tokens = int(stats.topk_sets.counts.sum())
-    fit = fanout(stats.topk_sets, placement)
+    fit = fanout(stats.topk_sets, expert_to_device)
     proven = (
         (None, None) if solution is None else (solution.bound_colocated_coactivation, solution.bound_fanout)
     )
     bound = fanout_lower_bounds(stats, topology, *proven)["best"]
-    return {
-        "fit_dev_per_token": fit / tokens,
-        "lower_bound_dev_per_token": bound / tokens,
-        "bound_gap": 1.0 - bound / fit if fit else 0.0,
-    }
+    return FitFigures(fit / tokens, bound / tokens, 1.0 - bound / fit if fit else 0.0).report()
+
+
+@dataclasses.dataclass(frozen=True)
+class FitFigures:
+    """A placement's devices per token on its calibration top-k sets, the best proven lower bound
+    on it, and the gap between them (1 - bound / fit): of one layer, or means over layers."""
+
+    dev_per_token: float
+    lower_bound_dev_per_token: float
+    bound_gap: float
+
+    def report(self) -> dict[str, float]:
+        """The figures as a layer's ``solver_report`` and a comparison row record them."""
+        figures = (self.dev_per_token, self.lower_bound_dev_per_token, self.bound_gap)
+        return dict(zip(FIT_FIGURES, figures, strict=True))
+
+    @classmethod
+    def of_layer(cls, report: dict) -> FitFigures | None:
+        """A layer's figures read back from its ``solver_report`` (None: it has none, as without
+        top-k sets or with replicas)."""
+        if FIT_FIGURES[0] not in report:
+            return None
+        return cls(*(float(report[name]) for name in FIT_FIGURES))
+
+
+def calibration_fit(placement: Placement) -> FitFigures | None:
+    """Means over layers of ``placement``'s fit figures (the gap that of the means); None unless
+    every layer records them."""
+    layers = [FitFigures.of_layer(layer.solver_report) for layer in placement.layers]
+    if not layers or any(figures is None for figures in layers):
+        return None
+    fit = float(np.mean([figures.dev_per_token for figures in layers]))
+    bound = float(np.mean([figures.lower_bound_dev_per_token for figures in layers]))
+    return FitFigures(fit, bound, 1.0 - bound / fit)

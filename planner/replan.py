@@ -122,3 +122,22 @@ def replan_layer(
         | fit_report(stats, topology, device)
     )
     return device, report
+
+
+@dataclasses.dataclass(frozen=True)
+class Moves:
+    """What a re-plan moved: the moves of each layer ``[L]``, what one move is (``expert``: an
+    expert changing device; ``slot``: a physical slot changing its expert) and a layer's budget."""
+
+    per_layer: tuple[int, ...]
+    unit: str
+    budget: int
+
+
+def moves_of(placement: Placement) -> Moves:
+    """The ``Moves`` recorded in a placement ``replan`` or ``replan_slots`` returned."""
+    return Moves(
+        tuple(layer.solver_report.get("moves", 0) for layer in placement.layers),
+        "slot" if placement.options.get("moves") == "slots" else "expert",
+        placement.options.get("max_moves", 0),
+    )

@@ -1,6 +1,6 @@
-"""validators/profile.py: the built-in profiles name a source for every figure, a model's sizes
-read from its config as counted by hand, and the whole step: the rest of a step is the same for
-every placement and dilutes, never reverses, what a placement buys."""
+"""validators/profile.py: the built-in profiles name a source for every figure (and a profile file
+replaces them), a model's sizes read from its config as counted by hand, and the whole step: the
+rest of a step is the same for every placement and dilutes, never reverses, what a placement buys."""
 
 import json
 
@@ -130,3 +130,36 @@ def test_a_trace_replay_counts_context_from_its_requests():
     trace = make_trace(np.zeros((6, 1, 1), np.int64), [2, 4], 2)
     cost = step_cost(np.array([[0, 1]]), trace, Topology(2, 2), Workload("prefill", tokens_per_rank=3))
     assert cost.context == pytest.approx((1 + 2 + 1 + 2 + 3 + 4) / 6)
+
+
+def test_a_profile_file_replaces_the_built_in_figures(tmp_path):
+    from moeplace.validators.profile import H800, ModelShape, load_profile, step_time
+    from moeplace.validators.step import StepCost
+
+    (tmp_path / "slow.yaml").write_text(
+        "nvlink: {rank: [1.0, 1.0], node: [1.0, 1.0], expert: [1.0, 1.0]}\n"
+        "rdma: {rank: [1.0, 1.0], node: [1.0, 1.0], expert: [1.0, 1.0]}\n"
+        "tflops: 1.0\nhbm_tbps: 1.0\nefficiency: 1.0\nsource: a test\n"
+    )
+    slow = load_profile(str(tmp_path / "slow.yaml"))
+    figures = ("sent_nvlink", "sent_rdma", "received_nvlink", "received_rdma", "pairs", "experts")
+    cost = StepCost({f: np.array([1.0]) for f in figures}, {f: np.array([1.0]) for f in figures}, 1, 1)
+    shape = ModelShape(hidden=128, intermediate=64)
+    time = step_time(cost, shape, slow, "rank")
+    # one token each way at 1 GB/s: (128 * (1 + 4/128)) bytes over NVLink and over RDMA
+    assert time.dispatch == pytest.approx(2 * 132 / 1e9)
+    assert time.compute == pytest.approx(max(6 * 128 * 64 / 1e12, 3 * 128 * 64 / 1e12))
+    assert time.total(overlap=True) == max(time.dispatch + time.combine, time.compute)
+    assert time.total(overlap=False) == time.dispatch + time.combine + time.compute
+    assert step_time(cost, shape, H800, "rank").dispatch < time.dispatch
+    # two layers, one waiting on its links and one on its GEMMs: overlap hides each layer's lesser part
+    two = {f: np.array([1000.0, 1.0]) if f.startswith(("sent", "received")) else np.array([1.0, 1e6])
+           for f in figures}  # fmt: skip
+    time = step_time(StepCost(two, two, 1, 1), shape, slow, "rank")
+    per_layer = [step_time(StepCost({f: v[[i]] for f, v in two.items()}, two, 1, 1), shape, slow, "rank")
+                 for i in (0, 1)]  # fmt: skip
+    assert time.total(overlap=True) == pytest.approx(sum(t.total(overlap=True) for t in per_layer))
+    assert time.total(overlap=True) > max(time.communication, time.compute)
+    (tmp_path / "bad.yaml").write_text("tflops: 1\n")
+    with pytest.raises(MoeplaceError, match="not a profile"):
+        load_profile(str(tmp_path / "bad.yaml"))

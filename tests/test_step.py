@@ -1,5 +1,6 @@
-"""The step model against steps counted by hand, each sending rule against its definition, and on
-real routing against the proxy it refines."""
+"""validators/step.py: the step model against steps counted by hand, each sending rule against its
+definition, and on real routing against the proxy it refines; the step's section and gate in
+validate, plan and compare (validators/report.py)."""
 
 import numpy as np
 import pytest
@@ -179,39 +180,6 @@ def test_validate_reports_the_step_and_gates_on_it(tmp_path, real_split):
     assert refused.exit_code == 2 and "--min-speedup needs --step" in refused.stderr
 
 
-def test_a_profile_file_replaces_the_built_in_figures(tmp_path):
-    from moeplace.validators.profile import H800, ModelShape, load_profile, step_time
-    from moeplace.validators.step import StepCost
-
-    (tmp_path / "slow.yaml").write_text(
-        "nvlink: {rank: [1.0, 1.0], node: [1.0, 1.0], expert: [1.0, 1.0]}\n"
-        "rdma: {rank: [1.0, 1.0], node: [1.0, 1.0], expert: [1.0, 1.0]}\n"
-        "tflops: 1.0\nhbm_tbps: 1.0\nefficiency: 1.0\nsource: a test\n"
-    )
-    slow = load_profile(str(tmp_path / "slow.yaml"))
-    figures = ("sent_nvlink", "sent_rdma", "received_nvlink", "received_rdma", "pairs", "experts")
-    cost = StepCost({f: np.array([1.0]) for f in figures}, {f: np.array([1.0]) for f in figures}, 1, 1)
-    shape = ModelShape(hidden=128, intermediate=64)
-    time = step_time(cost, shape, slow, "rank")
-    # one token each way at 1 GB/s: (128 * (1 + 4/128)) bytes over NVLink and over RDMA
-    assert time.dispatch == pytest.approx(2 * 132 / 1e9)
-    assert time.compute == pytest.approx(max(6 * 128 * 64 / 1e12, 3 * 128 * 64 / 1e12))
-    assert time.total(overlap=True) == max(time.dispatch + time.combine, time.compute)
-    assert time.total(overlap=False) == time.dispatch + time.combine + time.compute
-    assert step_time(cost, shape, H800, "rank").dispatch < time.dispatch
-    # two layers, one waiting on its links and one on its GEMMs: overlap hides each layer's lesser part
-    two = {f: np.array([1000.0, 1.0]) if f.startswith(("sent", "received")) else np.array([1.0, 1e6])
-           for f in figures}  # fmt: skip
-    time = step_time(StepCost(two, two, 1, 1), shape, slow, "rank")
-    per_layer = [step_time(StepCost({f: v[[i]] for f, v in two.items()}, two, 1, 1), shape, slow, "rank")
-                 for i in (0, 1)]  # fmt: skip
-    assert time.total(overlap=True) == pytest.approx(sum(t.total(overlap=True) for t in per_layer))
-    assert time.total(overlap=True) > max(time.communication, time.compute)
-    (tmp_path / "bad.yaml").write_text("tflops: 1\n")
-    with pytest.raises(MoeplaceError, match="not a profile"):
-        load_profile(str(tmp_path / "bad.yaml"))
-
-
 @pytest.mark.slow
 def test_compare_adds_the_step_columns(tmp_path):
     from conftest import run
@@ -232,131 +200,6 @@ def test_compare_adds_the_step_columns(tmp_path):
     assert "serving step: decode" in (tmp_path / "c" / "comparison.md").read_text()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("links_gbps", "wins"), [(0.01, "co-location"), (1e6, "frequency")])
-def test_auto_tolerance_follows_the_step(tmp_path, links_gbps, wins):
-    """Links so slow that traffic is the step: auto co-locates; links so fast that only the compute
-    straggler counts: auto keeps frequency. Chosen on the calibration trace, said in the file."""
-    import yaml
-
-    from conftest import run
-    from moeplace.demo import demo_trace_path
-    from moeplace.planner.placement import load_placement
-
-    (tmp_path / "hw.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "nvlink": {k: [links_gbps, links_gbps] for k in ("rank", "node", "expert")},
-                "rdma": {k: [links_gbps, links_gbps] for k in ("rank", "node", "expert")},
-                "tflops": 1000.0,
-                "hbm_tbps": 3.0,
-                "efficiency": 0.5,
-            }
-        )
-    )
-    result = run("plan", demo_trace_path(), "--devices", 8, "--load-tolerance", "auto", "--step", "prefill",
-                 "--profile", tmp_path / "hw.yaml", "--jobs", 1, "--out", tmp_path / "p.yaml")  # fmt: skip
-    assert result.exit_code == 0, result.output
-    placement = load_placement(tmp_path / "p.yaml")
-    auto = placement.options["load_tolerance_auto"]
-    assert set(auto["step_seconds"]) >= {"frequency", "eplb", "eps=0", "eps=0.1"}
-    if wins == "frequency":
-        assert placement.solver == "frequency" and auto["chose"] == "frequency" and auto["tolerance"] is None
-        assert "co-location does not pay this step" in result.stdout
-    else:
-        assert placement.solver == "greedy-capped" and auto["tolerance"] is not None
-        assert auto["chose"] == f"eps={auto['tolerance']:g}"
-        assert auto["step_seconds"][auto["chose"]] < auto["step_seconds"]["frequency"]
-        assert auto["step_seconds"][auto["chose"]] < auto["step_seconds"]["eplb"]
-
-
-def test_auto_tolerance_needs_a_step_and_a_trace(tmp_path, good):
-    from conftest import refused, run
-
-    plan = ("plan", good / "trace.npz", "--devices", 4, "--out", tmp_path / "o.yaml")
-    refused(run(*plan, "--load-tolerance", "auto"), None, "needs --step")
-    refused(run(*plan, "--load-tolerance", "lots"), None, "--load-tolerance")
-
-
-def test_auto_keeps_the_shortest_step_and_equal_steps_go_to_less_traffic():
-    from moeplace.validators.choose import Choice, cheapest
-    from moeplace.validators.profile import StepTime
-
-    def t(dispatch, compute):
-        return StepTime(dispatch, compute, dispatch, max(2 * dispatch, compute))
-
-    times = {
-        "frequency": t(1.0, 10.0),
-        "eplb": t(1.0, 10.0),
-        "eps=0.1": t(0.5, 10.0),
-        "eps=0.2": t(0.1, 11.0),
-    }
-    assert cheapest(times, overlap=True) == "eps=0.1"  # hidden traffic, equal steps: the lighter links
-    assert cheapest(times, overlap=False) == "eps=0.1"
-    assert cheapest({"frequency": t(1.0, 10.0), "eplb": t(1.0, 10.0)}, overlap=True) == "frequency"
-    choice = Choice(None, "frequency", None, {"frequency": t(1.0, 10.0)}, overlap=True)
-    assert "waits on expert compute" in choice.verdict("rank")
-    assert "one message per expert" in choice.verdict("expert")
-    assert "compute imbalance" in Choice(None, "eplb", None, {"eplb": t(10.0, 1.0)}, True).verdict("rank")
-    assert Choice(None, "eps=0.1", 0.1, times, True).verdict("rank").startswith("eps 0.1: co-location pays")
-    assert (
-        Choice(None, "served", None, {"served": t(1.0, 1.0)}, True)
-        .verdict("rank")
-        .startswith("served: no re")
-    )
-
-
-def test_sampled_steps_are_full_steps_of_shuffled_document_orders():
-    from moeplace.validators.profile import H800, ModelShape
-    from moeplace.validators.report import StepSetting
-    from moeplace.validators.step_search import sample_steps
-
-    offsets = np.array([0, 3, 5, 9, 10])
-    setting = StepSetting(Workload("prefill", tokens_per_rank=2), H800, ModelShape(8, 8))
-    steps = sample_steps(offsets, 2, setting, orders=3, max_steps=1000, seed=0)
-    # every sampled token is a trace row, each step holds 2 tokens of each of the 2 ranks
-    assert steps.tokens.min() >= 0 and steps.tokens.max() < 10
-    cells = np.bincount(steps.step * 2 + steps.source, minlength=steps.num_steps * 2)
-    assert (cells == 2).all() and steps.num_steps == len(cells) // 2
-    # the first order is the trace's own: its full steps are the replay's
-    step, _ = schedule(offsets, 2, Workload("prefill", tokens_per_rank=2))
-    first = steps.step < 2
-    np.testing.assert_array_equal(np.sort(steps.tokens[first]), np.flatnonzero(step < 2))
-    # at most max_steps steps, the first ones kept
-    capped = sample_steps(offsets, 2, setting, orders=3, max_steps=3, seed=0)
-    assert capped.num_steps == 3 and capped.step.max() == 2
-
-
-@pytest.mark.slow
-def test_step_search_never_lengthens_the_calibration_step_and_is_deterministic(real_split, real_stats):
-    from moeplace.planner.plan import plan
-    from moeplace.planner.solvers import SolverOptions
-    from moeplace.validators.profile import H800, shape_of, step_time
-    from moeplace.validators.report import StepSetting
-    from moeplace.validators.step_search import step_search
-
-    fit, _ = real_split
-    topology = Topology(fit.meta.num_experts, 8)
-    start = plan(real_stats, topology, "frequency", SolverOptions(), {})
-    setting = StepSetting(Workload("prefill", tokens_per_rank=256), H800, shape_of(fit.meta.model))
-    searched = step_search(start, fit, setting, evaluations=64, seed=0)
-    again = step_search(start, fit, setting, evaluations=64, seed=0)
-    np.testing.assert_array_equal(searched.expert_to_device, again.expert_to_device)
-    reports = [layer.solver_report["step_search"] for layer in searched.layers]
-    assert all(r["seconds_after"] <= r["seconds_before"] for r in reports)
-    assert any(r["seconds_after"] < r["seconds_before"] for r in reports)
-    # equal expert counts per device, as the engines need
-    assert (np.stack([np.bincount(row, minlength=8) for row in searched.expert_to_device]) == 4).all()
-
-    def seconds(placement):
-        cost = step_cost(placement.physical_to_logical, fit, topology, setting.workload)
-        return step_time(cost, setting.shape, H800, "rank").total(True)
-
-    assert seconds(searched) < seconds(start)  # on the calibration trace's own replay too
-    with pytest.raises(MoeplaceError, match="one copy of each expert"):
-        step_search(plan(real_stats, Topology(32, 8, 1, 8), "eplb", SolverOptions(), {}), fit, setting, 8)
-
-
 @pytest.mark.parametrize("largest", [8, 64, 200])  # the bit mask below 64, comparisons above
 def test_repeats_within_a_row_are_dropped_like_a_set_would(largest):
     from moeplace.validators.step import _first_in_row
@@ -366,25 +209,6 @@ def test_repeats_within_a_row_are_dropped_like_a_set_would(largest):
         [v if v < 0 or v not in row[:j] else -1 for j, v in enumerate(row)] for row in values.tolist()
     ]
     np.testing.assert_array_equal(_first_in_row(values), expected)
-
-
-@pytest.mark.slow
-def test_plan_step_search_records_what_it_did_and_refuses_what_it_cannot(tmp_path, good):
-    from conftest import refused, run
-    from moeplace.demo import demo_trace_path
-    from moeplace.planner.placement import load_placement
-
-    result = run("plan", demo_trace_path(), "--devices", 8, "--load-tolerance", 0.05, "--step", "prefill",
-                 "--step-search", 16, "--jobs", 1, "--out", tmp_path / "p.yaml")  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert "step search on" in result.stdout and "estimated step" in result.stdout
-    placement = load_placement(tmp_path / "p.yaml")
-    assert placement.options["step_search"]["evaluations"] == 16
-    assert all("step_search" in layer.solver_report for layer in placement.layers)
-    plan = ("plan", good / "trace.npz", "--devices", 4, "--out", tmp_path / "o.yaml", "--step-search", 8)
-    refused(run(*plan), None, "--step-search needs --step")
-    refused(run(*plan, "--step", "prefill", "--redundant-slots", 4), None, "one copy of each expert")
-    assert not (tmp_path / "o.yaml").exists()
 
 
 def step_comparison(ours: float, frequency: float, eplb: float):

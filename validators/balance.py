@@ -44,10 +44,21 @@ class BalanceValidation:
     baseline_name: str
     evidence: Evidence | None = None
 
+    @property
+    def workload_max_mean_load(self) -> np.ndarray:
+        """float ``[W]``: each workload's max/mean load, mean over layers."""
+        return self.max_mean_load.mean(axis=1)
+
+    @property
+    def baseline_workload_max_mean_load(self) -> np.ndarray:
+        """float ``[W]``: the same for the baseline."""
+        return self.baseline_max_mean_load.mean(axis=1)
+
     def summary(self) -> dict:
         """Headline (mean over workloads of each's mean over layers), worst workload, and each
-        workload's figures, YAML/JSON-safe: what ``validate --json`` prints."""
-        ours, base = self.max_mean_load.mean(axis=1), self.baseline_max_mean_load.mean(axis=1)
+        workload's figures, YAML/JSON-safe: what ``validate --json`` prints (the typed figures are
+        the arrays and properties above)."""
+        ours, base = self.workload_max_mean_load, self.baseline_workload_max_mean_load
         return yaml_safe(
             {
                 "max_mean_load": ours.mean(),

@@ -20,7 +20,6 @@ from moeplace.calibrate.synthetic import FIT_POOL, FittedRouting, routing_from_l
 from moeplace.calibrate.trace import Trace
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import Placement
-from moeplace.planner.plan import plan
 from moeplace.planner.solvers import BASELINE, SolverOptions
 from moeplace.planner.topology import Topology
 from moeplace.validators.profile import StepTime
@@ -68,30 +67,32 @@ class Choice:
         return f"{self.name}: co-location does not pay this step ({why}); balance load instead"
 
 
+def plan_balancers(plan_at: Callable[[str, SolverOptions], Placement], options: SolverOptions) -> dict:
+    """The load balancers (``BALANCERS``), by name, each ``plan_at(name, options)``: the candidates
+    ``choose_tolerance`` weighs the solver's tolerances against."""
+    return {name: plan_at(name, options) for name in BALANCERS}
+
+
 def choose_tolerance(
     trace: Trace,
-    stats: Statistics,
     topology: Topology,
-    solver: str,
-    options: SolverOptions,
     setting: StepSetting,
-    provenance: dict,
-    plan_layers: Callable[..., Placement] = plan,
+    plan_at: Callable[[SolverOptions], Placement],
+    options: SolverOptions,
+    fixed: dict[str, Placement],
     tolerances: tuple[float, ...] = AUTO_TOLERANCES,
-    fixed: dict[str, Placement] | None = None,
 ) -> Choice:
-    """Plan the balancers and ``solver`` at each of ``tolerances`` (those the balance floor
-    allows); keep the one whose serving step, replayed on ``trace`` (the calibration trace), is
-    cheapest, ties to less communication. ``plan_layers(stats, topology, solver, options,
-    provenance)`` plans (progress, pools). ``fixed``: candidates without a tolerance, by name, in
-    place of the balancers (a re-plan's: the served placement, since a balancer moves too much)."""
-    if fixed is None:
-        fixed = {name: plan_layers(stats, topology, name, options, provenance) for name in BALANCERS}
+    """Plan at each of ``tolerances`` (those the balance floor allows): ``plan_at(options)`` plans
+    the solver, or a re-plan's moves, on the calibration statistics. Keep the candidate, or one of
+    ``fixed`` (candidates without a tolerance, by name: the balancers, ``plan_balancers``, or a
+    re-plan's served placement, since a balancer moves too much), whose serving step replayed on
+    ``trace`` (the calibration trace) is cheapest, ties to less communication."""
     candidates = [(name, None, placement) for name, placement in fixed.items()]
     for eps in tolerances:
         try:
-            run = dataclasses.replace(options, load_tolerance=eps)
-            candidates.append((f"eps={eps:g}", eps, plan_layers(stats, topology, solver, run, provenance)))
+            candidates.append(
+                (f"eps={eps:g}", eps, plan_at(dataclasses.replace(options, load_tolerance=eps)))
+            )
         except MoeplaceError:  # below a layer's balance floor: no placement meets this cap
             continue
     times = replay_times({name: placement for name, _, placement in candidates}, trace, topology, setting)
@@ -101,23 +102,18 @@ def choose_tolerance(
 
 def choose_group_mode(
     trace: Trace,
-    stats: Statistics,
     topology: Topology,
-    solver: str,
-    options: SolverOptions,
     setting: StepSetting,
-    provenance: dict,
-    plan_layers: Callable[..., Placement] = plan,
+    plan_at: Callable[[SolverOptions], Placement],
+    options: SolverOptions,
 ) -> Choice:
-    """``--group-mode auto``: plan ``solver`` with each routing group kept on one node and with
-    the groups ignored (``AUTO_GROUP_MODES``), and keep the mode whose serving step, replayed on
-    ``trace``, is cheapest. Keeping groups on nodes bounds the nodes a token reaches by the
-    routing's group limit; ignoring them leaves the solver free to balance load. ``trace``: the
-    calibration trace, or for load records routing fitted to their load."""
-    placements = {
-        mode: plan_layers(stats, topology, solver, dataclasses.replace(options, group_mode=mode), provenance)
-        for mode in AUTO_GROUP_MODES
-    }
+    """``--group-mode auto``: ``plan_at(options)`` (the solver on the calibration statistics) with
+    each routing group kept on one node and with the groups ignored (``AUTO_GROUP_MODES``), and
+    keep the mode whose serving step, replayed on ``trace``, is cheapest. Keeping groups on nodes
+    bounds the nodes a token reaches by the routing's group limit; ignoring them leaves the solver
+    free to balance load. ``trace``: the calibration trace, or for load records routing fitted to
+    their load."""
+    placements = {mode: plan_at(dataclasses.replace(options, group_mode=mode)) for mode in AUTO_GROUP_MODES}
     times = replay_times(placements, trace, topology, setting)
     name = cheapest(times, setting.overlap)
     return Choice(placements[name], name, None, times, setting.overlap)

@@ -19,13 +19,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 
-import numpy as np
-
 from moeplace.atomic import write_bytes, write_text
 from moeplace.calibrate.stats import compute_statistics
 from moeplace.calibrate.trace import Trace
-from moeplace.planner.placement import Placement
-from moeplace.planner.plan import plan
+from moeplace.planner.placement import Placement, yaml_safe
+from moeplace.planner.plan import calibration_fit, plan
 from moeplace.planner.solvers import BASELINE, SOLVERS, SolverOptions
 from moeplace.planner.topology import Topology
 from moeplace.validators.plots import devices_png, frontier_png, series, steps_png
@@ -131,7 +129,10 @@ def compare(
                 if any(redundant_slots):
                     row["redundant_slots"] = topology.redundant_slots
                 figures = dataclasses.asdict(validation.score.headline) | {"reduction": validation.reduction}
-                row |= {k: v for k, v in figures.items() if k in COLUMNS} | fit_figures(placement)
+                fitted = calibration_fit(placement)
+                row |= {k: v for k, v in figures.items() if k in COLUMNS} | (
+                    {} if fitted is None else fitted.report()
+                )
                 if nodes == 1:
                     del row["node_per_token"]
                 if step is not None:
@@ -163,7 +164,7 @@ def _step_text(step: StepSetting) -> str:
 
 def step_columns(steps: StepComparison) -> dict:
     """A comparison row's serving-step figures."""
-    traffic = steps.summary()["traffic"]
+    traffic = steps.cost.traffic()
     return {
         "dispatch_ms": steps.time.dispatch * 1e3,
         "compute_ms": steps.time.compute * 1e3,
@@ -173,8 +174,9 @@ def step_columns(steps: StepComparison) -> dict:
         "step_speedup": steps.speedup,
         "step_vs_best_balancer": steps.speedup_vs_best,
         "best_balancer": steps.best_balancer,
-        "received_straggler": traffic["received_straggler"],
-        "pairs_straggler": traffic["pairs_straggler"],
+        # as the placement file records them (``yaml_safe``: 6 digits)
+        "received_straggler": yaml_safe(traffic.received_straggler),
+        "pairs_straggler": yaml_safe(traffic.pairs_straggler),
     }
 
 
@@ -190,16 +192,6 @@ def step_gate_failures(rows: list[dict], min_speedup: float | None = None) -> li
         and row["solver"] not in (BASELINE, "eplb")
         and not row["step_vs_best_balancer"] >= limit
     ]
-
-
-def fit_figures(placement: Placement) -> dict:
-    """Fit dev/token, lower bound and bound gap, means over layers (empty without top-k sets)."""
-    reports = [layer.solver_report for layer in placement.layers]
-    if not all("fit_dev_per_token" in r for r in reports):
-        return {}
-    fit = float(np.mean([r["fit_dev_per_token"] for r in reports]))
-    bound = float(np.mean([r["lower_bound_dev_per_token"] for r in reports]))
-    return {"fit_dev_per_token": fit, "lower_bound_dev_per_token": bound, "bound_gap": 1.0 - bound / fit}
 
 
 def mark_dominated(rows: list[dict]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -41,11 +42,34 @@ class Validation:
         """1 - dev/token(placement) / dev/token(baseline), means over layers."""
         return 1.0 - self.score.dev_per_token.mean() / self.baseline.dev_per_token.mean()
 
+    @property
+    def random_expected_dev_per_token(self) -> float:
+        """For scale: the devices per token a random placement expects."""
+        topology = self.placement.topology
+        return random_expected_devices(topology.num_experts, topology.num_devices, self.placement.top_k)
+
+    @property
+    def dev_per_token_lower_bound(self) -> int:
+        """For scale: no placement goes below top-k over the experts a device holds."""
+        return devices_lower_bound(self.placement.top_k, self.placement.topology.slots_per_device)
+
+    @functools.cached_property
+    def balance_floor(self) -> float:
+        """For scale: the lowest held-out max/mean load any placement reaches, mean over layers."""
+        held_load = expert_load(self.holdout)
+        num_devices = self.placement.topology.num_devices
+        return float(np.mean([balance_floor(x, num_devices) for x in held_load]))
+
+    @property
+    def groups_per_token(self) -> int | None:
+        """The routing's group limit on the nodes a token reaches, where the placement spans nodes."""
+        if self.holdout.meta.group_limit and self.placement.num_nodes > 1:
+            return self.holdout.meta.groups_per_token
+        return None
+
     def summary(self) -> dict:
         """The headline figures and their context, YAML/JSON-safe: what the placement file records
-        and ``validate --json`` prints (``headline`` and ``reduction`` are the typed figures)."""
-        topology = self.placement.topology
-        held_load = expert_load(self.holdout)
+        and ``validate --json`` prints (the typed figures are the properties above)."""
         return yaml_safe(
             dataclasses.asdict(self.score.headline)
             | {
@@ -55,20 +79,12 @@ class Validation:
                     **dataclasses.asdict(self.baseline.headline),
                     "reduction": 0.0,
                 },
-                "random_expected_dev_per_token": random_expected_devices(
-                    topology.num_experts, topology.num_devices, self.placement.top_k
-                ),
-                "dev_per_token_lower_bound": devices_lower_bound(
-                    self.placement.top_k, topology.slots_per_device
-                ),
-                "balance_floor": float(np.mean([balance_floor(x, topology.num_devices) for x in held_load])),
+                "random_expected_dev_per_token": self.random_expected_dev_per_token,
+                "dev_per_token_lower_bound": self.dev_per_token_lower_bound,
+                "balance_floor": self.balance_floor,
                 "holdout": self.holdout.provenance()
                 | ({} if self.evidence is None else self.evidence.summary()),
-                **(
-                    {"groups_per_token": self.holdout.meta.groups_per_token}
-                    if self.holdout.meta.group_limit and topology.num_nodes > 1
-                    else {}
-                ),
+                **({} if self.groups_per_token is None else {"groups_per_token": self.groups_per_token}),
             }
         )
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from moeplace.calibrate.trace import Trace, release_pages
+from moeplace.calibrate.trace import Trace, layer_chunks
 from moeplace.planner.dispatch import dispatch, replica_devices
 from moeplace.planner.objective import distinct_per_row, token_devices
 from moeplace.planner.topology import Topology
@@ -87,14 +85,8 @@ def score_placement(physical_to_logical: np.ndarray, trace: Trace, topology: Top
         nodes[layer] += token_nodes.sum()
         most_nodes[layer] = max(most_nodes[layer], token_nodes.max(initial=0))
 
-    offsets = trace.doc_offsets
-    # layers on threads (NumPy releases the GIL in its loops); each adds into its own rows, so the
-    # figures do not depend on the thread count
-    with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, num_layers))) as pool:
-        for first, end in trace.document_chunks(1 << 16):
-            chunk = np.asarray(trace.topk_ids[offsets[first] : offsets[end]])
-            list(pool.map(score_layer, range(num_layers), chunk.transpose(1, 0, 2)))  # [t, k] views
-            release_pages(trace.topk_ids)
+    for chunk in layer_chunks(trace):
+        chunk.map(score_layer)
     loads = loads.round().astype(np.int64)
     return Score(
         dev_per_token=devices / np.maximum(routed, 1),

@@ -29,15 +29,14 @@ A rank's own experts cost no traffic. Combine sends the same messages back.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import itertools
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
 
-from moeplace.calibrate.trace import Trace, release_pages
+from moeplace.calibrate.trace import Trace, layer_chunks
 from moeplace.errors import MoeplaceError
 from moeplace.planner.dispatch import dispatch, replica_devices
 from moeplace.planner.topology import Topology
@@ -122,19 +121,39 @@ class StepCost:
             kv_reads=kv_reads,
         )
 
-    def summary(self) -> dict:
+    def traffic(self) -> TrafficFigures:
         """Means over layers, per token of a rank's batch: received (both links), pairs."""
         received = self.straggler["received_nvlink"] + self.straggler["received_rdma"]
         received_mean = self.mean["received_nvlink"] + self.mean["received_rdma"]
-        return {
-            "steps": self.steps,
-            "replayed_steps": self.replayed,
-            "received_straggler": float(received.mean() / self.batch),
-            "received_mean": float(received_mean.mean() / self.batch),
-            "rdma_received_straggler": float(self.straggler["received_rdma"].mean() / self.batch),
-            "pairs_straggler": float(self.straggler["pairs"].mean() / self.batch),
-            "pairs_mean": float(self.mean["pairs"].mean() / self.batch),
-        }
+        return TrafficFigures(
+            steps=self.steps,
+            replayed_steps=self.replayed,
+            received_straggler=float(received.mean() / self.batch),
+            received_mean=float(received_mean.mean() / self.batch),
+            rdma_received_straggler=float(self.straggler["received_rdma"].mean() / self.batch),
+            pairs_straggler=float(self.straggler["pairs"].mean() / self.batch),
+            pairs_mean=float(self.mean["pairs"].mean() / self.batch),
+        )
+
+    def summary(self) -> dict:
+        """``traffic()`` as a JSON/YAML mapping."""
+        return dataclasses.asdict(self.traffic())
+
+
+@dataclasses.dataclass(frozen=True)
+class TrafficFigures:
+    """A replay's traffic, means over MoE layers per token of a rank's batch: what the busiest
+    rank and the mean rank receive (both links), what the busiest receives over RDMA, and the
+    token-expert pairs the busiest and the mean rank compute; over ``steps`` full steps of
+    ``replayed_steps``."""
+
+    steps: int
+    replayed_steps: int
+    received_straggler: float
+    received_mean: float
+    rdma_received_straggler: float
+    pairs_straggler: float
+    pairs_mean: float
 
 
 def schedule(doc_offsets: np.ndarray, num_ranks: int, workload: Workload) -> tuple[np.ndarray, np.ndarray]:
@@ -199,25 +218,22 @@ def step_cost(
     order = np.argsort(step, kind="stable")  # tokens step by step, every step whole in one chunk
     ends = np.searchsorted(step[order], np.arange(1, steps + 1))  # where each step's tokens end
     cuts = [0, *ends[np.diff(ends // STEP_TOKENS, prepend=0) > 0].tolist(), step.shape[0]]
-    with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, layers))) as pool:
-        for lo, hi in itertools.pairwise(sorted(set(cuts))):
-            tokens = np.sort(order[lo:hi])  # ascending: a memory-mapped trace is read in order
-            chunk = np.asarray(trace.topk_ids[tokens])
-            first, last = int(step[order[lo]]), int(step[order[hi - 1]])  # the chunk's steps, in a row
-            local = step[tokens] - first
 
-            def layer_traffic(layer: int, chunk=chunk, tokens=tokens, local=local, span=last - first + 1):
-                ids = chunk[:, layer, :]
-                served = dispatch(ids, np.ones(tokens.shape[0]), replicas[layer], ranks)  # [t, k] device
-                return layer, rank_traffic(
-                    served, ids, local, source[tokens], span, topology, workload.kernel
-                )
+    def layer_traffic(layer: int, ids: np.ndarray, *, tokens: np.ndarray, first: int, span: int) -> None:
+        """Add tokens ``tokens`` (int ``[t]``, steps ``first..first+span-1``), their experts ``ids``
+        int16 ``[t, k]`` at ``layer``, to that layer's per-step counts (its rows only)."""
+        served = dispatch(ids, np.ones(tokens.shape[0]), replicas[layer], ranks)  # [t, k] device
+        local = step[tokens] - first
+        traffic = rank_traffic(served, ids, local, source[tokens], span, topology, workload.kernel)
+        for figure, counts in traffic.items():
+            totals[figure][layer, first : first + span] += counts
 
-            # layers on threads (NumPy releases the GIL in its loops); each adds into its own rows
-            for layer, traffic in pool.map(layer_traffic, range(layers)):
-                for figure, counts in traffic.items():
-                    totals[figure][layer, first : last + 1] += counts
-            release_pages(trace.topk_ids)
+    # each chunk's tokens ascending: a memory-mapped trace is read in order
+    chunks = (np.sort(order[lo:hi]) for lo, hi in itertools.pairwise(sorted(set(cuts))))
+    for chunk in layer_chunks(trace, tokens=chunks):
+        at = step[chunk.tokens]  # int [t]: whole steps, in a row
+        first, span = int(at.min()), int(at.max() - at.min()) + 1
+        chunk.map(functools.partial(layer_traffic, tokens=chunk.tokens, first=first, span=span))
     batches = np.bincount(step * ranks + source, minlength=steps * ranks).reshape(steps, ranks)
     counted = full_steps(batches, workload)
     batch = float(batches[counted].mean())

@@ -189,3 +189,23 @@ def step_search(
         options=placement.options
         | {"step_search": {"evaluations": evaluations, "orders": orders, "steps": steps.num_steps}},
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchRecord:
+    """What ``step_search`` recorded in a placement: the steps it sampled, and the step estimated
+    on them before and after its swaps, in seconds summed over layers."""
+
+    steps: int
+    seconds_before: float
+    seconds_after: float
+
+
+def search_record(placement: Placement) -> SearchRecord:
+    """The ``SearchRecord`` of a placement ``step_search`` returned (or read back from its file)."""
+    layers = [layer.solver_report["step_search"] for layer in placement.layers]
+    return SearchRecord(
+        placement.options["step_search"]["steps"],
+        sum(layer["seconds_before"] for layer in layers),
+        sum(layer["seconds_after"] for layer in layers),
+    )

@@ -71,11 +71,13 @@ from moeplace.cli.reports import print_balance, print_steps, print_summary, prin
 from moeplace.cluster import executor_for
 from moeplace.errors import MoeplaceError
 from moeplace.planner.placement import Placement, load_placement, save_placement
+from moeplace.planner.plan import FitFigures, calibration_fit
 from moeplace.planner.plan import plan as plan_layers
-from moeplace.planner.replan import replan
+from moeplace.planner.replan import moves_of, replan
 from moeplace.planner.replan_slots import replan_slots
 from moeplace.planner.solvers import SOLVERS, SolverOptions
 from moeplace.planner.solvers.base import DEFAULT_LOAD_TOLERANCE
+from moeplace.planner.solvers.caps import was_relaxed
 from moeplace.planner.topology import Topology
 from moeplace.validators.balance import validate_balance
 from moeplace.validators.choose import (
@@ -88,12 +90,12 @@ from moeplace.validators.choose import (
     choose_tolerance,
     fitted_steps,
     group_mode_verdict,
+    plan_balancers,
 )
-from moeplace.validators.compare import fit_figures
 from moeplace.validators.evidence import check_held_out
 from moeplace.validators.report import StepSetting, check_compatible, compare_steps
 from moeplace.validators.report import validate as validate_placement
-from moeplace.validators.step_search import step_search
+from moeplace.validators.step_search import search_record, step_search
 
 StatsInputArg = Annotated[
     Path,
@@ -372,7 +374,7 @@ def plan(
 
 
 def write_plan(
-    placement: Placement, out_path: Path, fit: dict, step_failure: str | None, as_json: bool
+    placement: Placement, out_path: Path, fit: FitFigures | None, step_failure: str | None, as_json: bool
 ) -> None:
     """Write ``placement``, say where (or print the JSON object), and exit 1 if the step gate
     failed: the file is written, recording the figures, but the step is slower."""
@@ -387,7 +389,7 @@ def write_plan(
                 "devices": placement.num_devices,
                 "layers": layers,
                 "options": placement.options,
-                "fit": fit,
+                "fit": {} if fit is None else fit.report(),
                 "validation": placement.validation,
                 "passed": step_failure is None,
                 "failures": [step_failure] if step_failure else [],
@@ -504,27 +506,39 @@ class PlanJob:
     def label(self) -> str:
         return f"{self.solver}, D={self.topology.num_devices}"
 
+    @contextlib.contextmanager
     def planning(self, label: str, runs: int = 1):
-        """``planning`` with ``runs`` whole-model plans of progress."""
+        """Yield ``plan_at(solver, options)``, which plans the calibration statistics on the pool
+        of ``--jobs`` / ``--cluster`` (also yielded) with one progress bar of ``runs`` whole-model
+        plans, errors named by the calibration input."""
         layers = runs * self.statistics.num_layers
-        return planning(self.trace, label, layers, self.jobs, self.cluster)
+        provenance = self.source.provenance()
+        with (
+            named(self.trace),
+            progress_bar(label, layers) as advance,
+            executor_for(self.jobs, self.cluster) as pool,
+        ):
+
+            def plan_at(solver: str, options: SolverOptions) -> Placement:
+                return plan_layers(self.statistics, self.topology, solver, options, provenance, advance, pool)
+
+            yield plan_at, pool
 
 
 def plan_fixed(job: PlanJob) -> Placement:
     """``plan``: the solver at the one load tolerance given."""
-    with job.planning(job.label) as (plan_one, _):
-        return plan_one(job.statistics, job.topology, job.solver, job.options, job.source.provenance())
+    with job.planning(job.label) as (plan_at, _):
+        return plan_at(job.solver, job.options)
 
 
 def plan_auto_tolerance(job: PlanJob) -> Placement:
     """``--load-tolerance auto``: the balancers and the solver over a grid of tolerances; the
     cheapest step replayed on the calibration trace wins."""
     runs = len(BALANCERS) + len(AUTO_TOLERANCES)
-    with job.planning(f"{job.label}, eps auto", runs) as (plan_one, _):
-        choice = choose_tolerance(
-            job.source, job.statistics, job.topology, job.solver, job.options, job.setting,
-            job.source.provenance(), plan_one,
-        )  # fmt: skip
+    with job.planning(f"{job.label}, eps auto", runs) as (plan_at, _):
+        balancers = plan_balancers(plan_at, job.options)
+        solver_at = functools.partial(plan_at, job.solver)
+        choice = choose_tolerance(job.source, job.topology, job.setting, solver_at, job.options, balancers)
     print_choice(choice, job.setting, "load tolerance auto")
     return with_choice(choice, job.solver, job.setting)
 
@@ -533,11 +547,9 @@ def plan_auto_groups(job: PlanJob) -> Placement:
     """``--group-mode auto``: the solver with routing groups kept on nodes and free; the cheaper
     step wins (load records: on routing fitted to their load)."""
     replayed, routing = steps_to_replay(job.source, job.setting, job.topology, job.seed)
-    with job.planning(f"{job.label}, group mode auto", len(AUTO_GROUP_MODES)) as (plan_one, _):
-        choice = choose_group_mode(
-            replayed, job.statistics, job.topology, job.solver, job.options, job.setting,
-            job.source.provenance(), plan_one,
-        )  # fmt: skip
+    with job.planning(f"{job.label}, group mode auto", len(AUTO_GROUP_MODES)) as (plan_at, _):
+        solver_at = functools.partial(plan_at, job.solver)
+        choice = choose_group_mode(replayed, job.topology, job.setting, solver_at, job.options)
     whole = "whole " if job.setting.shape.whole else ""
     out.print(
         f"group mode auto: estimated {whole}step on {routing} (ms, a model): "
@@ -557,30 +569,33 @@ def replan_served(job: PlanJob, current: Placement, max_moves: int, auto: bool) 
     for the new traffic; also plan the solver from scratch, to say how much of its gain the moves
     recover. With ``auto``, both at the tolerance whose step is cheapest (the re-plan against
     keeping the served placement)."""
-    statistics, setting, provenance = job.statistics, job.setting, job.source.provenance()
+    statistics, setting, options = job.statistics, job.setting, job.options
     with named(job.trace):
         check_compatible(current, statistics.meta)
     runs = len(BALANCERS) + len(AUTO_TOLERANCES) if auto else 1
     # replicas, groups on nodes or load records: moves of slots, for balance; else of experts
     slot_moves = statistics.load_only or current.redundant_slots > 0 or current.groups_on_nodes > 1
-    with job.planning(f"{job.solver} from scratch, D={job.topology.num_devices}", runs) as (plan_one, pool):
+    provenance = job.source.provenance()
+    with job.planning(f"{job.solver} from scratch, D={job.topology.num_devices}", runs) as (plan_at, pool):
 
-        def replan_one(stats, topology, solver, options, provenance):  # the signature plan_one has
+        def replan_at(options: SolverOptions) -> Placement:
             if slot_moves:
-                return replan_slots(stats, current, max_moves, provenance, pool)
-            return replan(stats, current, max_moves, options, provenance, pool)
+                return replan_slots(statistics, current, max_moves, provenance, pool)
+            return replan(statistics, current, max_moves, options, provenance, pool)
 
         if auto:
-            choose = functools.partial(
-                choose_tolerance, job.source, statistics, job.topology, job.solver, job.options, setting,
-                provenance,
-            )  # fmt: skip
-            full = choose(plan_one).placement
-            choice = choose(replan_one, fixed={SERVED: current})
+            solver_at = functools.partial(plan_at, job.solver)
+            balancers = plan_balancers(plan_at, options)
+            full = choose_tolerance(
+                job.source, job.topology, setting, solver_at, options, balancers
+            ).placement
+            choice = choose_tolerance(
+                job.source, job.topology, setting, replan_at, options, {SERVED: current}
+            )
             placement = with_choice(choice, job.solver, setting)
         else:
-            full = plan_one(statistics, job.topology, job.solver, job.options, provenance)
-            placement = replan_one(statistics, job.topology, job.solver, job.options, provenance)
+            full = plan_at(job.solver, options)
+            placement = replan_at(options)
     if auto:
         print_choice(choice, setting, "re-plan")
     traffic = job.source if isinstance(job.source, Trace) else statistics
@@ -590,7 +605,7 @@ def replan_served(job: PlanJob, current: Placement, max_moves: int, auto: bool) 
 
 def note_relaxed_caps(placement: Placement) -> None:
     """A note on stderr naming the layers whose load cap rose to what frequency packing reaches."""
-    relaxed = [layer.layer_id for layer in placement.layers if layer.solver_report.get("cap_relaxed")]
+    relaxed = [layer.layer_id for layer in placement.layers if was_relaxed(layer.solver_report)]
     if relaxed:
         err.print(
             tagged(
@@ -602,14 +617,14 @@ def note_relaxed_caps(placement: Placement) -> None:
         )
 
 
-def print_fit(placement: Placement, statistics: Statistics) -> dict:
-    """Print the calibration fit of ``placement`` (mean over layers) and return it (empty when
+def print_fit(placement: Placement, statistics: Statistics) -> FitFigures | None:
+    """Print the calibration fit of ``placement`` (means over layers) and return it (None when
     the statistics have no top-k sets)."""
-    fit = fit_figures(placement)
-    if fit:
+    fit = calibration_fit(placement)
+    if fit is not None:
         out.print(
-            f"calibration (mean over layers): dev/token {fit['fit_dev_per_token']:.3f}, best lower bound "
-            f"{fit['lower_bound_dev_per_token']:.3f} (bound gap {fit['bound_gap']:.1%}; per layer in "
+            f"calibration (mean over layers): dev/token {fit.dev_per_token:.3f}, best lower bound "
+            f"{fit.lower_bound_dev_per_token:.3f} (bound gap {fit.bound_gap:.1%}; per layer in "
             "solver_report)"
             + (
                 f"; top-k sets sampled at rate {statistics.set_sample_rate:.3g} (load, co-activation: all)"
@@ -631,11 +646,10 @@ def search_steps_of(job: PlanJob, placement: Placement, swaps: int) -> Placement
         placement = step_search(
             placement, job.source, job.setting, swaps, seed=job.seed, executor=pool, on_layer=advance
         )
-    searched = [layer.solver_report["step_search"] for layer in placement.layers]
+    record = search_record(placement)
     out.print(
-        f"step search on {placement.options['step_search']['steps']} steps sampled from the calibration "
-        f"trace (a model): estimated step {sum(r['seconds_before'] for r in searched) * 1e3:.3f} -> "
-        f"{sum(r['seconds_after'] for r in searched) * 1e3:.3f} ms"
+        f"step search on {record.steps} steps sampled from the calibration trace (a model): estimated "
+        f"step {record.seconds_before * 1e3:.3f} -> {record.seconds_after * 1e3:.3f} ms"
     )
     return placement
 
@@ -658,9 +672,8 @@ def score_on_holdout(
         with named(holdout):
             balance = validate_balance(placement, held, **allowed)
         print_warnings(balance.evidence)
-        summary = balance.summary()
-        print_balance(summary)
-        return dataclasses.replace(placement, validation=summary), None
+        print_balance(balance)
+        return dataclasses.replace(placement, validation=balance.summary()), None
     with named(holdout):
         validation = validate_placement(placement, held, **allowed)
         summary = validation.summary()
@@ -668,7 +681,7 @@ def score_on_holdout(
     print_warnings(validation.evidence)
     if steps is not None:
         summary = summary | {"step": steps.summary()}
-    print_summary(summary)
+    print_summary(validation)
     if steps is None:
         return dataclasses.replace(placement, validation=summary), None
     print_steps(steps)
@@ -687,19 +700,6 @@ def with_choice(choice: Choice, solver: str, setting: StepSetting) -> Placement:
     return dataclasses.replace(
         choice.placement, options=choice.placement.options | {"load_tolerance_auto": auto}
     )
-
-
-@contextlib.contextmanager
-def planning(trace: Path, label: str, layers: int, jobs: int, cluster: str | None):
-    """Yield ``plan_one(stats, topology, solver, options, provenance)``, which plans every layer
-    on the pool of ``--jobs`` / ``--cluster`` (also yielded) with one progress bar of ``layers``
-    layer plans in all, errors named by the input ``trace``."""
-    with named(trace), progress_bar(label, layers) as advance, executor_for(jobs, cluster) as pool:
-
-        def plan_one(stats, topology, solver, options, provenance):
-            return plan_layers(stats, topology, solver, options, provenance, advance, pool)
-
-        yield plan_one, pool
 
 
 def steps_to_replay(
@@ -744,17 +744,15 @@ def print_replan(
 ) -> None:
     """Moves made, and how much of a from-scratch plan's gain they recover on the new traffic (and
     of its serving step, estimated on it, with a step setting)."""
-    moves = [layer.solver_report.get("moves", 0) for layer in replanned.layers]
-    slots = replanned.options.get("moves") == "slots"  # else a move is an expert changing device
-    if slots:
+    moves = moves_of(replanned)
+    if moves.unit == "slot":
         pairs = zip(current.physical_to_logical, full.physical_to_logical, strict=True)
     else:
         pairs = zip(current.expert_to_device, full.expert_to_device, strict=True)
     full_moves = sum(int((a != b).sum()) for a, b in pairs)
-    what = "slot" if slots else "expert"
     out.print(
-        f"re-plan from {current.solver}: {sum(moves)} {what} moves ({max(moves)} at most in a layer, "
-        f"budget {replanned.options.get('max_moves', 0)}); {full.solver} from scratch moves {full_moves}"
+        f"re-plan from {current.solver}: {sum(moves.per_layer)} {moves.unit} moves ({max(moves.per_layer)} "
+        f"at most in a layer, budget {moves.budget}); {full.solver} from scratch moves {full_moves}"
     )
     if isinstance(trace, Statistics):  # load records: balance on each of their workloads
         plans = {"served": current, "re-plan": replanned, full.solver: full}

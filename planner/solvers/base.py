@@ -57,7 +57,7 @@ class Solution:
     What other code reads of a solution is a field: ``fanout``, the fit fan-out (token-device
     pairs over the calibration sets) where the solver computed it; ``bound_fanout``, a proven lower
     bound on it; ``bound_colocated_coactivation``, a proven upper bound on the co-activation that
-    can share a device. They go into the placement file's report beside ``info``.
+    can share a device. They go into the placement file's ``solver_report`` beside ``info``.
     """
 
     expert_to_device: np.ndarray
@@ -68,8 +68,9 @@ class Solution:
     bound_colocated_coactivation: int | None = None
 
     @property
-    def report(self) -> dict[str, Any]:
-        """``info`` and the figures above that the solver set: what the placement file records."""
+    def solver_report(self) -> dict[str, Any]:
+        """``info`` and the figures above that the solver set: what the placement file records as
+        the layer's ``solver_report`` (``LayerPlacement.solver_report``)."""
         figures = ("fanout", "bound_fanout", "bound_colocated_coactivation")
         return self.info | {name: getattr(self, name) for name in figures if getattr(self, name) is not None}
 

@@ -47,7 +47,18 @@ class LoadCaps:
 
     def info(self) -> dict:
         """What a capped solver reports about its cap (YAML-safe)."""
-        return {"load_cap": round(self.cap_ratio, 6), "cap_relaxed": self.relaxed}
+        return {"load_cap": round(self.cap_ratio, 6)} | relaxed_report(self.relaxed)
+
+
+def relaxed_report(relaxed: bool) -> dict:
+    """How a layer's solver report records whether its cap rose above (1 + eps) x mean."""
+    return {"cap_relaxed": relaxed}
+
+
+def was_relaxed(report: dict) -> bool:
+    """Whether a layer's solver report (a solver's own, or read from a placement file) records
+    a cap that rose above (1 + eps) x mean to what frequency packing reaches."""
+    return bool(report.get("cap_relaxed", False))
 
 
 def balance_floor(expert_load: np.ndarray, num_devices: int) -> float:

@@ -6,11 +6,11 @@ y[i, j] <= [i and j share a device] for each co-firing pair; maximize sum coact[
 Two valid cuts tighten its bound: an expert has at most ``slots - 1`` partners, and devices are
 interchangeable, so expert e may only use devices 0..e (devices numbered by their lowest expert).
 
-Search: the full model, hinted with the ``greedy-capped`` placement, gives the status and a proven
+Search: the full model, hinted with the ``greedy-capped`` expert_to_device, gives the status and a proven
 upper bound. Then devices are repaired two at a time: the experts of a device pair are split
 between the two again by an exact CP-SAT bisection under the same caps, keeping any improvement,
 pair after pair until a whole round improves nothing or the time is spent. Every CP-SAT call runs
-one worker under a deterministic time limit, so the same input gives the same placement, and the
+one worker under a deterministic time limit, so the same input gives the same expert_to_device, and the
 whole layer stays within ``time_limit`` deterministic seconds (plus at most one small repair).
 """
 
@@ -35,16 +35,20 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
     caps = load_caps(stats, topology, options.load_tolerance)
     hint = canonical_devices(agglomerate(stats.coact, topology, caps.scenario_load, caps.cap))
     full_budget = options.time_limit * _FULL_MODEL_SHARE
-    status, placement, bound, used = solve_full(stats.coact, topology, caps, hint, full_budget, options.seed)
+    status, expert_to_device, bound, used = solve_full(
+        stats.coact, topology, caps, hint, full_budget, options.seed
+    )
     rounds = 0
     if status != "OPTIMAL" and topology.num_devices > 1:
-        placement, spent, rounds = repair_pairs(
-            stats.coact, topology, caps, placement, options.time_limit - used
+        expert_to_device, spent, rounds = repair_pairs(
+            stats.coact, topology, caps, expert_to_device, options.time_limit - used
         )
         used += spent
-    objective = colocated_weight(stats.coact, placement)  # repairs keep the model's constraints: <= bound
+    objective = colocated_weight(
+        stats.coact, expert_to_device
+    )  # repairs keep the model's constraints: <= bound
     return Solution(
-        placement,
+        expert_to_device,
         caps.info()
         | {
             "status": status,
@@ -87,20 +91,22 @@ def solve_full(coact, topology: Topology, caps: LoadCaps, hint, time_limit: floa
     model.maximize(sum(terms))
     status, found, solver = run(model, time_limit, seed)
     if found:
-        placement = np.array([next(d for d, v in enumerate(x[e]) if solver.value(v)) for e in range(n)])
+        expert_to_device = np.array(
+            [next(d for d, v in enumerate(x[e]) if solver.value(v)) for e in range(n)]
+        )
         bound = int(solver.best_objective_bound)
     else:  # UNKNOWN within the limit: keep the feasible hint, claim no bound beyond the trivial one
-        placement, bound = hint, int(np.triu(coact, 1).sum())
-    return status, placement.astype(np.int64), bound, solver.deterministic_time
+        expert_to_device, bound = hint, int(np.triu(coact, 1).sum())
+    return status, expert_to_device.astype(np.int64), bound, solver.deterministic_time
 
 
-def repair_pairs(coact, topology: Topology, caps: LoadCaps, placement, budget: float):
-    """Re-split device pairs exactly while it helps. Returns (placement, deterministic time, rounds).
+def repair_pairs(coact, topology: Topology, caps: LoadCaps, expert_to_device, budget: float):
+    """Re-split device pairs exactly while it helps. Returns (expert_to_device, deterministic time, rounds).
 
     A pair is re-split only if one of its devices changed since the pair was last solved: an
     unchanged pair's best split is the one it already has.
     """
-    placement, spent, rounds = placement.copy(), 0.0, 0
+    expert_to_device, spent, rounds = expert_to_device.copy(), 0.0, 0
     pairs = list(itertools.combinations(range(topology.num_devices), 2))
     version = np.zeros(topology.num_devices, np.int64)  # bumped when a device's experts change
     solved_at = {}  # pair -> the device versions it was last solved at
@@ -112,20 +118,20 @@ def repair_pairs(coact, topology: Topology, caps: LoadCaps, placement, budget: f
         for a, b in todo:
             if spent >= budget:
                 break
-            experts = np.flatnonzero((placement == a) | (placement == b))
+            experts = np.flatnonzero((expert_to_device == a) | (expert_to_device == b))
             on_a, used = bisect(
                 coact[np.ix_(experts, experts)],
                 caps.scenario_load[:, experts],
                 caps.cap,
-                placement[experts] == a,
+                expert_to_device[experts] == a,
                 budget - spent,
             )
             spent += used
             if on_a is not None:
-                placement[experts] = np.where(on_a, a, b)
+                expert_to_device[experts] = np.where(on_a, a, b)
                 version[[a, b]] += 1
             solved_at[a, b] = (version[a], version[b])
-    return placement, spent, rounds
+    return expert_to_device, spent, rounds
 
 
 def bisect(coact, scenario_load, cap, on_a, time_limit: float):

@@ -7,7 +7,7 @@ y[h, d] >= x[e, d] for each e in h, and the valid cut sum_d y[h, d] >= ceil(|h| 
 expert cost one device wherever it goes and are left out. Devices are interchangeable, so expert
 i may only sit on devices 0..i (symmetry breaking).
 
-The model is hinted with the ``refine`` placement (greedy-capped, then the exact local search), so
+The model is hinted with the ``refine`` expert_to_device (greedy-capped, then the exact local search), so
 the answer is never worse than refine's, and CP-SAT's proven lower bound on the fan-out goes into
 the layer's bounds. One worker under a deterministic time limit: reproducible. Tractable for a
 dozen or two experts and a few hundred distinct sets; larger layers are refused with the reason.
@@ -44,21 +44,21 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
         raise MoeplaceError("exact does not model nodes; use refine or hypergraph with a node cost")
     caps = load_caps(stats, topology, options.load_tolerance)
     hint = refine_solve(stats, topology, options)
-    status, placement, bound, used = _solve_model(
+    status, expert_to_device, bound, used = _solve_model(
         sets.sets[multi], sets.counts[multi], topology, caps, hint.expert_to_device, options
     )
-    if fanout(sets, placement) > hint.fanout:  # CP-SAT need not return its hint; keep the better
-        placement = hint.expert_to_device
+    if fanout(sets, expert_to_device) > hint.fanout:  # CP-SAT need not return its hint; keep the better
+        expert_to_device = hint.expert_to_device
     constant = int(sets.counts[size == 1].sum())  # single-expert sets: one device each, always
     return Solution(
-        placement,
+        expert_to_device,
         hint.info
         | {
             "status": status,
             "refine_fanout": hint.fanout,
             "deterministic_time": round(used, 3),
         },
-        fanout=fanout(sets, placement),
+        fanout=fanout(sets, expert_to_device),
         bound_fanout=None if bound is None else bound + constant,
     )
 
@@ -106,12 +106,12 @@ def _solve_model(
     status, found, solver = run(model, options.time_limit, options.seed)
     if not found:  # no bound beyond the planner's own
         return status, hint.astype(np.int64), None, solver.deterministic_time
-    placement = np.array(
+    expert_to_device = np.array(
         [next(d for d, v in enumerate(x[e]) if v is not None and solver.value(v)) for e in range(n)]
     )
     return (
         status,
-        placement.astype(np.int64),
+        expert_to_device.astype(np.int64),
         int(np.ceil(solver.best_objective_bound - 1e-6)),
         solver.deterministic_time,
     )

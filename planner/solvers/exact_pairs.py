@@ -39,7 +39,7 @@ def resplit_pair(
 ) -> tuple[np.ndarray | None, float]:
     """A strictly better split of devices a and b, or None; and the CP-SAT time used (0 if enumerated).
 
-    ``device``: int ``[N]`` current placement. The result keeps every other expert where it is.
+    ``device``: int ``[N]``, the current placement. The result keeps every other expert where it is.
     ``incidence``: optional ``[N, H]`` CSR, 1 where an expert is in a set; with it only the sets
     holding the pair's experts are read, not all of them (at 256 experts, ~1% of the sets).
     """
@@ -60,10 +60,10 @@ def resplit_pair(
         side, used = _cp_sat(members, weights, load, caps.cap, on_first, current, time_limit)
     if side is None:
         return None, used
-    placement = device.copy()
+    expert_to_device = device.copy()
     first, other = device[experts[0]], (b if device[experts[0]] == a else a)
-    placement[experts] = np.where(side, first, other)
-    return placement, used
+    expert_to_device[experts] = np.where(side, first, other)
+    return expert_to_device, used
 
 
 def _pair_sets(topk_sets: TopkSets, experts: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:

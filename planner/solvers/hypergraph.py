@@ -4,7 +4,7 @@ Each distinct top-k set is a hyperedge weighted by its tokens; Mt-KaHyPar's conn
 (km1) objective is then exactly the total fan-out minus the tokens. It balances one node weight
 only, so it partitions into equal expert counts (node weight 1, no imbalance) and knows nothing of
 load: each partition is swap-repaired to the load caps. Several seeds (deterministic preset, one
-thread) and the ``greedy-capped`` placement are tried as starts; the best, after descent, goes
+thread) and the ``greedy-capped`` expert_to_device are tried as starts; the best, after descent, goes
 through the full exact local search of ``refine``.
 """
 
@@ -44,9 +44,9 @@ def partition(topk_sets: TopkSets, topology: Topology, seed: int) -> np.ndarray 
         [1] * topology.num_experts,
         [int(topk_sets.counts[i]) for i in keep],
     )
-    placement = np.asarray(hypergraph.partition(context).get_partition(), dtype=np.int64)
-    counts = np.bincount(placement, minlength=topology.num_devices)
-    return placement if np.all(counts == topology.slots_per_device) else None
+    expert_to_device = np.asarray(hypergraph.partition(context).get_partition(), dtype=np.int64)
+    counts = np.bincount(expert_to_device, minlength=topology.num_devices)
+    return expert_to_device if np.all(counts == topology.slots_per_device) else None
 
 
 def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solution:
@@ -55,18 +55,18 @@ def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solu
     starts = {"greedy-capped": agglomerate(stats.coact, topology, caps.scenario_load, caps.cap)}
     if topology.num_devices > 1:
         for i in range(SEEDS):
-            placement = partition(stats.topk_sets, topology, options.seed * SEEDS + i)
-            if placement is not None:
-                starts[f"mt-kahypar seed {options.seed * SEEDS + i}"] = placement
+            expert_to_device = partition(stats.topk_sets, topology, options.seed * SEEDS + i)
+            if expert_to_device is not None:
+                starts[f"mt-kahypar seed {options.seed * SEEDS + i}"] = expert_to_device
     descended = {}
     for name, start in starts.items():
-        placement, _, feasible = search.run(start, MAX_STEPS_PER_EXPERT * topology.num_experts)
+        expert_to_device, _, feasible = search.run(start, MAX_STEPS_PER_EXPERT * topology.num_experts)
         if feasible:
-            descended[name] = (search.cost(placement), placement)
+            descended[name] = (search.cost(expert_to_device), expert_to_device)
     best = min(descended, key=lambda name: descended[name][0])  # greedy-capped is always feasible
-    placement, report = local_search(stats, topology, caps, descended[best][1], options)
+    expert_to_device, report = local_search(stats, topology, caps, descended[best][1], options)
     return Solution(
-        placement,
+        expert_to_device,
         caps.info()
         | report
         | {

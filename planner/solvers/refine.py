@@ -14,7 +14,7 @@ always full (N/D experts per device), so swaps are the only slot-preserving move
 A descent stops at the first local optimum, so the local search goes on with a tabu search: each
 step takes the best swap that keeps every cap even when it worsens the fan-out, but may not move
 an expert moved within the last few steps (its tenure, drawn at random) unless the swap beats the
-best placement seen. It keeps that best placement; measured on the shared traces it finds 1-5%
+best expert_to_device seen. It keeps that best expert_to_device; measured on the shared traces it finds 1-5%
 lower fit fan-out than the descent, and lower than random restarts (kicks) in about the same
 time. Then device pairs are re-split exactly (``exact_pairs``).
 
@@ -92,7 +92,7 @@ class SwapSearch:
         return cls(topology, caps, topk_sets, incidence, node_cost)
 
     def cost(self, device: np.ndarray) -> float:
-        """The searched objective of placement ``device`` [N]: fan-out, plus C x node fan-out."""
+        """The searched objective of the placement ``device`` [N]: fan-out, plus C x node fan-out."""
         value = fanout(self.topk_sets, device)
         if self.node_cost:
             value += self.node_cost * fanout(self.topk_sets, self.topology.node_of_device[device])
@@ -129,7 +129,7 @@ class SwapSearch:
     def run(
         self, device: np.ndarray, max_steps: int, budget: MoveBudget | None = None
     ) -> tuple[np.ndarray, int, bool]:
-        """Search from ``device`` [N], within ``budget`` if given. Returns (placement, swaps made,
+        """Search from ``device`` [N], within ``budget`` if given. Returns (expert_to_device, swaps made,
         every cap met)."""
         device = device.copy()
         n = self.topology.num_experts
@@ -198,29 +198,35 @@ def local_search(
     """Exact local search from ``start``: swap descent, tabu search, then exact pair re-splits.
 
     Every accepted result lowers the fit fan-out and keeps every device under its cap (once the
-    descent has repaired a start that was over it). Returns the placement and a report.
+    descent has repaired a start that was over it). Returns the placement, int ``[N]``, and a report.
     """
     sets = stats.topk_sets
     search = SwapSearch.build(sets, topology, caps, options.node_cost)
     steps = MAX_STEPS_PER_EXPERT * topology.num_experts
     report = {"fanout_start": search.cost(start)}
-    placement, swaps, feasible = search.run(start.astype(np.int64), steps)
+    expert_to_device, swaps, feasible = search.run(start.astype(np.int64), steps)
     if not feasible:
-        return placement, report | {"cap_met": False, "swaps": swaps, "fanout": search.cost(placement)}
-    descended = search.cost(placement)
-    placement, _ = search.tabu(placement, options.search_steps, np.random.default_rng(options.seed))
-    tabu = search.cost(placement)
-    placement = _pair_descent(sets, caps, search, placement, options.time_limit, steps)
-    return placement, report | {
+        return expert_to_device, report | {
+            "cap_met": False,
+            "swaps": swaps,
+            "fanout": search.cost(expert_to_device),
+        }
+    descended = search.cost(expert_to_device)
+    expert_to_device, _ = search.tabu(
+        expert_to_device, options.search_steps, np.random.default_rng(options.seed)
+    )
+    tabu = search.cost(expert_to_device)
+    expert_to_device = _pair_descent(sets, caps, search, expert_to_device, options.time_limit, steps)
+    return expert_to_device, report | {
         "cap_met": True,
         "swaps": swaps,
         "fanout_descent": descended,
         "fanout_tabu": tabu,
-        "fanout": search.cost(placement),
+        "fanout": search.cost(expert_to_device),
     }
 
 
-def _pair_descent(sets, caps, search, placement, budget, steps) -> np.ndarray:
+def _pair_descent(sets, caps, search, expert_to_device, budget, steps) -> np.ndarray:
     """Re-split device pairs exactly (then swap-descend) until no pair can improve.
 
     A pair is re-split only if one of its devices changed since the pair was last solved;
@@ -237,26 +243,26 @@ def _pair_descent(sets, caps, search, placement, budget, steps) -> np.ndarray:
     while True:
         improved = False
         for a, b in pairs:
-            key = (tuple(np.flatnonzero(placement == a)), tuple(np.flatnonzero(placement == b)))
+            key = (tuple(np.flatnonzero(expert_to_device == a)), tuple(np.flatnonzero(expert_to_device == b)))
             if solved.get((a, b)) == key:
                 continue
-            better, used = resplit_pair(sets, caps, placement, a, b, budget, search.incidence)
+            better, used = resplit_pair(sets, caps, expert_to_device, a, b, budget, search.incidence)
             budget = max(budget - used, 0.0)
             if better is None:
                 solved[a, b] = key
             else:
-                placement, improved = better, True
+                expert_to_device, improved = better, True
         if not improved:
-            return placement
-        placement, _, _ = search.run(placement, steps)
+            return expert_to_device
+        expert_to_device, _, _ = search.run(expert_to_device, steps)
 
 
 def solve(stats: LayerStats, topology: Topology, options: SolverOptions) -> Solution:
     """``greedy-capped``, then the exact local search."""
     caps = load_caps(stats, topology, options.load_tolerance)
     start = agglomerate(stats.coact, topology, caps.scenario_load, caps.cap)
-    placement, report = local_search(stats, topology, caps, start, options)
-    return Solution(placement, caps.info() | report, fanout=report["fanout"])
+    expert_to_device, report = local_search(stats, topology, caps, start, options)
+    return Solution(expert_to_device, caps.info() | report, fanout=report["fanout"])
 
 
 SPEC = SolverSpec(

@@ -117,6 +117,146 @@ def _einops_reduce(tensor, pattern, op, **sizes):
     return tensor.amax(-1) if op == "max" else tensor.mean(-1)
 
 
+def _moe_settings(redundant: int, dispatch: str, a2a_backend: str, recorder_mode: str | None) -> NS:
+    """The MoE server arguments SGLang's EPLB code reads, set as a launch would (no server parses them)."""
+    return NS(
+        ep_num_redundant_experts=redundant,
+        ep_dispatch_algorithm=dispatch,
+        moe_a2a_backend=a2a_backend,
+        deepep_mode="normal",
+        ep_join_mode=None,
+        eplb_algorithm="auto",
+        init_expert_location="trivial",
+        expert_distribution_recorder_mode=recorder_mode,
+        expert_distribution_recorder_buffer_size=-1,
+        expert_balancedness_report_mode=None,
+        eplb_min_rebalancing_utilization_threshold=1.0,
+        elastic_ep_backend=None,
+    )
+
+
+def _one_process_ranks(rank_now: dict, ep_size: int) -> list[tuple[object, str, object]]:
+    """torch.distributed and torch.cpu patched: one process plays each EP rank in turn, no process group."""
+    reduced = []  # stat dumps all-reduce their counts over the ranks; ranks dump in turn here
+
+    def all_reduce(tensor, op=None, group=None):
+        reduced.append(tensor.clone())
+        tensor.copy_(torch.stack(reduced).sum(0))  # the last rank to dump holds every rank's sum
+
+    return [
+        (torch.distributed, "get_rank", lambda group=None: rank_now["rank"]),
+        (torch.distributed, "get_world_size", lambda group=None: ep_size),
+        (torch.distributed, "all_reduce", all_reduce),
+        (torch.cpu, "is_current_stream_capturing", lambda: False),
+        (torch.cpu, "empty_cache", lambda: None),
+    ]
+
+
+def _stub_packages(root: Path, srt: Path) -> None:
+    """sglang and sglang.srt over the archive (their ``__init__`` start the server), einops, ForwardMode."""
+    module("einops", reduce=_einops_reduce)
+    module("sglang", root / "sglang")
+    module("sglang.srt", srt)
+    module("sglang.srt.model_executor")
+    module("sglang.srt.model_executor.forward_batch_info", ForwardBatch=object, ForwardMode=ForwardMode)
+
+
+class _Model:  # the model class SGLang asks for its expert layout (DeepSeek's classmethod)
+    @classmethod
+    def get_model_config_for_expert_location(cls, config):
+        from sglang.srt.eplb.expert_location import ModelConfigForExpertLocation
+
+        return ModelConfigForExpertLocation(
+            num_layers=config.num_hidden_layers, num_logical_experts=config.n_routed_experts
+        )
+
+
+def _stub_model_loader() -> None:
+    """SGLang's model loader, answering with ``_Model``: the real one imports every model and its kernels."""
+    module("sglang.srt.model_loader", get_model_architecture=lambda model_config: (_Model, None))
+
+
+def _withable(srt: Path, old: bool) -> type:
+    """SGLang's own ``Withable``, read from its utils file: the utils module needs the GPU stack."""
+    withable_file = srt / ("utils.py" if old else "utils/common.py")
+    return definitions(withable_file, {"Withable"}, _typing_names())["Withable"]
+
+
+def _stub_server_args_0_5_2(withable: type, moe: NS, ep_size: int, chunked_prefill_size: int):
+    """0.5.2's utils, ServerArgs and global dict (they import the server); returns its ``settings()``."""
+    server_args = NS(
+        device="cpu",
+        ep_size=ep_size,
+        nnodes=1,
+        enable_expert_distribution_metrics=False,
+        chunked_prefill_size=chunked_prefill_size,
+        enable_two_batch_overlap=False,
+    )
+    module("sglang.srt.utils", Withable=withable, get_bool_env_var=_env_flag, is_npu=lambda: False)
+    module("sglang.srt.server_args", ServerArgs=object)
+    module("sglang.srt.managers")
+    module("sglang.srt.managers.schedule_batch", global_server_args_dict={})
+
+    def settings():  # 0.5.2 reads one server_args object and a global dict
+        server_args.__dict__.update(moe.__dict__)
+        module_dict = __import__("sys").modules["sglang.srt.managers.schedule_batch"]
+        module_dict.global_server_args_dict["ep_dispatch_algorithm"] = moe.ep_dispatch_algorithm
+        return server_args
+
+    return settings
+
+
+def _stub_runtime_context(withable: type, moe: NS, ep_size: int, chunked_prefill_size: int):
+    """Newer SGLang's utils, metrics, MoE backend, elastic EP, runtime context (server state); no settings."""
+    module(
+        "sglang.srt.utils",
+        Withable=withable,
+        get_device=lambda *a, **k: "cpu",
+        get_int_env_var=_env_int,
+        get_bool_env_var=_env_flag,
+    )
+    module("sglang.srt.observability")
+    module(
+        "sglang.srt.observability.metrics_collector",
+        STAT_LOGGER_ROLE_EXPERT_DISPATCH="expert_dispatch",
+        ExpertDispatchCollector=object,
+        resolve_collector_class=lambda role, default: default,
+    )
+    module("sglang.srt.layers")
+    module(
+        "sglang.srt.layers.moe",
+        get_moe_a2a_backend=lambda: NS(
+            is_megamoe=lambda: False, is_none=lambda: moe.moe_a2a_backend == "none"
+        ),
+    )
+    module("sglang.srt.elastic_ep")
+    module("sglang.srt.elastic_ep.elastic_ep", elastic_expanded_world_enabled=lambda: False)
+    parallel = NS(
+        ep_size=ep_size,
+        tp_size=ep_size,
+        nnodes=1,
+        elastic_ep_initial_size=None,
+        ep_join_rank_offset=0,
+    )
+    resources = NS(expert_location_metadata=None, expert_distribution_recorder=None)
+    module(
+        "sglang.srt.runtime_context",
+        get_exec=lambda: NS(moe=moe, overlap=NS(enable_two_batch_overlap=False)),
+        get_schedule=lambda: NS(chunked_prefill_size=chunked_prefill_size),
+        get_device=lambda: NS(device="cpu"),
+        get_platform=lambda: NS(is_hip=False),
+        get_parallel=lambda: parallel,
+        get_resources=lambda: resources,
+        reports_expert_balancedness=lambda: False,
+        logs_expert_balancedness_to_server_log=lambda: False,
+    )
+
+    def settings():
+        return None
+
+    return settings
+
+
 @contextlib.contextmanager
 def sglang(
     version: str,
@@ -141,119 +281,13 @@ def sglang(
     srt = root / "sglang" / "srt"
     old = version == "0.5.2"
     rank_now = {"rank": 0}
-    moe = NS(
-        ep_num_redundant_experts=redundant,
-        ep_dispatch_algorithm=dispatch,
-        moe_a2a_backend=a2a_backend,
-        deepep_mode="normal",
-        ep_join_mode=None,
-        eplb_algorithm="auto",
-        init_expert_location="trivial",
-        expert_distribution_recorder_mode=recorder_mode,
-        expert_distribution_recorder_buffer_size=-1,
-        expert_balancedness_report_mode=None,
-        eplb_min_rebalancing_utilization_threshold=1.0,
-        elastic_ep_backend=None,
-    )
-    reduced = []  # stat dumps all-reduce their counts over the ranks; ranks dump in turn here
-
-    def all_reduce(tensor, op=None, group=None):
-        reduced.append(tensor.clone())
-        tensor.copy_(torch.stack(reduced).sum(0))  # the last rank to dump holds every rank's sum
-
-    patches = [
-        (torch.distributed, "get_rank", lambda group=None: rank_now["rank"]),
-        (torch.distributed, "get_world_size", lambda group=None: ep_size),
-        (torch.distributed, "all_reduce", all_reduce),
-        (torch.cpu, "is_current_stream_capturing", lambda: False),
-        (torch.cpu, "empty_cache", lambda: None),
-    ]
-    with isolated(*patches):
-        module("einops", reduce=_einops_reduce)
-        module("sglang", root / "sglang")
-        module("sglang.srt", srt)
-        module("sglang.srt.model_executor")
-        module("sglang.srt.model_executor.forward_batch_info", ForwardBatch=object, ForwardMode=ForwardMode)
-
-        class Model:  # the model class SGLang asks for its expert layout (DeepSeek's classmethod)
-            @classmethod
-            def get_model_config_for_expert_location(cls, config):
-                from sglang.srt.eplb.expert_location import ModelConfigForExpertLocation
-
-                return ModelConfigForExpertLocation(
-                    num_layers=config.num_hidden_layers, num_logical_experts=config.n_routed_experts
-                )
-
-        module("sglang.srt.model_loader", get_model_architecture=lambda model_config: (Model, None))
+    moe = _moe_settings(redundant, dispatch, a2a_backend, recorder_mode)
+    with isolated(*_one_process_ranks(rank_now, ep_size)):
+        _stub_packages(root, srt)
+        _stub_model_loader()
         model_config = NS(hf_config=NS(num_hidden_layers=num_hidden_layers, n_routed_experts=num_experts))
-        withable_file = srt / ("utils.py" if old else "utils/common.py")
-        withable = definitions(withable_file, {"Withable"}, _typing_names())["Withable"]
-        if old:
-            server_args = NS(
-                device="cpu",
-                ep_size=ep_size,
-                nnodes=1,
-                enable_expert_distribution_metrics=False,
-                chunked_prefill_size=chunked_prefill_size,
-                enable_two_batch_overlap=False,
-            )
-            module("sglang.srt.utils", Withable=withable, get_bool_env_var=_env_flag, is_npu=lambda: False)
-            module("sglang.srt.server_args", ServerArgs=object)
-            module("sglang.srt.managers")
-            module("sglang.srt.managers.schedule_batch", global_server_args_dict={})
-
-            def settings():  # 0.5.2 reads one server_args object and a global dict
-                server_args.__dict__.update(moe.__dict__)
-                module_dict = __import__("sys").modules["sglang.srt.managers.schedule_batch"]
-                module_dict.global_server_args_dict["ep_dispatch_algorithm"] = moe.ep_dispatch_algorithm
-                return server_args
-        else:
-            module(
-                "sglang.srt.utils",
-                Withable=withable,
-                get_device=lambda *a, **k: "cpu",
-                get_int_env_var=_env_int,
-                get_bool_env_var=_env_flag,
-            )
-            module("sglang.srt.observability")
-            module(
-                "sglang.srt.observability.metrics_collector",
-                STAT_LOGGER_ROLE_EXPERT_DISPATCH="expert_dispatch",
-                ExpertDispatchCollector=object,
-                resolve_collector_class=lambda role, default: default,
-            )
-            module("sglang.srt.layers")
-            module(
-                "sglang.srt.layers.moe",
-                get_moe_a2a_backend=lambda: NS(
-                    is_megamoe=lambda: False, is_none=lambda: moe.moe_a2a_backend == "none"
-                ),
-            )
-            module("sglang.srt.elastic_ep")
-            module("sglang.srt.elastic_ep.elastic_ep", elastic_expanded_world_enabled=lambda: False)
-            parallel = NS(
-                ep_size=ep_size,
-                tp_size=ep_size,
-                nnodes=1,
-                elastic_ep_initial_size=None,
-                ep_join_rank_offset=0,
-            )
-            resources = NS(expert_location_metadata=None, expert_distribution_recorder=None)
-            module(
-                "sglang.srt.runtime_context",
-                get_exec=lambda: NS(moe=moe, overlap=NS(enable_two_batch_overlap=False)),
-                get_schedule=lambda: NS(chunked_prefill_size=chunked_prefill_size),
-                get_device=lambda: NS(device="cpu"),
-                get_platform=lambda: NS(is_hip=False),
-                get_parallel=lambda: parallel,
-                get_resources=lambda: resources,
-                reports_expert_balancedness=lambda: False,
-                logs_expert_balancedness_to_server_log=lambda: False,
-            )
-
-            def settings():
-                return None
-
+        stub_server_state = _stub_server_args_0_5_2 if old else _stub_runtime_context
+        settings = stub_server_state(_withable(srt, old), moe, ep_size, chunked_prefill_size)
         location = __import__("sglang.srt.eplb.expert_location", fromlist=["*"])
         distribution = __import__("sglang.srt.eplb.expert_distribution", fromlist=["*"])
         if old:  # 0.5.2's stat gatherer allocates on device="cuda": the same tensors on the CPU
