@@ -515,22 +515,36 @@ def gini(values: np.ndarray) -> float:
     return float((2 * np.arange(1, n + 1) - n - 1) @ x / (n * x.sum()))
 
 
-def load_skew(load: np.ndarray) -> dict[str, float]:
-    """How uneven one layer's expert load ``[N]`` is: the shape solvers must balance.
+@dataclasses.dataclass(frozen=True)
+class LoadSkew:
+    """How uneven one layer's expert load is: the shape solvers must balance.
 
-    ``max_mean``: hottest expert over the mean; ``max_min``: hottest over coldest (inf with a
-    dead expert); ``gini``: Gini coefficient (0 even, 1 all on one expert); ``top_decile_share``:
-    share of activations taken by the busiest 10% of experts; ``dead``: experts never selected.
+    Attributes:
+        max_mean: hottest expert over the mean.
+        max_min: hottest over coldest (inf with a dead expert).
+        gini: Gini coefficient (0 even, 1 all on one expert).
+        top_decile_share: share of activations taken by the busiest 10% of experts.
+        dead: experts never selected.
     """
+
+    max_mean: float
+    max_min: float
+    gini: float
+    top_decile_share: float
+    dead: int
+
+
+def load_skew(load: np.ndarray) -> LoadSkew:
+    """The ``LoadSkew`` of one layer's expert load, int ``[N]``."""
     n = load.shape[0]
     ordered = np.sort(load.astype(np.float64))
     total = ordered.sum()
     if not total:
-        return {"max_mean": 0.0, "max_min": 0.0, "gini": 0.0, "top_decile_share": 0.0, "dead": n}
-    return {
-        "max_mean": float(ordered[-1] * n / total),
-        "max_min": float(ordered[-1] / ordered[0]) if ordered[0] else float("inf"),
-        "gini": gini(ordered),
-        "top_decile_share": float(ordered[-max(1, n // 10) :].sum() / total),
-        "dead": int(np.count_nonzero(ordered == 0)),
-    }
+        return LoadSkew(0.0, 0.0, 0.0, 0.0, n)
+    return LoadSkew(
+        max_mean=float(ordered[-1] * n / total),
+        max_min=float(ordered[-1] / ordered[0]) if ordered[0] else float("inf"),
+        gini=gini(ordered),
+        top_decile_share=float(ordered[-max(1, n // 10) :].sum() / total),
+        dead=int(np.count_nonzero(ordered == 0)),
+    )

@@ -140,10 +140,10 @@ def test_statistics_refuse_mismatched_merges(real_trace):
 
 def test_load_skew_hand_case():
     skew = load_skew(np.array([0, 1, 1, 2, 6]))
-    assert skew["max_mean"] == pytest.approx(3.0)
-    assert skew["max_min"] == float("inf") and skew["dead"] == 1
-    assert skew["top_decile_share"] == pytest.approx(0.6)
-    assert skew["gini"] == pytest.approx((2 * np.arange(1, 6) - 6) @ np.array([0, 1, 1, 2, 6]) / (5 * 10))
+    assert skew.max_mean == pytest.approx(3.0)
+    assert skew.max_min == float("inf") and skew.dead == 1
+    assert skew.top_decile_share == pytest.approx(0.6)
+    assert skew.gini == pytest.approx((2 * np.arange(1, 6) - 6) @ np.array([0, 1, 1, 2, 6]) / (5 * 10))
 
 
 def test_expert_load_equals_statistics_load(real_trace):

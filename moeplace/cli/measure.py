@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from moeplace.calibrate.stats import DEFAULT_RESAMPLES
@@ -449,7 +450,6 @@ def _print_bench(result) -> None:
 
     from moeplace.validators.bench import PHASES
 
-    summary = result.summary()
     runs = result.setting.repeats
     table = Table(
         title=f"MoE part of a step (ms), {result.steps.count} held-out steps x {result.setting.layers} "
@@ -458,14 +458,15 @@ def _print_bench(result) -> None:
     )
     for column in ("placement", "measured", "predicted", "speedup", "runs, pts", "predicted"):
         table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
-    for row in summary["placements"]:
+    for row in result.rows:
+        speedup = result.speedup(row)
         table.add_row(
-            row["placement"],
-            f"{row['measured_ms']:.1f}",
-            f"{row['predicted_ms']:.1f}",
-            f"{row['speedup']:+.1%}",
-            f"{row['speedup_min'] * 100:+.1f}..{row['speedup_max'] * 100:+.1f}",
-            f"{row['predicted_speedup']:+.1%}",
+            row.label,
+            f"{np.median(row.measured_moe) * 1e3:.1f}",
+            f"{row.predicted_moe * 1e3:.1f}",
+            f"{np.median(speedup):+.1%}",
+            f"{speedup.min() * 100:+.1f}..{speedup.max() * 100:+.1f}",
+            f"{result.predicted_speedup(row):+.1%}",
         )
     out.print(table)
     phases = Table(
@@ -473,11 +474,15 @@ def _print_bench(result) -> None:
     )
     for column in ("placement", "dispatch", "compute", "combine", "latency"):
         phases.add_column(column, justify="right", no_wrap=True)
-    for row in summary["placements"]:
+    for row in result.rows:
+        measured = np.median(row.phases, axis=0) * 1e3  # [3] ms, in PHASES order
         phases.add_row(
-            row["placement"],
-            *(f"{row[f'measured_{p}_ms']:.1f} / {row[f'predicted_{p}_ms']:.1f}" for p in PHASES),
-            f"{row['predicted_overhead_ms']:.1f}",
+            row.label,
+            *(
+                f"{m:.1f} / {getattr(row.predicted, p) * 1e3:.1f}"
+                for m, p in zip(measured, PHASES, strict=True)
+            ),
+            f"{row.overhead * 1e3:.1f}",
         )
     out.print(phases)
     out.print(f"speedup: 1 - step / {result.baseline.label}'s, measured per round of runs (paired)")

@@ -167,7 +167,7 @@ def stats(trace: StatsInputArg, as_json: JsonOpt = False):
                 "load_only": isinstance(data, Statistics) and data.load_only,
                 "workloads": list(getattr(data, "workloads", ())),
                 "layers": [
-                    {"layer": layer_id, **load_skew(layer_load)}
+                    {"layer": layer_id, **dataclasses.asdict(load_skew(layer_load))}
                     for layer_id, layer_load in zip(meta.layer_ids, load, strict=True)
                 ],
             }
@@ -189,11 +189,11 @@ def stats(trace: StatsInputArg, as_json: JsonOpt = False):
         s = load_skew(layer_load)
         table.add_row(
             str(layer_id),
-            f"{s['max_mean']:.2f}",
-            f"{s['max_min']:.1f}",
-            f"{s['gini']:.3f}",
-            f"{s['top_decile_share']:.1%}",
-            str(s["dead"]),
+            f"{s.max_mean:.2f}",
+            f"{s.max_min:.1f}",
+            f"{s.gini:.3f}",
+            f"{s.top_decile_share:.1%}",
+            str(s.dead),
         )
     out.print(table)
 
