@@ -114,7 +114,7 @@ def replan_layer(
     report = (
         caps.info()
         | {
-            "moves": budget.moved(device),
+            **moves_report(budget.moved(device)),
             "swaps": swaps,
             "cap_met": cap_met,
             "fit_dev_per_token_before": fanout(stats.topk_sets, home) / tokens,
@@ -134,10 +134,19 @@ class Moves:
     budget: int
 
 
+def moves_report(moves: int) -> dict:
+    """How a re-planned layer's report records its moves (``replan`` and ``replan_slots``)."""
+    return {"moves": moves}
+
+
+# what a slot re-plan records in its options: a move is a physical slot changing its expert
+SLOT_MOVES = {"moves": "slots"}
+
+
 def moves_of(placement: Placement) -> Moves:
     """The ``Moves`` recorded in a placement ``replan`` or ``replan_slots`` returned."""
     return Moves(
         tuple(layer.solver_report.get("moves", 0) for layer in placement.layers),
-        "slot" if placement.options.get("moves") == "slots" else "expert",
+        "slot" if placement.options.get("moves") == SLOT_MOVES["moves"] else "expert",
         placement.options.get("max_moves", 0),
     )

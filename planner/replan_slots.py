@@ -27,7 +27,7 @@ import numpy as np
 
 from moeplace.calibrate.stats import Statistics
 from moeplace.planner.placement import Placement, yaml_safe
-from moeplace.planner.replan import check_replan, replanned
+from moeplace.planner.replan import SLOT_MOVES, check_replan, moves_report, replanned
 from moeplace.planner.solvers.base import Solution
 from moeplace.planner.workloads import HOT_BINS, REPLICA_LOAD, busiest_over_mean, smooth_max
 
@@ -72,9 +72,7 @@ def replan_slots(
         )
         for layer, (slots, report), load in zip(current.layers, results, stats.pooled_load(), strict=True)
     )
-    settings = {"moves": "slots"} | (  # a move is one physical slot changing its expert
-        {"routing_groups": groups, "group_mode": "nodes"} if groups > 1 else {}
-    )
+    settings = SLOT_MOVES | ({"routing_groups": groups, "group_mode": "nodes"} if groups > 1 else {})
     return replanned(current, stats, max_moves, calibration, new_layers, settings)
 
 
@@ -118,7 +116,7 @@ def replan_layer(
     per_copy = (share / copies[:, None])[slots]  # [P, W]
     busiest = busiest_over_mean(per_copy, device, num_devices)
     return slots, {
-        "moves": int(np.count_nonzero(slots != served)),
+        **moves_report(int(np.count_nonzero(slots != served))),
         "steps": steps,
         "objective_before": before,
         "objective_after": _objective(slots, share, weights, num_devices),
