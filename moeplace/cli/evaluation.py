@@ -63,7 +63,14 @@ from moeplace.planner.solvers.base import DEFAULT_LOAD_TOLERANCE
 from moeplace.validators.balance import BalanceValidation, validate_balance
 from moeplace.validators.compare import COMPARISON_FILES, markdown_table, step_gate_failures, write_comparison
 from moeplace.validators.compare import compare as compare_solvers
-from moeplace.validators.report import check_compatible, compare_steps, gate_failures, step_gate_minimum
+from moeplace.validators.report import (
+    StepSetting,
+    Validation,
+    check_compatible,
+    compare_steps,
+    gate_failures,
+    step_gate_minimum,
+)
 from moeplace.validators.report import validate as validate_placement
 
 
@@ -158,14 +165,29 @@ def validate(
     with named(holdout):
         validation = validate_placement(placement, held, baseline_load, **allowed)
     print_warnings(validation.evidence)
+    setting = step_setting(
+        held.meta, step, tokens_per_rank, requests_per_rank, kernel, profile, overlap,
+        hidden, intermediate, model_config,
+    )  # fmt: skip
+    gates = (max_load_ratio, min_reduction, min_speedup)
+    return validate_trace(validation, holdout, setting, gates, as_json)
+
+
+def validate_trace(
+    validation: Validation,
+    holdout: Path,
+    setting: StepSetting | None,
+    gates: tuple[float | None, float | None, float | None],
+    as_json: bool,
+) -> None:
+    """``validate`` on a held-out trace: the figures beside the baseline's, with a ``setting`` the
+    serving step too, and the ``gates`` (``--max-load-ratio``, ``--min-reduction``,
+    ``--min-speedup``; None: not gated); exit 1 if one fails."""
+    max_load_ratio, min_reduction, min_speedup = gates
     summary = validation.summary()
     failures = gate_failures(validation, max_load_ratio, min_reduction)
     steps, note = None, ""
-    if step is not None:
-        setting = step_setting(
-            held.meta, step, tokens_per_rank, requests_per_rank, kernel, profile, overlap,
-            hidden, intermediate, model_config,
-        )  # fmt: skip
+    if setting is not None:
         with named(holdout):
             steps = compare_steps(validation, setting)
         summary = summary | {"step": steps.summary()}

@@ -318,6 +318,7 @@ def plan(
     auto_groups = group_mode == GroupMode.auto
     source, held = read_plan_inputs(trace, holdout, groups, groups_per_token, auto, step_search_swaps)
     check_plan_inputs(trace, holdout, source, held, auto_groups, nodes, step)
+    topology = Topology(source.meta.num_experts, devices, nodes, redundant_slots)  # bad counts: before work
     options = SolverOptions(
         load_tolerance=tolerance,
         seed=seed,
@@ -347,7 +348,7 @@ def plan(
         trace,
         source,
         statistics,
-        Topology(source.meta.num_experts, devices, nodes, redundant_slots),
+        topology,
         solver.value if solver is not None else "robust" if statistics.load_only else "greedy-capped",
         options,
         setting,
