@@ -1,6 +1,7 @@
 """Every command's outputs on the real traces, written to one folder, to diff two revisions.
 
-    python benchmarks/outputs.py OUT_DIR          # about 3 minutes on 2 cores
+    python benchmarks/outputs.py OUT_DIR          # about 5 minutes on 2 cores
+    python benchmarks/outputs.py OUT_DIR compare  # only the commands named (they need no others)
     git stash; python benchmarks/outputs.py /tmp/before; git stash pop
     python benchmarks/outputs.py /tmp/after && diff -r /tmp/before /tmp/after
 
@@ -85,6 +86,12 @@ COMMANDS = [
         "--step prefill --out {o}/compare",
     ),
     ("compare-json", "compare {demo} --devices 8 --load-tolerance 0,0.1 --json --out {o}/compare-json"),
+    (
+        "compare-more",
+        "compare {demo} --devices 4,8 --nodes 2 --node-cost 0.5 --redundant-slots 0,8 --oracle "
+        "--solvers frequency,greedy-capped,refine --load-tolerance 0,0.1 --step decode --kernel node "
+        "--search-steps 100 --json --out {o}/compare-more",
+    ),
     ("diagnose", "diagnose {o}/fit.npz --json"),
     ("monitor", "monitor {o}/plan.yaml {o}/held.npz --json"),
     ("monitor-load", "monitor {o}/load.yaml {o}/recent.npz"),
@@ -106,12 +113,14 @@ def untimed(text: str, out: Path) -> str:
     return re.sub(r"(?m)\| [0-9.]+ \|$", "| ~ |", text)
 
 
-def main(out: Path) -> None:
+def main(out: Path, names: list[str]) -> None:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     moeplace = [sys.executable, "-m", "moeplace.cli"]
     for name, command in COMMANDS:
+        if names and name not in names:
+            continue
         args = command.format(o=out, demo=DEMO, load=LOAD).split()
         result = subprocess.run(moeplace + args, capture_output=True, text=True, cwd=out)
         (out / f"{name}.stdout").write_text(untimed(result.stdout, out))
@@ -122,4 +131,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]).resolve())
+    main(Path(sys.argv[1]).resolve(), sys.argv[2:])

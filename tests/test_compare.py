@@ -4,20 +4,25 @@ import pytest
 
 from moeplace.planner.solvers import SolverOptions
 from moeplace.validators.compare import compare, mark_dominated
+from moeplace.validators.comparison_row import ComparisonRow
+from moeplace.validators.score import Headline
 
 pytestmark = pytest.mark.slow  # every test here plans whole traces
 
 
 def test_dominated_rows_are_those_another_row_beats_on_both():
+    def row(devices, solver, eps, dev_per_token, max_mean_load):
+        held_out = Headline(dev_per_token, 1.0, 0.0, max_mean_load, max_mean_load, 1)
+        return ComparisonRow(devices, solver, eps, None, held_out, 0.0, False, None, None, None, 0.0)
+
     rows = [
-        {"devices": 4, "solver": "a", "load_tolerance": 0.1, "dev_per_token": 2.0, "max_mean_load": 1.05},
-        {"devices": 4, "solver": "b", "load_tolerance": 0.1, "dev_per_token": 2.1, "max_mean_load": 1.05},
-        {"devices": 4, "solver": "c", "load_tolerance": None, "dev_per_token": 2.5, "max_mean_load": 1.01},
-        {"devices": 4, "solver": "d", "load_tolerance": 0.2, "dev_per_token": 1.9, "max_mean_load": 1.20},
-        {"devices": 8, "solver": "b", "load_tolerance": 0.1, "dev_per_token": 2.2, "max_mean_load": 1.06},
+        row(4, "a", 0.1, 2.0, 1.05),
+        row(4, "b", 0.1, 2.1, 1.05),
+        row(4, "c", None, 2.5, 1.01),
+        row(4, "d", 0.2, 1.9, 1.20),
+        row(8, "b", 0.1, 2.2, 1.06),
     ]
-    mark_dominated(rows)
-    assert [row["dominated_by"] for row in rows] == ["", "a eps=0.1", "", "", ""]
+    assert [row.dominated_by for row in mark_dominated(rows)] == ["", "a eps=0.1", "", "", ""]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +30,8 @@ def frontier(real_split):
     fit, held = real_split
     options = SolverOptions(seed=0, time_limit=0.2, search_steps=50)
     solvers = ["frequency", "greedy", "greedy-capped"]
-    return compare(fit, held, [4], solvers, [0.0, 0.05, 0.2], options, 4, oracle=True).rows
+    comparison = compare(fit, held, [4], solvers, [0.0, 0.05, 0.2], options, 4, oracle=True)
+    return [row.record() for row in comparison.rows]  # the table, as the CSV holds it
 
 
 def test_capped_solvers_run_once_per_tolerance_uncapped_once(frontier):

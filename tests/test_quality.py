@@ -5,6 +5,7 @@ import pytest
 
 from moeplace.planner.solvers import SolverOptions
 from moeplace.validators.compare import compare
+from moeplace.validators.comparison_row import ComparisonRow
 
 pytestmark = pytest.mark.slow  # every test here plans whole traces
 
@@ -15,7 +16,7 @@ def rows(real_split):
     options = SolverOptions(load_tolerance=0.10, seed=0, time_limit=0.5, search_steps=300)
     solvers = ["frequency", "greedy", "greedy-capped", "ortools", "refine"]
     result = compare(fit, held, [4, 8], solvers, [0.10], options, 16)
-    return {(row["devices"], row["solver"]): row for row in result.rows}
+    return {(row["devices"], row["solver"]): row for row in map(ComparisonRow.record, result.rows)}
 
 
 @pytest.mark.parametrize(("devices", "min_reduction"), [(4, 0.15), (8, 0.10)])

@@ -22,12 +22,13 @@ from pathlib import Path
 from moeplace.atomic import write_bytes, write_text
 from moeplace.calibrate.stats import compute_statistics
 from moeplace.calibrate.trace import Trace
-from moeplace.planner.placement import Placement, yaml_safe
+from moeplace.planner.placement import Placement
 from moeplace.planner.plan import calibration_fit, plan
 from moeplace.planner.solvers import BASELINE, SOLVERS, SolverOptions
 from moeplace.planner.topology import Topology
-from moeplace.validators.plots import devices_png, frontier_png, series, steps_png
-from moeplace.validators.report import StepComparison, StepSetting, compare_steps, step_gate_minimum, validate
+from moeplace.validators.comparison_row import ComparisonRow, StepFigures
+from moeplace.validators.plots import devices_png, frontier_png, steps_png
+from moeplace.validators.report import StepSetting, compare_steps, step_gate_minimum, validate
 
 COLUMNS = {  # CSV name -> Markdown header
     "devices": "D",
@@ -64,10 +65,10 @@ TIMED = ("seconds",)  # measured on this machine: printed, never written to a fi
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """``rows``: one dict per (devices, solver, tolerance, redundant slots); ``placements``: the
-    same, validated, keyed ``(devices, solver, tolerance or None, redundant slots)``."""
+    """``rows``: one per (devices, solver, tolerance, redundant slots); ``placements``: the same,
+    validated, keyed ``(devices, solver, tolerance or None, redundant slots)``."""
 
-    rows: list[dict]
+    rows: list[ComparisonRow]
     placements: dict[tuple[int, str, float | None, int], Placement]
     title: str
 
@@ -125,26 +126,25 @@ def compare(
                 validation = validate(placement, holdout)
                 placement = validation.recorded_placement()
                 placements[topology.num_devices, solver, eps, topology.redundant_slots] = placement
-                row = {"devices": topology.num_devices, "solver": solver, "load_tolerance": eps}
-                if any(redundant_slots):
-                    row["redundant_slots"] = topology.redundant_slots
-                figures = dataclasses.asdict(validation.score.headline) | {"reduction": validation.reduction}
-                fitted = calibration_fit(placement)
-                row |= {k: v for k, v in figures.items() if k in COLUMNS} | (
-                    {} if fitted is None else fitted.report()
-                )
-                if nodes == 1:
-                    del row["node_per_token"]
-                if step is not None:
-                    row |= step_columns(compare_steps(validation, step))
+                oracle_headline = None
                 if held_stats is not None:
                     best = plan(held_stats, topology, solver, run, holdout.provenance(), on_layer, executor)
-                    oracle = validate(best, holdout, allow_overlap=True).score.headline  # fit on it
-                    row["oracle_dev_per_token"] = oracle.dev_per_token
-                    row["oracle_max_mean_load"] = oracle.max_mean_load
-                    row["oracle_gap"] = row["dev_per_token"] / row["oracle_dev_per_token"] - 1.0
-                rows.append(row | {"seconds": round(seconds, 2)})
-    mark_dominated(rows)
+                    oracle_headline = validate(best, holdout, allow_overlap=True).score.headline  # fit on it
+                row = ComparisonRow(
+                    devices=topology.num_devices,
+                    solver=solver,
+                    load_tolerance=eps,
+                    redundant_slots=topology.redundant_slots if any(redundant_slots) else None,
+                    held_out=validation.score.headline,
+                    reduction=validation.reduction,
+                    nodes=nodes > 1,
+                    fit=calibration_fit(placement),
+                    step=None if step is None else StepFigures.of(compare_steps(validation, step)),
+                    oracle=oracle_headline,
+                    seconds=round(seconds, 2),
+                )
+                rows.append(row)
+    rows = mark_dominated(rows)
     tolerance_text = ", ".join(f"{t:g}" for t in tolerances)
     title = (
         f"{fit.meta.model}: fit on {fit.num_documents} documents ({fit.num_tokens} tokens), "
@@ -162,65 +162,45 @@ def _step_text(step: StepSetting) -> str:
     return f"{w.phase}, {w.batch_text}, kernel {w.kernel} ({step.profile.assumptions()})"
 
 
-def step_columns(steps: StepComparison) -> dict:
-    """A comparison row's serving-step figures."""
-    traffic = steps.cost.traffic()
-    return {
-        "dispatch_ms": steps.time.dispatch * 1e3,
-        "compute_ms": steps.time.compute * 1e3,
-        "combine_ms": steps.time.combine * 1e3,
-        "moe_ms": steps.time.moe(steps.overlap) * 1e3,
-        "step_ms": steps.time.total(steps.overlap) * 1e3,
-        "step_speedup": steps.speedup,
-        "step_vs_best_balancer": steps.speedup_vs_best,
-        "best_balancer": steps.best_balancer,
-        # as the placement file records them (``yaml_safe``: 6 digits)
-        "received_straggler": yaml_safe(traffic.received_straggler),
-        "pairs_straggler": yaml_safe(traffic.pairs_straggler),
-    }
-
-
-def step_gate_failures(rows: list[dict], min_speedup: float | None = None) -> list[str]:
+def step_gate_failures(rows: list[ComparisonRow], min_speedup: float | None = None) -> list[str]:
     """The rows of co-location solvers whose estimated step is slower than the better balancer's
     by more than ``min_speedup`` allows (``StepComparison.verdict``'s rule, read off the rows)."""
     limit = step_gate_minimum(min_speedup)
     return [
-        f"{_label(row)}, D={row['devices']}: estimated step speedup {row['step_vs_best_balancer']:+.1%} vs "
-        f"{row['best_balancer']}, the better balancer, below the minimum {limit:+.1%}"
+        f"{row.label}, D={row.devices}: estimated step speedup {row.step.step_vs_best_balancer:+.1%} vs "
+        f"{row.step.best_balancer}, the better balancer, below the minimum {limit:+.1%}"
         for row in rows
-        if "step_vs_best_balancer" in row
-        and row["solver"] not in (BASELINE, "eplb")
-        and not row["step_vs_best_balancer"] >= limit
+        if row.step is not None
+        and row.solver not in (BASELINE, "eplb")
+        and not row.step.step_vs_best_balancer >= limit
     ]
 
 
-def mark_dominated(rows: list[dict]) -> None:
-    """Set ``dominated_by`` on rows another row of the same D (and R) beats on held-out dev/token
-    and load."""
+def mark_dominated(rows: list[ComparisonRow]) -> list[ComparisonRow]:
+    """``rows`` with ``dominated_by`` set where another row of the same D (and R) beats the row on
+    held-out dev/token and load."""
+
+    def beats(other: ComparisonRow, row: ComparisonRow) -> bool:
+        ours, theirs = row.held_out, other.held_out
+        return (
+            (other.devices, other.redundant_slots) == (row.devices, row.redundant_slots)
+            and theirs.dev_per_token <= ours.dev_per_token
+            and theirs.max_mean_load <= ours.max_mean_load
+            and (theirs.dev_per_token < ours.dev_per_token or theirs.max_mean_load < ours.max_mean_load)
+        )
+
+    marked = []
     for row in rows:
-        rivals = [
-            other
-            for other in rows
-            if (other["devices"], other.get("redundant_slots"))
-            == (row["devices"], row.get("redundant_slots"))
-            and other["dev_per_token"] <= row["dev_per_token"]
-            and other["max_mean_load"] <= row["max_mean_load"]
-            and (
-                other["dev_per_token"] < row["dev_per_token"] or other["max_mean_load"] < row["max_mean_load"]
-            )
-        ]
-        best = min(rivals, key=lambda r: r["dev_per_token"], default=None)
-        row["dominated_by"] = "" if best is None else _label(best)
+        rivals = [other for other in rows if beats(other, row)]
+        best = min(rivals, key=lambda r: r.held_out.dev_per_token, default=None)
+        marked.append(dataclasses.replace(row, dominated_by="" if best is None else best.label))
+    return marked
 
 
-def _label(row: dict) -> str:
-    eps = row["load_tolerance"]
-    return series(row) if eps is None else f"{series(row)} eps={eps:g}"
-
-
-def markdown_table(rows: list[dict], plan_times: bool = True) -> str:
+def markdown_table(rows: list[ComparisonRow], plan_times: bool = True) -> str:
     """The comparison as a Markdown table; columns no row has are left out, and the plan times
     unless ``plan_times`` (files leave them out: same inputs, same bytes)."""
+    rows = [row.record() for row in rows]
     columns = [
         key
         for key in COLUMNS
@@ -266,12 +246,12 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
     fields = [key for key in COLUMNS if key not in TIMED]
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(comparison.rows)
+    writer.writerows(row.record() for row in comparison.rows)
     write_text(paths["csv"], buffer.getvalue())
-    tolerances = {row["load_tolerance"] for row in comparison.rows} - {None}
+    tolerances = {row.load_tolerance for row in comparison.rows} - {None}
     plot = frontier_png if len(tolerances) > 1 else devices_png
     write_bytes(paths["png"], plot(comparison.rows, comparison.title))
-    if all("step_ms" in row for row in comparison.rows):
+    if all(row.step is not None for row in comparison.rows):
         paths["steps"] = out_dir / COMPARISON_FILES[-1]
         write_bytes(paths["steps"], steps_png(comparison.rows, comparison.title))
     return paths

@@ -1,5 +1,5 @@
-"""Comparison plots (PNG bytes): figures against device count, the balance frontier, and the
-serving step's time breakdown."""
+"""Comparison plots (PNG bytes) of ``ComparisonRow``s: figures against device count, the balance
+frontier, and the serving step's time breakdown."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import io
 import textwrap
 
 from moeplace.planner.solvers import BASELINE
+from moeplace.validators.comparison_row import ComparisonRow
 
 
 def pyplot():
@@ -26,28 +27,23 @@ def png(fig, title: str) -> bytes:
     return buffer.getvalue()
 
 
-def series(row: dict) -> str:
-    """The line a row belongs to: its solver, and its replicas if it has any."""
-    return row["solver"] + (f" +{row['redundant_slots']} replicas" if row.get("redundant_slots") else "")
+def _solvers(rows: list[ComparisonRow]) -> list[str]:
+    return list(dict.fromkeys(row.series for row in rows))
 
 
-def _solvers(rows: list[dict]) -> list[str]:
-    return list(dict.fromkeys(series(row) for row in rows))
-
-
-def devices_png(rows: list[dict], title: str) -> bytes:
+def devices_png(rows: list[ComparisonRow], title: str) -> bytes:
     """Held-out dev/token and max/mean load against device count, one line per solver."""
     import matplotlib.ticker
 
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for solver in _solvers(rows):
-        mine = [row for row in rows if series(row) == solver]
-        d = [row["devices"] for row in mine]
+        mine = [row for row in rows if row.series == solver]
+        d = [row.devices for row in mine]
         style = {"marker": "o", "linewidth": 2.5 if solver == BASELINE else 1.5, "label": solver}
-        left.plot(d, [row["dev_per_token"] for row in mine], **style)
-        right.plot(d, [row["max_mean_load"] for row in mine], **style)
-    tolerances = {row["load_tolerance"] for row in rows} - {None}
+        left.plot(d, [row.held_out.dev_per_token for row in mine], **style)
+        right.plot(d, [row.held_out.max_mean_load for row in mine], **style)
+    tolerances = {row.load_tolerance for row in rows} - {None}
     for eps in tolerances:
         right.axhline(1 + eps, color="grey", linestyle="--", linewidth=1, label=f"1 + eps = {1 + eps:g}")
     for ax, label in (
@@ -55,7 +51,7 @@ def devices_png(rows: list[dict], title: str) -> bytes:
         (right, "held-out max/mean device load (lower is better)"),
     ):
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({row["devices"] for row in rows}))
+        ax.set_xticks(sorted({row.devices for row in rows}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("devices (D)")
         ax.set_ylabel(label)
@@ -64,27 +60,27 @@ def devices_png(rows: list[dict], title: str) -> bytes:
     return png(fig, title)
 
 
-def frontier_png(rows: list[dict], title: str) -> bytes:
+def frontier_png(rows: list[ComparisonRow], title: str) -> bytes:
     """Held-out dev/token against held-out max/mean load, one panel per device count; each capped
     solver is a line through its load tolerances (labelled), load-only solvers are single points."""
     plt = pyplot()
-    devices = sorted({row["devices"] for row in rows})
+    devices = sorted({row.devices for row in rows})
     fig, axes = plt.subplots(
         1, len(devices), figsize=(5.2 * len(devices), 4.4), constrained_layout=True, squeeze=False
     )
     for ax, d in zip(axes[0], devices, strict=True):
         for solver in _solvers(rows):
             mine = sorted(
-                (row for row in rows if row["devices"] == d and series(row) == solver),
-                key=lambda row: row["load_tolerance"] or 0.0,
+                (row for row in rows if row.devices == d and row.series == solver),
+                key=lambda row: row.load_tolerance or 0.0,
             )
-            x, y = [row["max_mean_load"] for row in mine], [row["dev_per_token"] for row in mine]
+            x, y = [row.held_out.max_mean_load for row in mine], [row.held_out.dev_per_token for row in mine]
             ax.plot(x, y, marker="o", linewidth=2.5 if solver == BASELINE else 1.5, label=solver)
             for row in mine:
-                if row["load_tolerance"] is not None:
+                if row.load_tolerance is not None:
                     ax.annotate(
-                        f"{row['load_tolerance']:g}",
-                        (row["max_mean_load"], row["dev_per_token"]),
+                        f"{row.load_tolerance:g}",
+                        (row.held_out.max_mean_load, row.held_out.dev_per_token),
                         fontsize=6,
                         xytext=(3, 3),
                         textcoords="offset points",
@@ -97,30 +93,27 @@ def frontier_png(rows: list[dict], title: str) -> bytes:
     return png(fig, title + "  (labels: load tolerance eps; lower left is better)")
 
 
-def steps_png(rows: list[dict], title: str) -> bytes:
+def steps_png(rows: list[ComparisonRow], title: str) -> bytes:
     """Estimated time per step of every row, one panel per device count (and replicas): the busiest
     rank's dispatch and combine in one bar, its expert compute in another, a tick at the step."""
     plt = pyplot()
-    panels = sorted({(row["devices"], row.get("redundant_slots") or 0) for row in rows})
+    panels = sorted({(row.devices, row.redundant_slots or 0) for row in rows})
     fig, axes = plt.subplots(
         1, len(panels), figsize=(5.6 * len(panels), 0.5 + 0.45 * len(rows) / len(panels) + 1.2),
         constrained_layout=True, squeeze=False,
     )  # fmt: skip
     for ax, (d, r) in zip(axes[0], panels, strict=True):
-        mine = [row for row in rows if (row["devices"], row.get("redundant_slots") or 0) == (d, r)]
-        labels = [
-            series(row) + ("" if row["load_tolerance"] is None else f" eps={row['load_tolerance']:g}")
-            for row in mine
-        ]
+        mine = [row for row in rows if (row.devices, row.redundant_slots or 0) == (d, r)]
+        labels = [row.label for row in mine]
         y = list(range(len(mine)))
-        dispatch = [row["dispatch_ms"] for row in mine]
-        combine = [row["combine_ms"] for row in mine]
+        dispatch = [row.step.dispatch_ms for row in mine]
+        combine = [row.step.combine_ms for row in mine]
         ax.barh([i - 0.2 for i in y], dispatch, height=0.38, color="tab:blue", label="dispatch")
         ax.barh([i - 0.2 for i in y], combine, left=dispatch, height=0.38, color="tab:cyan", label="combine")
-        ax.barh([i + 0.2 for i in y], [row["compute_ms"] for row in mine], height=0.38, color="tab:orange",
+        ax.barh([i + 0.2 for i in y], [row.step.compute_ms for row in mine], height=0.38, color="tab:orange",
                 label="expert compute")  # fmt: skip
         ax.scatter(
-            [row["step_ms"] for row in mine], y, marker="|", s=300, color="black", label="step", zorder=3
+            [row.step.step_ms for row in mine], y, marker="|", s=300, color="black", label="step", zorder=3
         )
         ax.set_yticks(y, labels, fontsize=7)
         ax.invert_yaxis()

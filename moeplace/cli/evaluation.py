@@ -363,7 +363,7 @@ def compare(
         print_json(
             {
                 "title": comparison.title,
-                "rows": comparison.rows,
+                "rows": [row.record() for row in comparison.rows],
                 "files": {name: str(path) for name, path in paths.items()},
                 "passed": not failures,
                 "failures": failures,
