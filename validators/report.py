@@ -43,6 +43,11 @@ class Validation:
         return 1.0 - self.score.dev_per_token.mean() / self.baseline.dev_per_token.mean()
 
     @property
+    def layer_reduction(self) -> np.ndarray:
+        """float ``[L]``: 1 - dev/token(placement) / dev/token(baseline), per MoE layer."""
+        return 1.0 - self.score.dev_per_token / self.baseline.dev_per_token
+
+    @property
     def random_expected_dev_per_token(self) -> float:
         """For scale: the devices per token a random placement expects."""
         topology = self.placement.topology
@@ -95,7 +100,7 @@ class Validation:
 
     def layers(self) -> list[dict]:
         """Per-layer figures (YAML/JSON-safe)."""
-        s, b = self.score, self.baseline
+        s, b, reduction = self.score, self.baseline, self.layer_reduction
         return yaml_safe(
             [
                 {
@@ -108,7 +113,7 @@ class Validation:
                     "baseline_node_per_token": b.node_per_token[i],
                     "baseline_load_cv": b.load_cv[i],
                     "baseline_max_mean_load": b.max_mean_load[i],
-                    "reduction": 1.0 - s.dev_per_token[i] / b.dev_per_token[i],
+                    "reduction": reduction[i],
                 }
                 for i, layer_id in enumerate(self.placement.layer_ids)
             ]

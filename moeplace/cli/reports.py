@@ -16,6 +16,7 @@ from moeplace.validators.report import StepComparison, Validation
 def print_layers(validation: Validation) -> None:
     """Per MoE layer, the placement's held-out figures beside its baseline's."""
     baseline, ours, base = validation.baseline_name, validation.score, validation.baseline
+    reduction = validation.layer_reduction
     # narrow headers, this placement then the baseline's figure: readable at 80 columns
     table = Table(title=f"held-out, per MoE layer: this placement, then {baseline}'s", box=box.SIMPLE)
     short = baseline if len(baseline) <= 5 else baseline[:4] + "."
@@ -27,7 +28,7 @@ def print_layers(validation: Validation) -> None:
             str(layer_id),
             f"{ours.dev_per_token[i]:.3f}",
             f"{base.dev_per_token[i]:.3f}",
-            f"{1.0 - ours.dev_per_token[i] / base.dev_per_token[i]:+.1%}",
+            f"{reduction[i]:+.1%}",
             f"{ours.max_mean_load[i]:.3f}",
             f"{base.max_mean_load[i]:.3f}",
             f"{ours.load_cv[i]:.3f}",

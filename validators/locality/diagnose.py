@@ -25,6 +25,7 @@ from moeplace.calibrate.split import split_documents
 from moeplace.calibrate.stats import compute_statistics
 from moeplace.calibrate.trace import Trace
 from moeplace.errors import MoeplaceError
+from moeplace.planner.placement import yaml_safe
 from moeplace.planner.plan import least_tolerance, plan
 from moeplace.planner.solvers import SolverOptions
 from moeplace.planner.topology import Topology
@@ -181,16 +182,24 @@ def _quick_plan(trace: Trace, settings: Settings) -> list[dict]:
     topology = Topology(trace.meta.num_experts, settings.devices)
     tolerance = max(0.1, least_tolerance(stats, topology))
     placement = plan(stats, topology, "greedy-capped", SolverOptions(load_tolerance=tolerance), {})
-    return [
-        {
-            "devices": settings.devices,
-            "load_tolerance": tolerance,
-            "reduction": row["reduction"],
-            "max_mean_load": row["max_mean_load"],
-            "baseline_max_mean_load": row["baseline_max_mean_load"],
-        }
-        for row in validate(placement, held, allow_overlap=True).layers()
-    ]
+    validation = validate(placement, held, allow_overlap=True)
+    return yaml_safe(  # 6 digits, as the per-layer figures of ``validate --json``
+        [
+            {
+                "devices": settings.devices,
+                "load_tolerance": tolerance,
+                "reduction": reduction,
+                "max_mean_load": load,
+                "baseline_max_mean_load": baseline_load,
+            }
+            for reduction, load, baseline_load in zip(
+                validation.layer_reduction,
+                validation.score.max_mean_load,
+                validation.baseline.max_mean_load,
+                strict=True,
+            )
+        ]
+    )
 
 
 def _mean_figures(layers: list[dict]) -> dict:
