@@ -200,15 +200,15 @@ def mark_dominated(rows: list[ComparisonRow]) -> list[ComparisonRow]:
 def markdown_table(rows: list[ComparisonRow], plan_times: bool = True) -> str:
     """The comparison as a Markdown table; columns no row has are left out, and the plan times
     unless ``plan_times`` (files leave them out: same inputs, same bytes)."""
-    rows = [row.record() for row in rows]
+    records = [row.record() for row in rows]
     columns = [
         key
         for key in COLUMNS
-        if (any(row.get(key) not in (None, "") for row in rows) or key == "solver")
+        if (any(record.get(key) not in (None, "") for record in records) or key == "solver")
         and (plan_times or key not in TIMED)
     ]
     lines = ["| " + " | ".join(COLUMNS[key] for key in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(key, row.get(key)) for key in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(_fmt(key, record.get(key)) for key in columns) + " |" for record in records]
     return "\n".join(lines) + "\n"
 
 

@@ -507,13 +507,17 @@ class PlanJob:
     def label(self) -> str:
         return f"{self.solver}, D={self.topology.num_devices}"
 
+    @functools.cached_property
+    def provenance(self) -> dict:
+        """The calibration input's provenance (a trace's fingerprint hashes all of it): once a run."""
+        return self.source.provenance()
+
     @contextlib.contextmanager
     def planning(self, label: str, runs: int = 1):
         """Yield ``plan_at(solver, options)``, which plans the calibration statistics on the pool
         of ``--jobs`` / ``--cluster`` (also yielded) with one progress bar of ``runs`` whole-model
         plans, errors named by the calibration input."""
         layers = runs * self.statistics.num_layers
-        provenance = self.source.provenance()
         with (
             named(self.trace),
             progress_bar(label, layers) as advance,
@@ -521,7 +525,9 @@ class PlanJob:
         ):
 
             def plan_at(solver: str, options: SolverOptions) -> Placement:
-                return plan_layers(self.statistics, self.topology, solver, options, provenance, advance, pool)
+                return plan_layers(
+                    self.statistics, self.topology, solver, options, self.provenance, advance, pool
+                )
 
             yield plan_at, pool
 
@@ -576,13 +582,12 @@ def replan_served(job: PlanJob, current: Placement, max_moves: int, auto: bool) 
     runs = len(BALANCERS) + len(AUTO_TOLERANCES) if auto else 1
     # replicas, groups on nodes or load records: moves of slots, for balance; else of experts
     slot_moves = statistics.load_only or current.redundant_slots > 0 or current.groups_on_nodes > 1
-    provenance = job.source.provenance()
     with job.planning(f"{job.solver} from scratch, D={job.topology.num_devices}", runs) as (plan_at, pool):
 
         def replan_at(options: SolverOptions) -> Placement:
             if slot_moves:
-                return replan_slots(statistics, current, max_moves, provenance, pool)
-            return replan(statistics, current, max_moves, options, provenance, pool)
+                return replan_slots(statistics, current, max_moves, job.provenance, pool)
+            return replan(statistics, current, max_moves, options, job.provenance, pool)
 
         if auto:
             solver_at = functools.partial(plan_at, job.solver)
